@@ -1,0 +1,230 @@
+//! GatewayWriter: buffers accepted requests and stores them with group commit — one
+//! statement per flush, many requests per flush, one `gw_jobs` row per request — and
+//! answers each request only after its flush committed. At most one flush runs at a time,
+//! so `gw_jobs` ids commit in increasing order (readers may consume "every id after my
+//! checkpoint"). It never answers a client before commit and never drops a request
+//! silently: a failed flush answers every request in it with [`IngestError::Unavailable`].
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::messages::{FlushNow, Heartbeat, HeartbeatReply, Ingest, IngestError};
+use crate::store::{GwJobInsert, Store};
+use crate::telemetry as t;
+
+/// Messages the writer's mailbox holds before `try_send` reports it full (answered 429).
+pub const MAILBOX_CAPACITY: usize = 65_536;
+
+/// GatewayWriter tuning.
+#[derive(Debug, Clone)]
+pub struct GatewayWriterConfig {
+    /// Flush as soon as this many requests are waiting.
+    pub max_batch: usize,
+    /// Flush at most this long after the first request arrived in an idle writer.
+    pub max_wait: Duration,
+    /// messageId dedup window; older dedup rows are pruned.
+    pub dedup_window: Duration,
+    /// How often to prune the dedup window.
+    pub dedup_prune_interval: Duration,
+}
+
+impl Default for GatewayWriterConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 128,
+            max_wait: Duration::from_millis(5),
+            dedup_window: Duration::from_secs(24 * 3600),
+            dedup_prune_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The group-commit writer actor (see the module comment).
+pub struct GatewayWriter {
+    store: Store,
+    config: GatewayWriterConfig,
+    buffer: Vec<Ingest>,
+    flushing: bool,
+    timer: Option<SpawnHandle>,
+    pruning: bool,
+}
+
+impl GatewayWriter {
+    /// Creates a writer over `store`.
+    pub fn new(store: Store, config: GatewayWriterConfig) -> Self {
+        Self {
+            store,
+            config,
+            buffer: Vec::new(),
+            flushing: false,
+            timer: None,
+            pruning: false,
+        }
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        if self.flushing || self.buffer.is_empty() {
+            return;
+        }
+        let take = self.buffer.len().min(self.config.max_batch);
+        let batch: Vec<Ingest> = self.buffer.drain(..take).collect();
+        metrics::gauge!(t::GATEWAY_QUEUE_DEPTH).set(self.buffer.len() as f64);
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut events = 0u64;
+        for msg in batch {
+            events += msg.event_count as u64;
+            replies.push((msg.reply, msg.source_id.clone(), msg.event_count));
+            rows.push(GwJobInsert {
+                source_id: msg.source_id.to_string(),
+                received_at: msg.received_at,
+                event_count: msg.event_count,
+                payload: msg.payload,
+                message_ids: msg.message_ids,
+            });
+        }
+        metrics::histogram!(t::GATEWAY_FLUSH_REQUESTS).record(replies.len() as f64);
+        metrics::histogram!(t::GATEWAY_FLUSH_EVENTS).record(events as f64);
+        self.flushing = true;
+        let store = self.store.clone();
+        let started = Instant::now();
+        let fut = async move { store.insert_gw_jobs(rows).await };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            act.flushing = false;
+            match result {
+                Ok(()) => {
+                    metrics::histogram!(t::GATEWAY_COMMIT_DURATION_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    for (reply, source, count) in replies {
+                        metrics::counter!(t::GATEWAY_EVENTS_ACCEPTED_TOTAL, "source" => source.to_string())
+                            .increment(count as u64);
+                        // The client may have gone away; the data is committed either way.
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!(t::GATEWAY_FLUSH_FAILURES_TOTAL).increment(1);
+                    tracing::warn!(error = %e, requests = replies.len(), "gateway flush failed");
+                    let err = IngestError::Unavailable(e.to_string());
+                    for (reply, _, _) in replies {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                }
+            }
+            if !act.buffer.is_empty() {
+                act.flush(ctx);
+            }
+        }));
+    }
+
+    fn prune(&mut self, ctx: &mut Context<Self>) {
+        if self.pruning {
+            return;
+        }
+        self.pruning = true;
+        let store = self.store.clone();
+        let window = self.config.dedup_window.as_secs_f64();
+        let fut = async move {
+            let mut total = 0usize;
+            loop {
+                match store.prune_dedup(window, 10_000).await {
+                    Ok(n) => {
+                        total += n;
+                        if n < 10_000 {
+                            break Ok(total);
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(|result, act, _| {
+            act.pruning = false;
+            match result {
+                Ok(n) => {
+                    metrics::counter!(t::GATEWAY_DEDUP_PRUNED_TOTAL).increment(n as u64);
+                }
+                Err(e) => tracing::warn!(error = %e, "dedup pruning failed"),
+            }
+        }));
+    }
+}
+
+impl Actor for GatewayWriter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // The HTTP layer bounds what waits here by bytes (its queue budget); the mailbox
+        // bound only has to be above that so a full mailbox means a real overload.
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        ctx.run_interval(self.config.dedup_prune_interval, |act, ctx| act.prune(ctx));
+        // After a supervisor restart, requests buffered before the stop are still here.
+        if !self.buffer.is_empty() {
+            self.flush(ctx);
+        }
+    }
+
+    fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
+        if !self.buffer.is_empty() || self.flushing {
+            tracing::info!(
+                pending = self.buffer.len(),
+                "gateway writer stopping with work in hand"
+            );
+        }
+        Running::Stop
+    }
+}
+
+impl Supervised for GatewayWriter {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        metrics::counter!(t::SUPERVISOR_RESTARTS_TOTAL, "actor" => "gateway_writer").increment(1);
+        tracing::warn!("gateway writer restarting");
+        self.flushing = false;
+        self.timer = None;
+        self.pruning = false;
+    }
+}
+
+impl Handler<Ingest> for GatewayWriter {
+    type Result = ();
+
+    fn handle(&mut self, msg: Ingest, ctx: &mut Self::Context) {
+        self.buffer.push(msg);
+        metrics::gauge!(t::GATEWAY_QUEUE_DEPTH).set(self.buffer.len() as f64);
+        if self.flushing {
+            // The running flush picks these up as soon as it commits.
+            return;
+        }
+        if self.buffer.len() >= self.config.max_batch || self.config.max_wait.is_zero() {
+            self.flush(ctx);
+        } else if self.timer.is_none() {
+            self.timer = Some(ctx.run_later(self.config.max_wait, |act, ctx| {
+                act.timer = None;
+                act.flush(ctx);
+            }));
+        }
+    }
+}
+
+impl Handler<FlushNow> for GatewayWriter {
+    type Result = ();
+
+    fn handle(&mut self, _msg: FlushNow, ctx: &mut Self::Context) {
+        self.flush(ctx);
+    }
+}
+
+impl Handler<Heartbeat> for GatewayWriter {
+    type Result = HeartbeatReply;
+
+    fn handle(&mut self, _msg: Heartbeat, _ctx: &mut Self::Context) -> HeartbeatReply {
+        HeartbeatReply {
+            actor: "gateway_writer",
+            pending: self.buffer.len(),
+        }
+    }
+}

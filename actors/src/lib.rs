@@ -1,0 +1,10 @@
+//! Keel's actor system: the typed messages between actors, the GatewayWriter that
+//! group-commits accepted requests, the supervision tree, the Postgres `Store` that owns
+//! every query, and the metric names. The HTTP layer lives in the `keel` binary; this crate
+//! never parses HTTP and never answers clients directly.
+
+pub mod gateway;
+pub mod messages;
+pub mod store;
+pub mod supervisor;
+pub mod telemetry;

@@ -1,0 +1,53 @@
+//! Every message exchanged between actors, with its result type. No actor sends anything
+//! that is not declared here.
+
+use std::sync::Arc;
+
+use actix::Message;
+use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
+
+/// Why the GatewayWriter could not commit a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IngestError {
+    /// Postgres refused or could not be reached; the client should retry later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// One accepted HTTP request, normalised, to be stored as one `gw_jobs` row.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ingest {
+    /// Workspace id of the source whose write key authenticated the request.
+    pub source_id: Arc<str>,
+    /// When the gateway received the request.
+    pub received_at: DateTime<Utc>,
+    /// Number of events in `payload`.
+    pub event_count: i32,
+    /// The normalised events as one JSON array.
+    pub payload: String,
+    /// The messageId of every event, in payload order, for the dedup table.
+    pub message_ids: Vec<String>,
+    /// Answered after the flush holding this request commits (or fails).
+    pub reply: oneshot::Sender<Result<(), IngestError>>,
+}
+
+/// Liveness probe a supervisor sends to a child; the child answers with its state.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "HeartbeatReply")]
+pub struct Heartbeat;
+
+/// A child's answer to [`Heartbeat`].
+#[derive(Debug, Clone, actix::MessageResponse)]
+pub struct HeartbeatReply {
+    /// The child's actor name, as used in metric labels.
+    pub actor: &'static str,
+    /// Work items the child holds that are not yet done.
+    pub pending: usize,
+}
+
+/// Asks the GatewayWriter to flush whatever it holds now (used at shutdown).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct FlushNow;

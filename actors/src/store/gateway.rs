@@ -1,0 +1,101 @@
+//! Gateway statements: the group-commit insert into `gw_jobs` + `dedup`, and dedup pruning.
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Double, Integer, Text, Timestamptz};
+use diesel_async::RunQueryDsl;
+
+use super::{Store, StoreError};
+
+/// One request to store as a `gw_jobs` row.
+#[derive(Debug, Clone)]
+pub struct GwJobInsert {
+    /// Source workspace id.
+    pub source_id: String,
+    /// When the gateway received the request.
+    pub received_at: DateTime<Utc>,
+    /// Number of events in `payload`.
+    pub event_count: i32,
+    /// JSON array of normalised events.
+    pub payload: String,
+    /// messageIds of the events, recorded in the dedup window.
+    pub message_ids: Vec<String>,
+}
+
+/// One statement for a whole flush: ids are drawn in request order, every request becomes a
+/// `gw_jobs` row and every messageId not yet in the window becomes a `dedup` row naming the
+/// job that first carried it. A single statement is atomic, so no explicit transaction.
+const INSERT_FLUSH: &str = r#"
+WITH input AS (
+    SELECT nextval('gw_jobs_id_seq') AS id, r.source_id, r.received_at, r.event_count, r.payload, r.ord
+    FROM (
+        SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::text[])
+            WITH ORDINALITY AS u(source_id, received_at, event_count, payload, ord)
+        ORDER BY ord
+    ) r
+), jobs AS (
+    INSERT INTO gw_jobs (id, source_id, received_at, event_count, payload)
+    SELECT id, source_id, received_at, event_count, payload::json FROM input
+)
+INSERT INTO dedup (source_id, message_id, job_id, seen_at)
+SELECT i.source_id, m.message_id, i.id, i.received_at
+FROM unnest($5::int8[], $6::text[]) AS m(ord, message_id)
+JOIN input i ON i.ord = m.ord
+ON CONFLICT DO NOTHING
+"#;
+
+const PRUNE_DEDUP: &str = r#"
+DELETE FROM dedup WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM dedup
+    WHERE seen_at < now() - make_interval(secs => $1)
+    LIMIT $2
+))
+"#;
+
+impl Store {
+    /// Commits one group of requests (see [`INSERT_FLUSH`]); all or nothing.
+    pub async fn insert_gw_jobs(&self, jobs: Vec<GwJobInsert>) -> Result<(), StoreError> {
+        let n = jobs.len();
+        let mut source_ids = Vec::with_capacity(n);
+        let mut received = Vec::with_capacity(n);
+        let mut counts = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        let mut ords: Vec<i64> = Vec::new();
+        let mut message_ids: Vec<String> = Vec::new();
+        for (i, job) in jobs.into_iter().enumerate() {
+            let ord = i as i64 + 1;
+            ords.extend(std::iter::repeat_n(ord, job.message_ids.len()));
+            message_ids.extend(job.message_ids);
+            source_ids.push(job.source_id);
+            received.push(job.received_at);
+            counts.push(job.event_count);
+            payloads.push(job.payload);
+        }
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            diesel::sql_query(INSERT_FLUSH)
+                .bind::<Array<Text>, _>(source_ids)
+                .bind::<Array<Timestamptz>, _>(received)
+                .bind::<Array<Integer>, _>(counts)
+                .bind::<Array<Text>, _>(payloads)
+                .bind::<Array<BigInt>, _>(ords)
+                .bind::<Array<Text>, _>(message_ids)
+                .execute(&mut conn)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes up to `limit` dedup rows older than `window_secs`; returns how many went.
+    pub async fn prune_dedup(&self, window_secs: f64, limit: i32) -> Result<usize, StoreError> {
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            Ok(diesel::sql_query(PRUNE_DEDUP)
+                .bind::<Double, _>(window_secs)
+                .bind::<Integer, _>(limit)
+                .execute(&mut conn)
+                .await?)
+        })
+        .await
+    }
+}

@@ -1,0 +1,111 @@
+//! `Store`: the one owner of Keel's Postgres pool and of every SQL statement Keel runs
+//! (module per stage: `gateway` for ingest). Callers get typed methods, never a
+//! connection; nothing outside this module writes SQL.
+
+mod gateway;
+mod migrate;
+
+use std::time::Duration;
+
+use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+pub use gateway::GwJobInsert;
+pub use migrate::{run_migrations, MIGRATIONS};
+
+/// Errors from the store: the database could not be reached or a statement failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No connection could be had from the pool (Postgres down, pool exhausted).
+    #[error("cannot get a database connection: {0}")]
+    Pool(String),
+    /// A statement failed.
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    /// Connecting for migrations failed.
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[from] diesel::ConnectionError),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// A statement did not finish in time.
+    #[error("database did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl From<PoolError> for StoreError {
+    fn from(e: PoolError) -> Self {
+        StoreError::Pool(e.to_string())
+    }
+}
+
+/// Pool settings for [`Store::connect`].
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Maximum open connections.
+    pub max_size: usize,
+    /// How long to wait for a connection (creating one included).
+    pub timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_size: 16,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Handle on Keel's Postgres database; cheap to clone (shares the pool).
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool<AsyncPgConnection>,
+    timeout: Duration,
+}
+
+impl Store {
+    /// Builds a pool for `url`. Connections are opened lazily, so this succeeds even when
+    /// Postgres is down; use [`Store::ping`] to check reachability.
+    pub fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+        let pool = Pool::builder(manager)
+            .max_size(settings.max_size)
+            .runtime(deadpool::Runtime::Tokio1)
+            .wait_timeout(Some(settings.timeout))
+            .create_timeout(Some(settings.timeout))
+            .recycle_timeout(Some(settings.timeout))
+            .build()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        Ok(Self {
+            pool,
+            timeout: settings.timeout,
+        })
+    }
+
+    pub(crate) async fn conn(&self) -> Result<Object<AsyncPgConnection>, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Runs `fut` with the store's statement timeout.
+    pub(crate) async fn timed<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout * 2, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(self.timeout * 2)),
+        }
+    }
+
+    /// Checks that Postgres answers a trivial query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,86 @@
+//! Every metric name Keel exports, in one place (`keel_<component>_<what>_<unit>`;
+//! counters end in `_total`, durations are histograms in seconds). Labels are `source`,
+//! `destination`, `outcome`, `endpoint` and `actor`; never user data.
+
+/// Gateway HTTP requests, labelled `endpoint` and `outcome` (the HTTP status code).
+pub const GATEWAY_REQUESTS_TOTAL: &str = "keel_gateway_requests_total";
+/// Events committed to `gw_jobs`, labelled `source`.
+pub const GATEWAY_EVENTS_ACCEPTED_TOTAL: &str = "keel_gateway_events_accepted_total";
+/// Wall time of HTTP ingest requests from first byte to answer, labelled `endpoint`.
+pub const GATEWAY_REQUEST_DURATION_SECONDS: &str = "keel_gateway_request_duration_seconds";
+/// Time from flush start to commit of one GatewayWriter group commit.
+pub const GATEWAY_COMMIT_DURATION_SECONDS: &str = "keel_gateway_commit_duration_seconds";
+/// Requests per GatewayWriter flush.
+pub const GATEWAY_FLUSH_REQUESTS: &str = "keel_gateway_flush_requests";
+/// Events per GatewayWriter flush.
+pub const GATEWAY_FLUSH_EVENTS: &str = "keel_gateway_flush_events";
+/// Failed GatewayWriter flushes (Postgres unreachable or erroring).
+pub const GATEWAY_FLUSH_FAILURES_TOTAL: &str = "keel_gateway_flush_failures_total";
+/// Requests waiting for the GatewayWriter (accepted, not yet committed).
+pub const GATEWAY_QUEUE_DEPTH: &str = "keel_gateway_queue_depth";
+/// Bytes of request payload waiting for the GatewayWriter.
+pub const GATEWAY_QUEUE_BYTES: &str = "keel_gateway_queue_bytes";
+/// Dedup rows pruned because they left the messageId window.
+pub const GATEWAY_DEDUP_PRUNED_TOTAL: &str = "keel_gateway_dedup_pruned_total";
+
+/// Actor restarts by a supervisor, labelled `actor`.
+pub const SUPERVISOR_RESTARTS_TOTAL: &str = "keel_supervisor_restarts_total";
+/// Heartbeats a child did not answer in time, labelled `actor`.
+pub const SUPERVISOR_HEARTBEAT_MISSES_TOTAL: &str = "keel_supervisor_heartbeat_misses_total";
+
+/// Every name above, for the dashboard contract test and for `describe_all`.
+pub const ALL: &[&str] = &[
+    GATEWAY_REQUESTS_TOTAL,
+    GATEWAY_EVENTS_ACCEPTED_TOTAL,
+    GATEWAY_REQUEST_DURATION_SECONDS,
+    GATEWAY_COMMIT_DURATION_SECONDS,
+    GATEWAY_FLUSH_REQUESTS,
+    GATEWAY_FLUSH_EVENTS,
+    GATEWAY_FLUSH_FAILURES_TOTAL,
+    GATEWAY_QUEUE_DEPTH,
+    GATEWAY_QUEUE_BYTES,
+    GATEWAY_DEDUP_PRUNED_TOTAL,
+    SUPERVISOR_RESTARTS_TOTAL,
+    SUPERVISOR_HEARTBEAT_MISSES_TOTAL,
+];
+
+/// Registers help text for every metric so `/metrics` documents itself.
+pub fn describe_all() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        GATEWAY_REQUESTS_TOTAL,
+        "Gateway HTTP requests by endpoint and status"
+    );
+    describe_counter!(
+        GATEWAY_EVENTS_ACCEPTED_TOTAL,
+        "Events committed to gw_jobs by source"
+    );
+    describe_histogram!(
+        GATEWAY_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Ingest request duration, first byte to answer"
+    );
+    describe_histogram!(
+        GATEWAY_COMMIT_DURATION_SECONDS,
+        Unit::Seconds,
+        "Duration of one group commit into gw_jobs"
+    );
+    describe_histogram!(GATEWAY_FLUSH_REQUESTS, "Requests per group commit");
+    describe_histogram!(GATEWAY_FLUSH_EVENTS, "Events per group commit");
+    describe_counter!(GATEWAY_FLUSH_FAILURES_TOTAL, "Group commits that failed");
+    describe_gauge!(GATEWAY_QUEUE_DEPTH, "Requests waiting for commit");
+    describe_gauge!(
+        GATEWAY_QUEUE_BYTES,
+        Unit::Bytes,
+        "Payload bytes waiting for commit"
+    );
+    describe_counter!(
+        GATEWAY_DEDUP_PRUNED_TOTAL,
+        "Dedup rows pruned out of the window"
+    );
+    describe_counter!(SUPERVISOR_RESTARTS_TOTAL, "Actor restarts by actor");
+    describe_counter!(
+        SUPERVISOR_HEARTBEAT_MISSES_TOTAL,
+        "Heartbeats not answered in time"
+    );
+}

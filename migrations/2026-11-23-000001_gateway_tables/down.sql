@@ -1,0 +1,3 @@
+DROP TABLE dedup;
+DROP TABLE checkpoints;
+DROP TABLE gw_jobs;

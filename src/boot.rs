@@ -1,0 +1,171 @@
+//! Start-up and shutdown of `keel serve`: resolve the database (explicit, local or
+//! embedded), migrate under the advisory lock, install the Prometheus recorder, start the
+//! supervision tree and the HTTP server, and on SIGTERM/SIGINT stop accepting, let
+//! in-flight requests finish their commits, and exit cleanly.
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_cors::Cors;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+use keel_actors::gateway::GatewayWriterConfig;
+use keel_actors::messages::FlushNow;
+use keel_actors::store::{run_migrations, PoolSettings, Store};
+use keel_actors::supervisor::{RootSupervisor, SupervisorConfig};
+use keel_actors::telemetry;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::sync::Semaphore;
+
+use crate::config::{KeelConfig, Workspace};
+use crate::embedded_pg::{self, EmbeddedCluster};
+use crate::http::{self, auth::SourceIndex, AppState};
+
+/// Latency buckets (seconds) for every `_seconds` histogram.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Buckets for per-flush sizes.
+const SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0,
+];
+
+/// The database Keel uses, and the private cluster behind it when one was started.
+pub struct Database {
+    /// Connection string.
+    pub url: String,
+    /// Kept alive for the process lifetime; stops the cluster when dropped.
+    pub cluster: Option<EmbeddedCluster>,
+}
+
+/// Resolves `DATABASE_URL` / `database.url`, else the local or embedded default.
+pub async fn database(config: &KeelConfig) -> anyhow::Result<Database> {
+    if !config.database.url.is_empty() {
+        return Ok(Database {
+            url: config.database.url.clone(),
+            cluster: None,
+        });
+    }
+    let (url, cluster) = embedded_pg::resolve(&config.database).await?;
+    Ok(Database { url, cluster })
+}
+
+/// Applies pending migrations and logs what ran.
+pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
+    let applied = run_migrations(url)
+        .await
+        .context("applying database migrations")?;
+    if applied.is_empty() {
+        tracing::info!("database schema is current");
+    } else {
+        tracing::info!(?applied, "applied migrations");
+    }
+    Ok(applied)
+}
+
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Prefix("keel_gateway_flush_".into()), SIZE_BUCKETS)?
+        .install_recorder()
+        .context("installing the Prometheus recorder")?;
+    telemetry::describe_all();
+    Ok(handle)
+}
+
+/// Runs the service until SIGTERM/SIGINT.
+pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<()> {
+    let db = database(&config).await?;
+    migrate(&db.url).await?;
+    let prometheus = install_metrics()?;
+    let store = Store::connect(
+        &db.url,
+        &PoolSettings {
+            max_size: config.database.pool_size,
+            timeout: Duration::from_secs(config.database.timeout_secs),
+        },
+    )?;
+    let writer_config = GatewayWriterConfig {
+        max_batch: config.gateway.max_batch,
+        max_wait: config.gateway.max_wait(),
+        dedup_window: Duration::from_secs(config.gateway.dedup_window_secs),
+        ..GatewayWriterConfig::default()
+    };
+    let (_root, children) =
+        RootSupervisor::start(store.clone(), writer_config, SupervisorConfig::default());
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let queue_permits = (config.gateway.queue_bytes / 1024).max(1);
+    let state = web::Data::new(AppState {
+        sources: SourceIndex::new(&workspace),
+        children: children.clone(),
+        store,
+        prometheus,
+        queue: Arc::new(Semaphore::new(queue_permits)),
+        draining: draining.clone(),
+        config: config.clone(),
+    });
+
+    let listener = TcpListener::bind(&config.server.listen)
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    let workers = if config.server.workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        config.server.workers
+    };
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(
+                Cors::default()
+                    .allow_any_origin()
+                    .allowed_methods(["GET", "POST", "OPTIONS"])
+                    .allow_any_header()
+                    .max_age(3600),
+            )
+            .configure(http::routes)
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(config.server.shutdown_timeout_secs)
+    .listen(listener)?
+    .run();
+    tracing::info!(%addr, workers, "listening");
+
+    let handle = server.handle();
+    let signals = tokio::spawn(async move {
+        let stop = wait_for_signal().await;
+        tracing::info!(
+            signal = stop,
+            "shutting down: no new requests, finishing in-flight commits"
+        );
+        draining.store(true, Ordering::Relaxed);
+        handle.stop(true).await;
+    });
+    server.await?;
+    signals.abort();
+    // Every in-flight request waited for its commit; flush anything left regardless.
+    let _ = children.gateway_writer.send(FlushNow).await;
+    tracing::info!("stopped");
+    drop(db.cluster);
+    Ok(())
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the server still stops when the process is killed.
+        std::future::pending::<()>().await;
+        return "none";
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

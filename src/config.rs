@@ -1,0 +1,488 @@
+//! Server configuration: `config/keel.toml` (or `--config`), overridden by `KEEL_*`
+//! environment variables (`KEEL_GATEWAY__MAX_BATCH=256` sets `gateway.max_batch`), then by
+//! CLI flags. Also owns the workspace file (`workspace.json`, RudderStack's workspace shape)
+//! and its validation, which reports every problem with its JSON path.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Everything `keel serve` is tuned by. Each field is documented in README.md.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeelConfig {
+    /// HTTP server settings.
+    pub server: ServerConfig,
+    /// Postgres connection settings.
+    pub database: DatabaseConfig,
+    /// Ingest limits and group-commit tuning.
+    pub gateway: GatewayConfig,
+    /// Admin API settings.
+    pub admin: AdminConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on (`KEEL_LISTEN`, `--listen`).
+    pub listen: String,
+    /// HTTP worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Seconds to let in-flight requests finish after SIGTERM.
+    pub shutdown_timeout_secs: u64,
+    /// Path of the workspace file (`KEEL_WORKSPACE`, `--workspace`).
+    pub workspace: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            workers: 0,
+            shutdown_timeout_secs: 30,
+            workspace: "config/workspace.json".into(),
+        }
+    }
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Postgres URL (`DATABASE_URL`). Empty: use the local server or an embedded cluster.
+    pub url: String,
+    /// Server probed when `url` is empty; database `keel` is created there if missing.
+    pub local_url: String,
+    /// Data directory of the private cluster started when no local server answers.
+    pub embedded_dir: String,
+    /// Maximum pooled connections.
+    pub pool_size: usize,
+    /// Seconds to wait for a connection or a statement before answering 503.
+    pub timeout_secs: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            local_url: "postgres://postgres@127.0.0.1:5432".into(),
+            embedded_dir: "data/pg".into(),
+            pool_size: 16,
+            timeout_secs: 5,
+        }
+    }
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Largest accepted event, in bytes of JSON.
+    pub max_event_bytes: usize,
+    /// Largest accepted request body, in bytes, compressed and inflated alike.
+    pub max_request_bytes: usize,
+    /// Requests per group commit at most.
+    pub max_batch: usize,
+    /// Milliseconds an idle writer waits to gather a group.
+    pub max_wait_ms: u64,
+    /// Payload bytes that may wait for commit; beyond it requests get 429.
+    pub queue_bytes: usize,
+    /// `Retry-After` seconds sent with 429 and 503.
+    pub retry_after_secs: u64,
+    /// messageId dedup window in seconds.
+    pub dedup_window_secs: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: 32 * 1024,
+            max_request_bytes: 500 * 1024,
+            max_batch: 128,
+            max_wait_ms: 5,
+            queue_bytes: 64 * 1024 * 1024,
+            retry_after_secs: 1,
+            dedup_window_secs: 24 * 3600,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The group-commit wait as a duration.
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.max_wait_ms)
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token for `/admin`; empty disables the admin API.
+    pub token: String,
+}
+
+/// A configuration problem, naming the file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file or an environment override is malformed.
+    #[error("{0}")]
+    Figment(Box<figment::Error>),
+    /// A value is out of range.
+    #[error("{file}: {field}: {problem}")]
+    Invalid {
+        /// The file the value came from (or the environment).
+        file: String,
+        /// The dotted field name.
+        field: String,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+}
+
+impl KeelConfig {
+    /// Loads `path` (if it exists; a missing default file is fine, a missing explicit one is
+    /// an error), then `KEEL_*` overrides, then validates ranges.
+    pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
+        if explicit && !path.exists() {
+            return Err(ConfigError::Invalid {
+                file: path.display().to_string(),
+                field: "-".into(),
+                problem: "file not found".into(),
+            });
+        }
+        let mut figment = Figment::from(Serialized::defaults(KeelConfig::default()));
+        if path.exists() {
+            figment = figment.merge(Toml::file(path));
+        }
+        // KEEL_CONFIG / KEEL_WORKSPACE / KEEL_LISTEN are CLI-level variables handled by clap.
+        figment = figment.merge(
+            Env::prefixed("KEEL_")
+                .ignore(&["CONFIG", "WORKSPACE", "LISTEN", "LOG"])
+                .split("__"),
+        );
+        let config: KeelConfig = figment
+            .extract()
+            .map_err(|e| ConfigError::Figment(Box::new(e)))?;
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let bad = |field: &str, problem: &str| ConfigError::Invalid {
+            file: file.to_owned(),
+            field: field.to_owned(),
+            problem: problem.to_owned(),
+        };
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return Err(bad(
+                "server.listen",
+                "must be an address like 127.0.0.1:8080",
+            ));
+        }
+        let g = &self.gateway;
+        if g.max_event_bytes == 0 || g.max_event_bytes > g.max_request_bytes {
+            return Err(bad(
+                "gateway.max_event_bytes",
+                "must be > 0 and <= gateway.max_request_bytes",
+            ));
+        }
+        if g.max_batch == 0 {
+            return Err(bad("gateway.max_batch", "must be at least 1"));
+        }
+        if g.queue_bytes < g.max_request_bytes {
+            return Err(bad(
+                "gateway.queue_bytes",
+                "must be at least gateway.max_request_bytes",
+            ));
+        }
+        if self.database.pool_size == 0 {
+            return Err(bad("database.pool_size", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// A workspace: sources with write keys and their destinations (RudderStack's shape; unknown
+/// fields are ignored so an exported workspace loads unchanged).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Workspace {
+    /// Every source.
+    pub sources: Vec<Source>,
+}
+
+/// One source (an app sending events).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    /// Stable id, stored with each request.
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// Secret the SDK sends.
+    pub write_key: String,
+    /// Disabled sources are refused with 401.
+    pub enabled: bool,
+    /// Where this source's events go.
+    #[serde(default)]
+    pub destinations: Vec<Destination>,
+}
+
+/// One destination of a source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Destination {
+    /// Stable id.
+    pub id: String,
+    /// Human name (also matched by an event's `integrations`).
+    pub name: String,
+    /// Disabled destinations receive nothing.
+    pub enabled: bool,
+    /// Kind-specific settings.
+    #[serde(default)]
+    pub config: serde_json::Map<String, Value>,
+    /// The kind, e.g. `WEBHOOK`.
+    pub destination_definition: DestinationDefinition,
+}
+
+/// A destination's kind.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DestinationDefinition {
+    /// Kind name, e.g. `WEBHOOK`.
+    pub name: String,
+}
+
+/// Every problem found in a workspace file, each with its JSON path.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {}", .problems.join(&format!("\n{}: ", .file)))]
+pub struct WorkspaceError {
+    /// The file read.
+    pub file: String,
+    /// `path: problem` lines.
+    pub problems: Vec<String>,
+}
+
+impl Workspace {
+    /// Reads and validates `path`, collecting every problem rather than stopping at the first.
+    pub fn load(path: &Path) -> Result<Self, WorkspaceError> {
+        let file = path.display().to_string();
+        let one = |p: String| WorkspaceError {
+            file: file.clone(),
+            problems: vec![p],
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| one(format!("cannot read: {e}")))?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| {
+            one(format!(
+                "invalid JSON at line {} column {}: {e}",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        let problems = validate_workspace(&value);
+        if !problems.is_empty() {
+            return Err(WorkspaceError { file, problems });
+        }
+        serde_json::from_value(value).map_err(|e| one(format!("$: {e}")))
+    }
+}
+
+/// Destination kinds this build can deliver to, with their required config keys.
+const KNOWN_KINDS: &[(&str, &[&str])] = &[("WEBHOOK", &["webhookUrl"])];
+
+fn validate_workspace(root: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(sources) = root.get("sources") else {
+        problems.push("$.sources: missing (expected an array of sources)".into());
+        return problems;
+    };
+    let Some(sources) = sources.as_array() else {
+        problems.push("$.sources: must be an array".into());
+        return problems;
+    };
+    let mut write_keys = HashSet::new();
+    let mut source_ids = HashSet::new();
+    let mut dest_ids = HashSet::new();
+    for (i, src) in sources.iter().enumerate() {
+        let at = format!("$.sources[{i}]");
+        if !src.is_object() {
+            problems.push(format!("{at}: must be an object"));
+            continue;
+        }
+        if let Some(id) = require_str(src, "id", &at, &mut problems) {
+            if !source_ids.insert(id.to_owned()) {
+                problems.push(format!("{at}.id: duplicate source id {id:?}"));
+            }
+        }
+        require_str(src, "name", &at, &mut problems);
+        if let Some(key) = require_str(src, "writeKey", &at, &mut problems) {
+            if !write_keys.insert(key.to_owned()) {
+                problems.push(format!("{at}.writeKey: used by another source"));
+            }
+        }
+        require_bool(src, "enabled", &at, &mut problems);
+        let Some(dests) = src.get("destinations") else {
+            continue;
+        };
+        let Some(dests) = dests.as_array() else {
+            problems.push(format!("{at}.destinations: must be an array"));
+            continue;
+        };
+        for (j, dest) in dests.iter().enumerate() {
+            let at = format!("{at}.destinations[{j}]");
+            if !dest.is_object() {
+                problems.push(format!("{at}: must be an object"));
+                continue;
+            }
+            if let Some(id) = require_str(dest, "id", &at, &mut problems) {
+                // The same destination may be connected to several sources in RudderStack
+                // exports; only a clash within one source is an error.
+                if !dest_ids.insert((i, id.to_owned())) {
+                    problems.push(format!("{at}.id: duplicate destination id {id:?}"));
+                }
+            }
+            require_str(dest, "name", &at, &mut problems);
+            require_bool(dest, "enabled", &at, &mut problems);
+            let config = dest.get("config");
+            if let Some(c) = config {
+                if !c.is_object() {
+                    problems.push(format!("{at}.config: must be an object"));
+                }
+            }
+            let kind = match dest.get("destinationDefinition") {
+                None => {
+                    problems.push(format!("{at}.destinationDefinition: missing"));
+                    None
+                }
+                Some(def) => require_str(
+                    def,
+                    "name",
+                    &format!("{at}.destinationDefinition"),
+                    &mut problems,
+                ),
+            };
+            if let Some(kind) = kind {
+                match KNOWN_KINDS.iter().find(|(k, _)| *k == kind) {
+                    None => problems.push(format!(
+                        "{at}.destinationDefinition.name: unknown destination kind {kind:?} (known: {})",
+                        KNOWN_KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+                    )),
+                    Some((_, required)) => {
+                        for key in *required {
+                            let present = config
+                                .and_then(|c| c.get(*key))
+                                .and_then(Value::as_str)
+                                .is_some_and(|s| !s.is_empty());
+                            if !present {
+                                problems.push(format!(
+                                    "{at}.config.{key}: missing (required by {kind})"
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+fn require_str<'a>(
+    obj: &'a Value,
+    key: &str,
+    at: &str,
+    problems: &mut Vec<String>,
+) -> Option<&'a str> {
+    match obj.get(key) {
+        None => {
+            problems.push(format!("{at}.{key}: missing"));
+            None
+        }
+        Some(Value::String(s)) if !s.is_empty() => Some(s),
+        Some(Value::String(_)) => {
+            problems.push(format!("{at}.{key}: must not be empty"));
+            None
+        }
+        Some(_) => {
+            problems.push(format!("{at}.{key}: must be a string"));
+            None
+        }
+    }
+}
+
+fn require_bool(obj: &Value, key: &str, at: &str, problems: &mut Vec<String>) {
+    match obj.get(key) {
+        None => problems.push(format!("{at}.{key}: missing")),
+        Some(Value::Bool(_)) => {}
+        Some(_) => problems.push(format!("{at}.{key}: must be true or false")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_every_problem_with_its_path() {
+        let v: Value = serde_json::json!({
+            "sources": [
+                {"id": "s1", "name": "a", "writeKey": "k", "enabled": true,
+                 "destinations": [{"id": "d1", "name": "hook", "enabled": "yes",
+                                   "config": {}, "destinationDefinition": {"name": "WEBHOOK"}}]},
+                {"id": "s1", "name": "b", "writeKey": "k"}
+            ]
+        });
+        let problems = validate_workspace(&v);
+        assert!(
+            problems.contains(
+                &"$.sources[0].destinations[0].enabled: must be true or false".to_string()
+            ),
+            "{problems:?}"
+        );
+        assert!(
+            problems.contains(
+                &"$.sources[0].destinations[0].config.webhookUrl: missing (required by WEBHOOK)"
+                    .to_string()
+            ),
+            "{problems:?}"
+        );
+        assert!(
+            problems.contains(&"$.sources[1].id: duplicate source id \"s1\"".to_string()),
+            "{problems:?}"
+        );
+        assert!(
+            problems.contains(&"$.sources[1].writeKey: used by another source".to_string()),
+            "{problems:?}"
+        );
+        assert!(
+            problems.contains(&"$.sources[1].enabled: missing".to_string()),
+            "{problems:?}"
+        );
+        assert_eq!(problems.len(), 5, "{problems:?}");
+    }
+
+    #[test]
+    fn ignores_unknown_fields_of_an_exported_workspace() {
+        let v: Value = serde_json::json!({
+            "workspaceId": "w1", "libraries": [],
+            "sources": [{"id": "s1", "name": "a", "writeKey": "k", "enabled": true,
+                         "sourceDefinition": {"name": "HTTP"}, "config": {}, "deleted": false,
+                         "destinations": [{"id": "d1", "name": "hook", "enabled": true,
+                                           "config": {"webhookUrl": "http://x", "webhookMethod": "POST"},
+                                           "destinationDefinition": {"name": "WEBHOOK", "displayName": "Webhook", "config": {}},
+                                           "transformations": []}]}]
+        });
+        assert!(validate_workspace(&v).is_empty());
+        let ws: Workspace = serde_json::from_value(v).expect("valid workspace");
+        assert_eq!(
+            ws.sources[0].destinations[0].destination_definition.name,
+            "WEBHOOK"
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! The Segment tracking API handlers: `POST /v1/{identify,track,page,screen,group,alias}`
+//! (one event), `/v1/batch` and `/v1/import` (many). A request is authenticated, read under
+//! the size caps, validated and normalised, then handed to the GatewayWriter; the answer is
+//! 200 only after its `gw_jobs` row committed.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+
+use keel_actors::messages::{Ingest, IngestError};
+use keel_actors::telemetry as t;
+
+use super::body::{check_headers, read_body};
+use super::error::ApiError;
+use super::normalize::{normalize_event, BatchDefaults, EventType, RequestInfo};
+use super::{auth, AppState};
+
+/// Which ingest endpoint a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// One event of this type.
+    Single(EventType),
+    /// `/v1/batch`.
+    Batch,
+    /// `/v1/import` (same as batch).
+    Import,
+}
+
+impl Endpoint {
+    /// Label value for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Single(t) => t.as_str(),
+            Endpoint::Batch => "batch",
+            Endpoint::Import => "import",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct BatchBody<'a> {
+    #[serde(borrow)]
+    batch: Vec<&'a RawValue>,
+    #[serde(default)]
+    context: Option<Value>,
+    #[serde(default)]
+    integrations: Option<Value>,
+    #[serde(default, rename = "sentAt")]
+    sent_at: Option<Value>,
+    #[serde(default, rename = "writeKey")]
+    write_key: Option<Value>,
+}
+
+/// Handles one ingest request and records its outcome in metrics.
+pub async fn ingest(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    endpoint: Endpoint,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let result = ingest_inner(&req, payload, &state, endpoint).await;
+    let status = match &result {
+        Ok(_) => "200".to_string(),
+        Err(e) => e.status.as_u16().to_string(),
+    };
+    metrics::counter!(t::GATEWAY_REQUESTS_TOTAL, "endpoint" => endpoint.label(), "outcome" => status)
+        .increment(1);
+    metrics::histogram!(t::GATEWAY_REQUEST_DURATION_SECONDS, "endpoint" => endpoint.label())
+        .record(started.elapsed().as_secs_f64());
+    result.map(|()| HttpResponse::Ok().json(serde_json::json!({"success": true})))
+}
+
+fn body_str(body: &[u8]) -> Result<&str, ApiError> {
+    std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("invalid_json", "body is not valid UTF-8 JSON"))
+}
+
+fn invalid_json(e: serde_json::Error) -> ApiError {
+    ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
+}
+
+fn object_field<'a>(
+    v: &'a Option<Value>,
+    name: &str,
+) -> Result<Option<&'a Map<String, Value>>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_field",
+            format!("batch-level {name} must be an object"),
+        )),
+    }
+}
+
+fn write_key_field(v: Option<&Value>) -> Option<String> {
+    match v {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
+async fn ingest_inner(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    endpoint: Endpoint,
+) -> Result<(), ApiError> {
+    let limits = &state.config.gateway;
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "server is shutting down; retry against another instance",
+            limits.retry_after_secs,
+        ));
+    }
+    let encoding = check_headers(req.headers())?;
+    // Authenticate from the header before reading the body, so unauthenticated floods are cheap.
+    let header_source = match auth::basic_write_key(req.headers())? {
+        Some(key) => Some(state.sources.authenticate(&key)?),
+        None => None,
+    };
+    let body = read_body(req.headers(), payload, encoding, limits.max_request_bytes).await?;
+    let text = body_str(&body)?;
+    let request = RequestInfo {
+        received_at: Utc::now(),
+        ip: req.connection_info().realip_remote_addr().map(strip_port),
+    };
+
+    let mut events: Vec<Map<String, Value>>;
+    let mut message_ids = Vec::new();
+    let body_key;
+    match endpoint {
+        Endpoint::Single(ty) => {
+            if text.len() > limits.max_event_bytes {
+                return Err(ApiError::too_large(format!(
+                    "event is {} bytes; the limit is {} bytes per event",
+                    text.len(),
+                    limits.max_event_bytes
+                ))
+                .at(0));
+            }
+            let value: Value = serde_json::from_str(text).map_err(invalid_json)?;
+            let Value::Object(mut event) = value else {
+                return Err(ApiError::bad_request(
+                    "invalid_json",
+                    "body must be a JSON object",
+                ));
+            };
+            body_key = write_key_field(event.get("writeKey"));
+            let source = resolve_source(header_source, body_key, state)?;
+            message_ids.push(normalize_event(
+                &mut event,
+                0,
+                Some(ty),
+                &BatchDefaults::default(),
+                &request,
+            )?);
+            events = vec![event];
+            return commit(state, source, &request, events, message_ids).await;
+        }
+        Endpoint::Batch | Endpoint::Import => {
+            let parsed: BatchBody<'_> = serde_json::from_str(text).map_err(|e| {
+                if e.is_data() {
+                    ApiError::bad_request(
+                        "invalid_batch",
+                        format!("body must be an object with a \"batch\" array of events: {e}"),
+                    )
+                } else {
+                    invalid_json(e)
+                }
+            })?;
+            body_key = write_key_field(parsed.write_key.as_ref());
+            let source = resolve_source(header_source, body_key, state)?;
+            if parsed.batch.is_empty() {
+                return Err(ApiError::bad_request("empty_batch", "batch has no events"));
+            }
+            let defaults = BatchDefaults {
+                context: object_field(&parsed.context, "context")?,
+                integrations: object_field(&parsed.integrations, "integrations")?,
+                sent_at: parsed.sent_at.as_ref(),
+            };
+            events = Vec::with_capacity(parsed.batch.len());
+            message_ids.reserve(parsed.batch.len());
+            for (i, raw) in parsed.batch.iter().enumerate() {
+                let raw = raw.get();
+                if raw.len() > limits.max_event_bytes {
+                    return Err(ApiError::too_large(format!(
+                        "event {i} is {} bytes; the limit is {} bytes per event",
+                        raw.len(),
+                        limits.max_event_bytes
+                    ))
+                    .at(i));
+                }
+                let Ok(Value::Object(mut event)) = serde_json::from_str::<Value>(raw) else {
+                    return Err(ApiError::bad_request(
+                        "invalid_event",
+                        format!("event {i} must be a JSON object"),
+                    )
+                    .at(i));
+                };
+                message_ids.push(normalize_event(&mut event, i, None, &defaults, &request)?);
+                events.push(event);
+            }
+            commit(state, source, &request, events, message_ids).await
+        }
+    }
+}
+
+fn resolve_source(
+    header_source: Option<Arc<str>>,
+    body_key: Option<String>,
+    state: &AppState,
+) -> Result<Arc<str>, ApiError> {
+    match (header_source, body_key) {
+        (Some(source), _) => Ok(source),
+        (None, Some(key)) => state.sources.authenticate(&key),
+        (None, None) => Err(ApiError::unauthorized(
+            "missing_write_key",
+            "no write key: send HTTP Basic auth with the write key as user, or a writeKey field",
+        )),
+    }
+}
+
+fn strip_port(addr: &str) -> String {
+    // "1.2.3.4:5678" → "1.2.3.4"; "[::1]:5678" → "::1"; a bare address stays as it is.
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(sa) => sa.ip().to_string(),
+        Err(_) => addr.to_owned(),
+    }
+}
+
+async fn commit(
+    state: &AppState,
+    source: Arc<str>,
+    request: &RequestInfo,
+    events: Vec<Map<String, Value>>,
+    message_ids: Vec<String>,
+) -> Result<(), ApiError> {
+    let retry_after = state.config.gateway.retry_after_secs;
+    let payload = serde_json::to_string(&events).map_err(|e| {
+        ApiError::bad_request("invalid_event", format!("event cannot be encoded: {e}"))
+    })?;
+    let permits = payload.len().div_ceil(1024).max(1) as u32;
+    let Ok(permit) = state.queue.clone().try_acquire_many_owned(permits) else {
+        return Err(ApiError::throttled(
+            "ingest queue is full; retry after the indicated delay",
+            retry_after,
+        ));
+    };
+    metrics::gauge!(t::GATEWAY_QUEUE_BYTES).increment(payload.len() as f64);
+    let queued_bytes = payload.len() as f64;
+    let (reply, answer) = oneshot::channel();
+    let msg = Ingest {
+        source_id: source,
+        received_at: request.received_at,
+        event_count: events.len() as i32,
+        payload,
+        message_ids,
+        reply,
+    };
+    let sent = state.children.gateway_writer.try_send(msg);
+    let result = match sent {
+        Err(_) => Err(ApiError::throttled(
+            "ingest queue is full; retry after the indicated delay",
+            retry_after,
+        )),
+        Ok(()) => match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(IngestError::Unavailable(e))) => Err(ApiError::unavailable(
+                "storage_unavailable",
+                format!("event storage is unavailable, nothing was stored: {e}"),
+                retry_after,
+            )),
+            Err(_) => Err(ApiError::unavailable(
+                "storage_unavailable",
+                "the writer stopped before storing the request; nothing was acknowledged",
+                retry_after,
+            )),
+        },
+    };
+    metrics::gauge!(t::GATEWAY_QUEUE_BYTES).decrement(queued_bytes);
+    drop(permit);
+    result
+}

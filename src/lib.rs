@@ -1,0 +1,8 @@
+//! Keel's service crate: configuration, start-up, the embedded database default and the
+//! HTTP surface. The `keel` binary (`main.rs`) is a thin CLI over this library; the actor
+//! system lives in the `keel-actors` crate.
+
+pub mod boot;
+pub mod config;
+pub mod embedded_pg;
+pub mod http;

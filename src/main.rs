@@ -1,0 +1,162 @@
+//! `keel`: the command line. `serve` runs the event router, `migrate` applies the schema,
+//! `check-config` validates `keel.toml` and the workspace file, printing every problem.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use keel::boot;
+use keel::config::{KeelConfig, Workspace};
+
+#[derive(Parser)]
+#[command(
+    name = "keel",
+    version,
+    about = "Segment-compatible customer-event router"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Server configuration file (TOML).
+    #[arg(long, env = "KEEL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Workspace file (RudderStack workspace JSON: sources, write keys, destinations).
+    #[arg(long, env = "KEEL_WORKSPACE")]
+    workspace: Option<PathBuf>,
+    /// Postgres URL; without it Keel uses a local server or starts an embedded one.
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Listen address (default 127.0.0.1:8080; port 0 picks a free one).
+        #[arg(long, env = "KEEL_LISTEN")]
+        listen: Option<String>,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Validate the configuration and workspace; print every error and exit non-zero if any.
+    CheckConfig {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+const DEFAULT_CONFIG: &str = "config/keel.toml";
+
+fn load_config(common: &Common, listen: Option<String>) -> anyhow::Result<KeelConfig> {
+    let (path, explicit) = match &common.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    let mut config = KeelConfig::load(&path, explicit)?;
+    if let Some(url) = &common.database_url {
+        config.database.url = url.clone();
+    }
+    if let Some(ws) = &common.workspace {
+        config.server.workspace = ws.display().to_string();
+    }
+    if let Some(listen) = listen {
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            anyhow::bail!(
+                "--listen / KEEL_LISTEN: {listen:?} is not an address like 127.0.0.1:8080"
+            );
+        }
+        config.server.listen = listen;
+    }
+    Ok(config)
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::CheckConfig { common } => check_config(&common),
+        Command::Migrate { common } => actix_web::rt::System::new().block_on(async move {
+            let config = load_config(&common, None)?;
+            let db = boot::database(&config).await?;
+            boot::migrate(&db.url).await.map(|_| ())
+        }),
+        Command::Serve { common, listen } => {
+            let loaded = load_config(&common, listen).and_then(|config| {
+                let ws = Workspace::load(std::path::Path::new(&config.server.workspace))?;
+                Ok((config, ws))
+            });
+            match loaded {
+                Err(e) => Err(e),
+                Ok((config, ws)) => actix_web::rt::System::new().block_on(boot::serve(config, ws)),
+            }
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keel: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(common: &Common) -> anyhow::Result<()> {
+    let mut errors = Vec::new();
+    let config = match load_config(common, None) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            errors.push(format!("{e:#}"));
+            None
+        }
+    };
+    let ws_path = config.as_ref().map_or_else(
+        || {
+            common
+                .workspace
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("config/workspace.json"))
+        },
+        |c| PathBuf::from(&c.server.workspace),
+    );
+    match Workspace::load(&ws_path) {
+        Ok(ws) => {
+            if errors.is_empty() {
+                let dests: usize = ws.sources.iter().map(|s| s.destinations.len()).sum();
+                println!(
+                    "ok: {} source(s), {} destination(s) in {}",
+                    ws.sources.len(),
+                    dests,
+                    ws_path.display()
+                );
+            }
+        }
+        Err(e) => errors.extend(e.problems.iter().map(|p| format!("{}: {p}", e.file))),
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    for e in &errors {
+        eprintln!("{e}");
+    }
+    anyhow::bail!("{} configuration error(s)", errors.len())
+}
