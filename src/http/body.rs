@@ -19,13 +19,20 @@ pub enum Encoding {
     Gzip,
 }
 
-/// Checks `Content-Type` and `Content-Encoding`. Accepted types: none, `application/json`
-/// and `text/plain` (browsers' `sendBeacon`), any charset; anything else is 415.
+/// Checks `Content-Type` and `Content-Encoding`. Like Segment's API, the body is read as
+/// JSON whatever the label says, as long as the label could carry JSON: none,
+/// `application/json` (and `+json` types), `text/plain` (browsers' `sendBeacon`) and
+/// `application/x-www-form-urlencoded` (RudderStack's Node SDK labels its gzipped JSON so).
+/// Types that cannot be JSON (`multipart/*`, XML, binary…) are 415.
 pub fn check_headers(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         let mime = ct.split(';').next().unwrap_or("").trim();
-        if !matches!(mime, "" | "application/json" | "text/plain") {
+        let json_like = matches!(
+            mime,
+            "" | "application/json" | "text/plain" | "application/x-www-form-urlencoded"
+        ) || (mime.starts_with("application/") && mime.ends_with("+json"));
+        if !json_like {
             return Err(ApiError::new(
                 actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs every Keel test from a fresh machine of the project's kind: makes sure PostgreSQL
+# answers on 127.0.0.1:5432, installs what the tests need (cargo-nextest if missing, the
+# real Segment/RudderStack SDKs under .cache/sdk), then runs the whole suite with nextest.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { echo "[test] $*" >&2; }
+
+# Offline V8 for the `v8` crate when the shared copy is beside the repo (see README).
+if [[ -x ../shared/v8/install.sh ]]; then
+    ../shared/v8/install.sh >&2
+fi
+
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+    log "starting PostgreSQL"
+    if command -v pg_ctlcluster >/dev/null && [[ -d /etc/postgresql ]]; then
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start
+    else
+        log "no PostgreSQL server found; installing it"
+        apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start
+    fi
+    for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+fi
+
+for tool in python3 node npm; do
+    if ! command -v "$tool" >/dev/null; then
+        log "installing $tool"
+        apt-get update -qq
+        case "$tool" in
+            python3) apt-get install -y -qq python3 python3-venv >/dev/null ;;
+            *) apt-get install -y -qq nodejs npm >/dev/null ;;
+        esac
+    fi
+done
+bash tests/sdk/setup.sh
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest"
+    cargo install --locked cargo-nextest >&2
+fi
+
+cargo build --workspace --all-targets >&2
+exec cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,0 +1,8 @@
+//! Keel's integration tests: one test binary (V8 makes each binary large), modules per
+//! area. Every test gets its own Postgres database and runs the real `keel` binary.
+
+mod cli;
+mod common;
+mod gateway;
+mod lifecycle;
+mod sdk;
