@@ -11,10 +11,14 @@ use std::time::Duration;
 use actix_cors::Cors;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
+use keel_actors::destinations::HttpSettings;
 use keel_actors::gateway::GatewayWriterConfig;
 use keel_actors::messages::FlushNow;
+use keel_actors::processor::{ProcessorConfig, RoutingTable};
+use keel_actors::router::policy::RetryPolicy;
+use keel_actors::router::RouterConfig;
 use keel_actors::store::{run_migrations, PoolSettings, Store};
-use keel_actors::supervisor::{RootSupervisor, SupervisorConfig};
+use keel_actors::supervisor::{PipelineConfig, RootSupervisor, SupervisorConfig};
 use keel_actors::telemetry;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::Semaphore;
@@ -75,6 +79,60 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
+/// Builds the actor tree's settings from the configuration and workspace.
+pub fn pipeline_config(
+    config: &KeelConfig,
+    workspace: &Workspace,
+) -> anyhow::Result<PipelineConfig> {
+    let r = &config.router;
+    let http = HttpSettings {
+        timeout: Duration::from_secs_f64(r.timeout_secs),
+        connect_timeout: Duration::from_secs_f64(r.connect_timeout_secs),
+        ..HttpSettings::default()
+    };
+    let routing = RoutingTable::build(workspace, &http).map_err(|errors| {
+        anyhow::anyhow!(
+            "invalid destinations in {}:\n{}",
+            config.server.workspace,
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    Ok(PipelineConfig {
+        writer: GatewayWriterConfig {
+            max_batch: config.gateway.max_batch,
+            max_wait: config.gateway.max_wait(),
+            dedup_window: Duration::from_secs(config.gateway.dedup_window_secs),
+            ..GatewayWriterConfig::default()
+        },
+        processor: ProcessorConfig {
+            enabled: config.processor.enabled,
+            batch_jobs: config.processor.batch_jobs,
+            idle_poll: Duration::from_millis(config.processor.idle_poll_ms),
+            routing_log_window: Duration::from_secs(config.gateway.dedup_window_secs),
+        },
+        router: RouterConfig {
+            concurrency: r.concurrency,
+            retry: RetryPolicy {
+                base: Duration::from_millis(r.retry_base_ms),
+                max_backoff: Duration::from_millis(r.retry_max_backoff_ms),
+                max_attempts: r.max_attempts,
+                max_duration: Duration::from_secs(r.max_retry_secs),
+            },
+            window: r.window,
+            poll_interval: Duration::from_millis(r.poll_interval_ms),
+            breaker_threshold: r.breaker_threshold,
+            breaker_probe_interval: Duration::from_millis(r.breaker_probe_interval_ms),
+            ..RouterConfig::default()
+        },
+        routing: Arc::new(routing),
+        supervisor: SupervisorConfig::default(),
+    })
+}
+
 /// Runs the service until SIGTERM/SIGINT.
 pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<()> {
     let db = database(&config).await?;
@@ -87,14 +145,8 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
             timeout: Duration::from_secs(config.database.timeout_secs),
         },
     )?;
-    let writer_config = GatewayWriterConfig {
-        max_batch: config.gateway.max_batch,
-        max_wait: config.gateway.max_wait(),
-        dedup_window: Duration::from_secs(config.gateway.dedup_window_secs),
-        ..GatewayWriterConfig::default()
-    };
     let (_root, children) =
-        RootSupervisor::start(store.clone(), writer_config, SupervisorConfig::default());
+        RootSupervisor::start(store.clone(), pipeline_config(&config, &workspace)?);
 
     let draining = Arc::new(AtomicBool::new(false));
     let queue_permits = (config.gateway.queue_bytes / 1024).max(1);

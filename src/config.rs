@@ -25,6 +25,78 @@ pub struct KeelConfig {
     pub gateway: GatewayConfig,
     /// Admin API settings.
     pub admin: AdminConfig,
+    /// Processor tuning.
+    pub processor: ProcessorSettings,
+    /// Delivery defaults for every router.
+    pub router: RouterSettings,
+}
+
+/// `[processor]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessorSettings {
+    /// Run the processor on this node; false makes a gateway-only node.
+    pub enabled: bool,
+    /// Requests (`gw_jobs` rows) per processor batch.
+    pub batch_jobs: i64,
+    /// Milliseconds between looks for new requests when idle.
+    pub idle_poll_ms: u64,
+}
+
+impl Default for ProcessorSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            batch_jobs: 64,
+            idle_poll_ms: 20,
+        }
+    }
+}
+
+/// `[router]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterSettings {
+    /// Deliveries in flight per destination.
+    pub concurrency: usize,
+    /// Whole-request timeout for a delivery, seconds.
+    pub timeout_secs: f64,
+    /// Connect timeout, seconds.
+    pub connect_timeout_secs: f64,
+    /// First retry backoff, milliseconds.
+    pub retry_base_ms: u64,
+    /// Largest retry backoff, milliseconds.
+    pub retry_max_backoff_ms: u64,
+    /// Attempts before a job is dead-lettered.
+    pub max_attempts: i32,
+    /// Seconds since the first failure before a job is dead-lettered.
+    pub max_retry_secs: u64,
+    /// Jobs a router holds in memory.
+    pub window: usize,
+    /// Milliseconds between looks for new jobs without a wake-up.
+    pub poll_interval_ms: u64,
+    /// Consecutive failed attempts that open a destination's circuit breaker.
+    pub breaker_threshold: u32,
+    /// Milliseconds between probes while the breaker is open.
+    pub breaker_probe_interval_ms: u64,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            timeout_secs: 30.0,
+            connect_timeout_secs: 5.0,
+            retry_base_ms: 1000,
+            retry_max_backoff_ms: 300_000,
+            max_attempts: 10,
+            max_retry_secs: 3 * 3600,
+            window: 10_000,
+            poll_interval_ms: 200,
+            breaker_threshold: 50,
+            breaker_probe_interval_ms: 5000,
+        }
+    }
 }
 
 /// `[server]`.
@@ -203,6 +275,25 @@ impl KeelConfig {
                 "must be at least gateway.max_request_bytes",
             ));
         }
+        let r = &self.router;
+        if r.concurrency == 0 {
+            return Err(bad("router.concurrency", "must be at least 1"));
+        }
+        if r.max_attempts < 1 {
+            return Err(bad("router.max_attempts", "must be at least 1"));
+        }
+        if !(r.timeout_secs > 0.0 && r.connect_timeout_secs > 0.0) {
+            return Err(bad("router.timeout_secs", "timeouts must be positive"));
+        }
+        if r.window < 4 * r.concurrency {
+            return Err(bad(
+                "router.window",
+                "must be at least 4 x router.concurrency",
+            ));
+        }
+        if self.processor.batch_jobs < 1 {
+            return Err(bad("processor.batch_jobs", "must be at least 1"));
+        }
         if self.database.pool_size == 0 {
             return Err(bad("database.pool_size", "must be at least 1"));
         }
@@ -210,54 +301,7 @@ impl KeelConfig {
     }
 }
 
-/// A workspace: sources with write keys and their destinations (RudderStack's shape; unknown
-/// fields are ignored so an exported workspace loads unchanged).
-#[derive(Debug, Clone, Deserialize)]
-pub struct Workspace {
-    /// Every source.
-    pub sources: Vec<Source>,
-}
-
-/// One source (an app sending events).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Source {
-    /// Stable id, stored with each request.
-    pub id: String,
-    /// Human name.
-    pub name: String,
-    /// Secret the SDK sends.
-    pub write_key: String,
-    /// Disabled sources are refused with 401.
-    pub enabled: bool,
-    /// Where this source's events go.
-    #[serde(default)]
-    pub destinations: Vec<Destination>,
-}
-
-/// One destination of a source.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Destination {
-    /// Stable id.
-    pub id: String,
-    /// Human name (also matched by an event's `integrations`).
-    pub name: String,
-    /// Disabled destinations receive nothing.
-    pub enabled: bool,
-    /// Kind-specific settings.
-    #[serde(default)]
-    pub config: serde_json::Map<String, Value>,
-    /// The kind, e.g. `WEBHOOK`.
-    pub destination_definition: DestinationDefinition,
-}
-
-/// A destination's kind.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DestinationDefinition {
-    /// Kind name, e.g. `WEBHOOK`.
-    pub name: String,
-}
+pub use keel_actors::workspace::{Destination, DestinationDefinition, Source, Workspace};
 
 /// Every problem found in a workspace file, each with its JSON path.
 #[derive(Debug, thiserror::Error)]
@@ -269,32 +313,30 @@ pub struct WorkspaceError {
     pub problems: Vec<String>,
 }
 
-impl Workspace {
-    /// Reads and validates `path`, collecting every problem rather than stopping at the first.
-    pub fn load(path: &Path) -> Result<Self, WorkspaceError> {
-        let file = path.display().to_string();
-        let one = |p: String| WorkspaceError {
-            file: file.clone(),
-            problems: vec![p],
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| one(format!("cannot read: {e}")))?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| {
-            one(format!(
-                "invalid JSON at line {} column {}: {e}",
-                e.line(),
-                e.column()
-            ))
-        })?;
-        let problems = validate_workspace(&value);
-        if !problems.is_empty() {
-            return Err(WorkspaceError { file, problems });
-        }
-        serde_json::from_value(value).map_err(|e| one(format!("$: {e}")))
+/// Reads and validates the workspace file at `path`, collecting every problem rather than
+/// stopping at the first.
+pub fn load_workspace(path: &Path) -> Result<Workspace, WorkspaceError> {
+    let file = path.display().to_string();
+    let one = |p: String| WorkspaceError {
+        file: file.clone(),
+        problems: vec![p],
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| one(format!("cannot read: {e}")))?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| {
+        one(format!(
+            "invalid JSON at line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let problems = validate_workspace(&value);
+    if !problems.is_empty() {
+        return Err(WorkspaceError { file, problems });
     }
+    serde_json::from_value(value).map_err(|e| one(format!("$: {e}")))
 }
 
-/// Destination kinds this build can deliver to, with their required config keys.
-const KNOWN_KINDS: &[(&str, &[&str])] = &[("WEBHOOK", &["webhookUrl"])];
+use keel_actors::destinations::KINDS as KNOWN_KINDS;
 
 fn validate_workspace(root: &Value) -> Vec<String> {
     let mut problems = Vec::new();

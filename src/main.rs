@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use keel::boot;
-use keel::config::{KeelConfig, Workspace};
+use keel::config::{load_workspace, KeelConfig};
 
 #[derive(Parser)]
 #[command(
@@ -102,7 +102,7 @@ fn main() -> ExitCode {
         }),
         Command::Serve { common, listen } => {
             let loaded = load_config(&common, listen).and_then(|config| {
-                let ws = Workspace::load(std::path::Path::new(&config.server.workspace))?;
+                let ws = load_workspace(std::path::Path::new(&config.server.workspace))?;
                 Ok((config, ws))
             });
             match loaded {
@@ -138,7 +138,7 @@ fn check_config(common: &Common) -> anyhow::Result<()> {
         },
         |c| PathBuf::from(&c.server.workspace),
     );
-    match Workspace::load(&ws_path) {
+    match load_workspace(&ws_path) {
         Ok(ws) => {
             if errors.is_empty() {
                 let dests: usize = ws.sources.iter().map(|s| s.destinations.len()).sum();

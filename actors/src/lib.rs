@@ -3,8 +3,12 @@
 //! every query, and the metric names. The HTTP layer lives in the `keel` binary; this crate
 //! never parses HTTP and never answers clients directly.
 
+pub mod destinations;
 pub mod gateway;
 pub mod messages;
+pub mod processor;
+pub mod router;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod workspace;

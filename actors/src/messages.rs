@@ -51,3 +51,26 @@ pub struct HeartbeatReply {
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct FlushNow;
+
+/// Tells a router that new jobs for its destination were committed.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Wake;
+
+/// Asks a router for its state (admin API, tests).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "RouterStatus")]
+pub struct GetRouterStatus;
+
+/// A router's state.
+#[derive(Debug, Clone, actix::MessageResponse, serde::Serialize)]
+pub struct RouterStatus {
+    /// Destination id.
+    pub destination: String,
+    /// Jobs held in memory.
+    pub loaded: usize,
+    /// Deliveries under way.
+    pub in_flight: usize,
+    /// Whether the circuit breaker is open.
+    pub circuit_open: bool,
+}

@@ -1,17 +1,23 @@
-//! The supervision tree. `RootSupervisor` starts every long-lived actor (today the
-//! GatewayWriter) under actix's `Supervisor`, which restarts a stopped actor with the same
-//! mailbox and state, so no queued message is lost; restarts are counted in
-//! `keel_supervisor_restarts_total`. The root also sends each child a [`Heartbeat`] on an
-//! interval and counts the ones not answered in time, which `/ready` reports.
+//! The supervision tree: Root → {GatewayWriter, Processor, RouterSupervisor → Router×N}.
+//! Every child runs under actix's `Supervisor`, which restarts a stopped actor with the
+//! same mailbox and state, so no queued message is lost; restarts are counted in
+//! `keel_supervisor_restarts_total` and routers wait a capped exponential backoff before
+//! resuming from Postgres. The processor and the routers run on their own threads
+//! (arbiters) so routing CPU and delivery I/O never delay ingest. The root sends each
+//! child a [`Heartbeat`] on an interval and counts the ones not answered in time, which
+//! `/ready` reports.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use crate::gateway::{GatewayWriter, GatewayWriterConfig};
 use crate::messages::Heartbeat;
+use crate::processor::{Processor, ProcessorConfig, RouterRegistry, RoutingTable};
+use crate::router::{RouterActor, RouterConfig};
 use crate::store::Store;
 use crate::telemetry as t;
 
@@ -33,11 +39,29 @@ impl Default for SupervisorConfig {
     }
 }
 
+/// Everything the tree needs to start.
+pub struct PipelineConfig {
+    /// GatewayWriter tuning.
+    pub writer: GatewayWriterConfig,
+    /// Processor tuning.
+    pub processor: ProcessorConfig,
+    /// Router defaults.
+    pub router: RouterConfig,
+    /// Sources → destinations.
+    pub routing: Arc<RoutingTable>,
+    /// Heartbeats.
+    pub supervisor: SupervisorConfig,
+}
+
 /// Addresses of the actors the tree runs, for the HTTP layer.
 #[derive(Clone)]
 pub struct Children {
     /// The group-commit writer behind the ingest endpoints.
     pub gateway_writer: Addr<GatewayWriter>,
+    /// The processor.
+    pub processor: Addr<Processor>,
+    /// Routers by destination id.
+    pub routers: RouterRegistry,
     /// False while a child misses its heartbeats.
     pub healthy: Arc<AtomicBool>,
 }
@@ -46,47 +70,115 @@ pub struct Children {
 pub struct RootSupervisor {
     children: Children,
     config: SupervisorConfig,
+    _arbiters: Vec<Arbiter>,
+}
+
+/// Router settings for one destination: the defaults, plus the destination's own
+/// `throttling: { limit, timeWindow }` (seconds) when it has one.
+pub fn router_config_for(
+    defaults: &RouterConfig,
+    destination: &crate::workspace::Destination,
+) -> RouterConfig {
+    let mut c = defaults.clone();
+    if let Some(th) = destination.config.get("throttling") {
+        let limit = th
+            .get("limit")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        let window = th
+            .get("timeWindow")
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(1.0);
+        c.throttle_limit = u32::try_from(limit).unwrap_or(u32::MAX);
+        c.throttle_window = Duration::from_secs_f64(window.max(0.001));
+    }
+    c
 }
 
 impl RootSupervisor {
-    /// Starts the tree on the current arbiter and returns the children's addresses.
-    pub fn start(
-        store: Store,
-        writer_config: GatewayWriterConfig,
-        config: SupervisorConfig,
-    ) -> (Addr<RootSupervisor>, Children) {
+    /// Starts the tree and returns the children's addresses.
+    pub fn start(store: Store, config: PipelineConfig) -> (Addr<RootSupervisor>, Children) {
+        let writer_store = store.clone();
+        let writer_config = config.writer;
         let gateway_writer =
-            actix::Supervisor::start(move |_| GatewayWriter::new(store, writer_config));
+            actix::Supervisor::start(move |_| GatewayWriter::new(writer_store, writer_config));
+
+        let router_arbiter = Arbiter::new();
+        let registry: RouterRegistry = Arc::new(RwLock::new(HashMap::new()));
+        let mut routers = HashMap::new();
+        for route in config.routing.enabled_destinations() {
+            let rc = router_config_for(&config.router, &route.destination);
+            let (id, kind, s) = (
+                route.destination.id.clone(),
+                route.kind.clone(),
+                store.clone(),
+            );
+            let addr = actix::Supervisor::start_in_arbiter(&router_arbiter.handle(), move |_| {
+                RouterActor::new(&id, kind, s, rc)
+            });
+            routers.insert(route.destination.id.clone(), addr);
+        }
+        if let Ok(mut r) = registry.write() {
+            *r = routers;
+        }
+
+        let processor_arbiter = Arbiter::new();
+        let (ps, pr, pc, preg) = (store, config.routing, config.processor, registry.clone());
+        let processor =
+            actix::Supervisor::start_in_arbiter(&processor_arbiter.handle(), move |_| {
+                Processor::new(ps, pr, preg, pc)
+            });
+
         let children = Children {
             gateway_writer,
+            processor,
+            routers: registry,
             healthy: Arc::new(AtomicBool::new(true)),
         };
         let root = RootSupervisor {
             children: children.clone(),
-            config,
+            config: config.supervisor,
+            _arbiters: vec![router_arbiter, processor_arbiter],
         }
         .start();
         (root, children)
     }
 
     fn probe(&mut self, ctx: &mut Context<Self>) {
-        let request = self
+        let timeout = self.config.heartbeat_timeout;
+        let writer = self
             .children
             .gateway_writer
             .send(Heartbeat)
-            .timeout(self.config.heartbeat_timeout);
+            .timeout(timeout);
+        let processor = self.children.processor.send(Heartbeat).timeout(timeout);
+        let routers: Vec<_> = self
+            .children
+            .routers
+            .read()
+            .map(|r| {
+                r.values()
+                    .map(|a| a.send(Heartbeat).timeout(timeout))
+                    .collect()
+            })
+            .unwrap_or_default();
         let healthy = self.children.healthy.clone();
         ctx.spawn(
             async move {
-                match request.await {
-                    Ok(_) => healthy.store(true, Ordering::Relaxed),
-                    Err(e) => {
-                        metrics::counter!(t::SUPERVISOR_HEARTBEAT_MISSES_TOTAL, "actor" => "gateway_writer")
-                            .increment(1);
-                        tracing::error!(error = %e, actor = "gateway_writer", "heartbeat not answered");
-                        healthy.store(false, Ordering::Relaxed);
+                let mut ok = true;
+                let mut check = |actor: &'static str, r: Result<crate::messages::HeartbeatReply, MailboxError>| {
+                    if let Err(e) = r {
+                        metrics::counter!(t::SUPERVISOR_HEARTBEAT_MISSES_TOTAL, "actor" => actor).increment(1);
+                        tracing::error!(error = %e, actor, "heartbeat not answered");
+                        ok = false;
                     }
+                };
+                check("gateway_writer", writer.await);
+                check("processor", processor.await);
+                for r in routers {
+                    check("router", r.await);
                 }
+                healthy.store(ok, Ordering::Relaxed);
             }
             .into_actor(self),
         );

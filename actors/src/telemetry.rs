@@ -42,6 +42,20 @@ pub const ALL: &[&str] = &[
     GATEWAY_DEDUP_PRUNED_TOTAL,
     SUPERVISOR_RESTARTS_TOTAL,
     SUPERVISOR_HEARTBEAT_MISSES_TOTAL,
+    PROCESSOR_EVENTS_TOTAL,
+    PROCESSOR_JOBS_WRITTEN_TOTAL,
+    PROCESSOR_FILTERED_TOTAL,
+    PROCESSOR_BATCH_DURATION_SECONDS,
+    PROCESSOR_FAILURES_TOTAL,
+    ROUTER_DELIVERIES_TOTAL,
+    ROUTER_DELIVERY_DURATION_SECONDS,
+    ROUTER_IN_FLIGHT,
+    ROUTER_LOADED_JOBS,
+    ROUTER_CIRCUIT_OPEN,
+    ROUTER_THROTTLED_TOTAL,
+    ROUTER_STATUS_FLUSH_DURATION_SECONDS,
+    ROUTER_STORE_FAILURES_TOTAL,
+    ROUTER_END_TO_END_SECONDS,
 ];
 
 /// Registers help text for every metric so `/metrics` documents itself.
@@ -84,3 +98,33 @@ pub fn describe_all() {
         "Heartbeats not answered in time"
     );
 }
+
+/// Events the processor handled, labelled `outcome` (`routed`, `duplicate`, `no_route`).
+pub const PROCESSOR_EVENTS_TOTAL: &str = "keel_processor_events_total";
+/// Jobs written to `rt_jobs`, labelled `destination`.
+pub const PROCESSOR_JOBS_WRITTEN_TOTAL: &str = "keel_processor_jobs_written_total";
+/// Events not routed to a destination, labelled `destination` and `outcome` (the reason).
+pub const PROCESSOR_FILTERED_TOTAL: &str = "keel_processor_filtered_total";
+/// Duration of one processor batch (read, route, commit).
+pub const PROCESSOR_BATCH_DURATION_SECONDS: &str = "keel_processor_batch_duration_seconds";
+/// Failed processor batches.
+pub const PROCESSOR_FAILURES_TOTAL: &str = "keel_processor_failures_total";
+
+/// Delivery attempts, labelled `destination` and `outcome` (`delivered`, `retry`, `dead`).
+pub const ROUTER_DELIVERIES_TOTAL: &str = "keel_router_deliveries_total";
+/// Duration of one delivery attempt, labelled `destination`.
+pub const ROUTER_DELIVERY_DURATION_SECONDS: &str = "keel_router_delivery_duration_seconds";
+/// Deliveries under way, labelled `destination`.
+pub const ROUTER_IN_FLIGHT: &str = "keel_router_in_flight";
+/// Jobs a router holds in memory, labelled `destination`.
+pub const ROUTER_LOADED_JOBS: &str = "keel_router_loaded_jobs";
+/// 1 while the destination's circuit breaker is open, labelled `destination`.
+pub const ROUTER_CIRCUIT_OPEN: &str = "keel_router_circuit_open";
+/// Deliveries delayed by the destination's throttle, labelled `destination`.
+pub const ROUTER_THROTTLED_TOTAL: &str = "keel_router_throttled_total";
+/// Duration of one batched status write.
+pub const ROUTER_STATUS_FLUSH_DURATION_SECONDS: &str = "keel_router_status_flush_duration_seconds";
+/// Failed status writes or job loads, labelled `destination`.
+pub const ROUTER_STORE_FAILURES_TOTAL: &str = "keel_router_store_failures_total";
+/// Ingest-to-delivery latency of delivered events, labelled `destination`.
+pub const ROUTER_END_TO_END_SECONDS: &str = "keel_router_end_to_end_seconds";

@@ -1,5 +1,6 @@
 //! The HTTP surface: shared state, routes, and the handlers' modules (ingest, ops).
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod error;
@@ -65,5 +66,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/import", ingest_route(Endpoint::Import))
         .route("/health", web::get().to(ops::health))
         .route("/ready", web::get().to(ops::ready))
-        .route("/metrics", web::get().to(ops::metrics));
+        .route("/metrics", web::get().to(ops::metrics))
+        .route("/admin/dlq", web::get().to(admin::list_dlq))
+        .route("/admin/dlq/replay", web::post().to(admin::replay_dlq))
+        .route("/admin/events/{message_id}", web::get().to(admin::explain));
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod delivery;
 mod gateway;
 mod lifecycle;
 mod sdk;

@@ -4,6 +4,8 @@
 
 mod gateway;
 mod migrate;
+mod processor;
+mod router;
 
 use std::time::Duration;
 
@@ -13,6 +15,8 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 pub use gateway::GwJobInsert;
 pub use migrate::{run_migrations, MIGRATIONS};
+pub use processor::{GwJob, RoutingRecord, RtJobInsert, PROCESSOR_STAGE};
+pub use router::{DeadLetter, DlqJob, RetryUpdate, RtJob, StatusBatch};
 
 /// Errors from the store: the database could not be reached or a statement failed.
 #[derive(Debug, thiserror::Error)]

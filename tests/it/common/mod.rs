@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod sink;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -114,12 +115,13 @@ pub struct KeelOptions {
 }
 
 impl KeelOptions {
-    /// Defaults against `db`.
+    /// Defaults against `db`: a gateway-only node (the processor does not consume
+    /// `gw_jobs`), so tests can assert what the gateway stored.
     pub fn new(db: &TestDb) -> Self {
         Self {
             workspace: workspace(),
             database_url: Some(db.url.clone()),
-            env: Vec::new(),
+            env: vec![("KEEL_PROCESSOR__ENABLED".into(), "false".into())],
             cwd: None,
         }
     }
@@ -315,4 +317,53 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 /// Repository root (for scripts under tests/).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A workspace with the test source routed to webhook destinations `(id, url, extra config)`.
+pub fn workspace_with_webhooks(hooks: &[(&str, &str, Value)]) -> Value {
+    let dests: Vec<Value> = hooks
+        .iter()
+        .map(|(id, url, extra)| {
+            let mut config = json!({"webhookUrl": url, "webhookMethod": "POST",
+                                    "headers": [{"from": "X-Test", "to": *id}]});
+            if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+                for (k, v) in e {
+                    c.insert(k.clone(), v.clone());
+                }
+            }
+            json!({"id": id, "name": format!("Hook {id}"), "enabled": true, "config": config,
+                   "destinationDefinition": {"name": "WEBHOOK", "displayName": "Webhook"}})
+        })
+        .collect();
+    json!({"sources": [{"id": SOURCE_ID, "name": "Test", "writeKey": WRITE_KEY, "enabled": true, "destinations": dests}]})
+}
+
+/// Sends `events` in batches of `per_request`, asserting every request is acknowledged.
+pub async fn send_batches(keel: &Keel, events: &[Value], per_request: usize) {
+    let client = http();
+    for chunk in events.chunks(per_request) {
+        let res = client
+            .post(keel.url("/v1/batch"))
+            .header("Authorization", basic(WRITE_KEY))
+            .json(&json!({"batch": chunk}))
+            .send()
+            .await
+            .expect("send batch");
+        assert_eq!(
+            res.status().as_u16(),
+            200,
+            "{}",
+            res.text().await.unwrap_or_default()
+        );
+    }
+}
+
+/// The whole pipeline (processor on) with fast-retry router settings for tests.
+pub fn fast_router(opts: KeelOptions) -> KeelOptions {
+    opts.env("KEEL_PROCESSOR__ENABLED", "true")
+        .env("KEEL_ROUTER__RETRY_BASE_MS", "20")
+        .env("KEEL_ROUTER__RETRY_MAX_BACKOFF_MS", "200")
+        .env("KEEL_ROUTER__POLL_INTERVAL_MS", "50")
+        .env("KEEL_ROUTER__TIMEOUT_SECS", "2")
+        .env("KEEL_ADMIN__TOKEN", "admin-secret")
 }

@@ -1,0 +1,107 @@
+//! Destination kinds behind one [`Destination`] trait. A kind maps a normalised event to the
+//! payloads stored in `rt_jobs` (processor side) and delivers a stored payload (router side).
+//! HTTP kinds describe their request in RudderStack's transformer response shape
+//! ([`DeliveryRequest`]) and share one sender, so a router never knows a destination's API;
+//! a JavaScript-backed kind only has to produce the same shape. Each kind is a module with
+//! its config struct.
+
+pub mod http;
+pub mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::{Map, Value};
+
+use crate::workspace;
+
+/// What happened to one delivery attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeliveryOutcome {
+    /// Accepted by the destination (2xx).
+    Delivered,
+    /// Worth retrying: 429, 408, 5xx, timeouts, connection errors.
+    Retry(Failure),
+    /// Refused for good (other 4xx, invalid payload): dead-letter it.
+    Abort(Failure),
+}
+
+/// Details of a failed attempt, kept in `rt_jobs.last_error` / `dlq_jobs`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Failure {
+    /// HTTP status, if the destination answered.
+    pub status: Option<u16>,
+    /// What went wrong, for people.
+    pub error: String,
+    /// First 1 KB of the response body.
+    pub body: String,
+    /// The destination's `Retry-After`, if it sent one.
+    pub retry_after: Option<Duration>,
+}
+
+/// A kind's refusal to map an event (sent to the DLQ with this reason).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct TransformError(pub String);
+
+/// Invalid destination settings, naming the field.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("destination {destination}: config.{field}: {problem}")]
+pub struct ConfigError {
+    /// Destination id.
+    pub destination: String,
+    /// Config key.
+    pub field: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// One destination kind instance.
+pub trait Destination: Send + Sync {
+    /// The kind name (`WEBHOOK`).
+    fn kind(&self) -> &'static str;
+    /// Maps a normalised event to zero or more destination-ready payloads.
+    fn transform(&self, event: &Map<String, Value>) -> Result<Vec<Value>, TransformError>;
+    /// Delivers one payload produced by [`Destination::transform`].
+    fn deliver<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, DeliveryOutcome>;
+}
+
+/// Settings every outbound client shares.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Whole-request timeout.
+    pub timeout: Duration,
+    /// TCP/TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle pooled connections kept per host.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            pool_max_idle_per_host: 64,
+        }
+    }
+}
+
+/// Builds the kind named by `dest.destinationDefinition.name`.
+pub fn build(
+    dest: &workspace::Destination,
+    http: &HttpSettings,
+) -> Result<Arc<dyn Destination>, ConfigError> {
+    match dest.destination_definition.name.as_str() {
+        webhook::KIND => Ok(Arc::new(webhook::Webhook::new(dest, http)?)),
+        other => Err(ConfigError {
+            destination: dest.id.clone(),
+            field: "destinationDefinition.name".into(),
+            problem: format!("unknown destination kind {other:?}"),
+        }),
+    }
+}
+
+/// Names of every kind this build knows, with the config keys each requires.
+pub const KINDS: &[(&str, &[&str])] = &[(webhook::KIND, &["webhookUrl"])];

@@ -1,0 +1,129 @@
+//! `WEBHOOK`: POSTs (or PUT/GET…) each event's JSON to a URL, as RudderStack's webhook
+//! destination does. Config: `webhookUrl` (required), `webhookMethod` (default POST),
+//! `headers` (`[{ "from": name, "to": value }]`).
+
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::http::{self, DeliveryRequest, RequestBody};
+use super::{ConfigError, DeliveryOutcome, Destination, HttpSettings, TransformError};
+use crate::workspace;
+
+/// Kind name in the workspace.
+pub const KIND: &str = "WEBHOOK";
+
+/// One custom header.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HeaderPair {
+    /// Header name.
+    pub from: String,
+    /// Header value.
+    pub to: String,
+}
+
+/// `WEBHOOK` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookConfig {
+    /// Where to send events.
+    pub webhook_url: String,
+    /// HTTP method.
+    #[serde(default)]
+    pub webhook_method: Option<String>,
+    /// Extra headers.
+    #[serde(default)]
+    pub headers: Vec<HeaderPair>,
+}
+
+/// A configured webhook.
+pub struct Webhook {
+    config: WebhookConfig,
+    client: reqwest::Client,
+}
+
+impl Webhook {
+    /// Parses and checks `dest.config`.
+    pub fn new(
+        dest: &workspace::Destination,
+        settings: &HttpSettings,
+    ) -> Result<Self, ConfigError> {
+        let bad = |field: &str, problem: String| ConfigError {
+            destination: dest.id.clone(),
+            field: field.into(),
+            problem,
+        };
+        let config: WebhookConfig = serde_json::from_value(Value::Object(dest.config.clone()))
+            .map_err(|e| bad("webhookUrl", e.to_string()))?;
+        let url = reqwest::Url::parse(&config.webhook_url).map_err(|e| {
+            bad(
+                "webhookUrl",
+                format!("{:?} is not a URL: {e}", config.webhook_url),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad("webhookUrl", "must be an http(s) URL".into()));
+        }
+        if let Some(m) = &config.webhook_method {
+            if reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).is_err() {
+                return Err(bad("webhookMethod", format!("{m:?} is not an HTTP method")));
+            }
+        }
+        Ok(Self {
+            config,
+            client: http::client(settings),
+        })
+    }
+}
+
+impl Destination for Webhook {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn transform(&self, event: &Map<String, Value>) -> Result<Vec<Value>, TransformError> {
+        let method = self
+            .config
+            .webhook_method
+            .clone()
+            .unwrap_or_else(|| "POST".into())
+            .to_ascii_uppercase();
+        let mut headers = Map::new();
+        for h in &self.config.headers {
+            if !h.from.is_empty() {
+                headers.insert(h.from.clone(), Value::String(h.to.clone()));
+            }
+        }
+        let (params, body) = if method == "GET" {
+            // RudderStack sends GET webhooks with the event's top-level scalars as query params.
+            let params = event
+                .iter()
+                .filter(|(_, v)| !v.is_object() && !v.is_array())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            (params, RequestBody::default())
+        } else {
+            (
+                Map::new(),
+                RequestBody {
+                    json: Some(Value::Object(event.clone())),
+                    ..RequestBody::default()
+                },
+            )
+        };
+        let req = DeliveryRequest {
+            method,
+            endpoint: self.config.webhook_url.clone(),
+            headers,
+            params,
+            body,
+        };
+        serde_json::to_value(req)
+            .map(|v| vec![v])
+            .map_err(|e| TransformError(format!("cannot encode webhook request: {e}")))
+    }
+
+    fn deliver<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, DeliveryOutcome> {
+        Box::pin(http::send(&self.client, payload))
+    }
+}

@@ -1,0 +1,507 @@
+//! RouterActor: one per enabled destination. Loads its destination's `rt_jobs` in id order
+//! into per-key queues (bounded window), delivers up to `concurrency` at once but never two
+//! jobs of one ordering key, throttles (GCRA), retries with backoff honouring `Retry-After`,
+//! dead-letters refused or exhausted jobs, opens a circuit breaker after sustained failure,
+//! and records outcomes in batched transactions. After a restart it flushes what it holds
+//! and reloads from Postgres, so nothing depends on memory surviving.
+
+pub mod keys;
+pub mod policy;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::destinations::{DeliveryOutcome, Destination, Failure};
+use crate::messages::{GetRouterStatus, Heartbeat, HeartbeatReply, RouterStatus, Wake};
+use crate::store::{DeadLetter, RetryUpdate, RtJob, StatusBatch, Store};
+use crate::telemetry as t;
+use keys::{Finish, KeyQueues, QueuedJob};
+use policy::{Breaker, RetryPolicy, Throttle};
+
+/// Router tuning (defaults from `[router]`; throttle from the destination's config).
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Deliveries in flight at most.
+    pub concurrency: usize,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Jobs held in memory at most.
+    pub window: usize,
+    /// How often to look for new jobs without a wake-up.
+    pub poll_interval: Duration,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_threshold: u32,
+    /// Probe interval while the breaker is open.
+    pub breaker_probe_interval: Duration,
+    /// Throttle: deliveries per window (0 = none).
+    pub throttle_limit: u32,
+    /// Throttle window.
+    pub throttle_window: Duration,
+    /// Consecutive store failures after which the router stops (its supervisor restarts it).
+    pub store_failure_limit: u32,
+    /// First restart delay; doubles per restart up to `restart_backoff_max`.
+    pub restart_backoff: Duration,
+    /// Largest restart delay.
+    pub restart_backoff_max: Duration,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            retry: RetryPolicy::default(),
+            window: 10_000,
+            poll_interval: Duration::from_millis(200),
+            breaker_threshold: 50,
+            breaker_probe_interval: Duration::from_secs(5),
+            throttle_limit: 0,
+            throttle_window: Duration::from_secs(1),
+            store_failure_limit: 5,
+            restart_backoff: Duration::from_millis(200),
+            restart_backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Job {
+    id: i64,
+    message_id: Arc<str>,
+    payload: Arc<Value>,
+    attempts: i32,
+    due: Instant,
+    first_failed_at: Option<DateTime<Utc>>,
+}
+
+impl QueuedJob for Job {
+    fn id(&self) -> i64 {
+        self.id
+    }
+    fn due(&self) -> Instant {
+        self.due
+    }
+    fn set_due(&mut self, due: Instant) {
+        self.due = due;
+    }
+}
+
+/// The router actor (see the module comment).
+pub struct RouterActor {
+    destination_id: Arc<str>,
+    kind: Arc<dyn Destination>,
+    store: Store,
+    config: RouterConfig,
+    queues: KeyQueues<Job>,
+    in_flight: usize,
+    max_loaded_id: i64,
+    loading: bool,
+    caught_up: bool,
+    pending: StatusBatch,
+    flushing: bool,
+    store_failures: u32,
+    breaker: Breaker,
+    throttle: Option<Throttle>,
+    wakeup: Option<(Instant, SpawnHandle)>,
+    restarts: u32,
+    paused_until: Option<Instant>,
+    generation: u64,
+}
+
+impl RouterActor {
+    /// A router for one destination.
+    pub fn new(
+        destination_id: &str,
+        kind: Arc<dyn Destination>,
+        store: Store,
+        config: RouterConfig,
+    ) -> Self {
+        let breaker = Breaker::new(config.breaker_threshold, config.breaker_probe_interval);
+        let throttle = Throttle::new(config.throttle_limit, config.throttle_window);
+        Self {
+            destination_id: Arc::from(destination_id),
+            kind,
+            store,
+            config,
+            queues: KeyQueues::default(),
+            in_flight: 0,
+            max_loaded_id: 0,
+            loading: false,
+            caught_up: false,
+            pending: StatusBatch::default(),
+            flushing: false,
+            store_failures: 0,
+            breaker,
+            throttle,
+            wakeup: None,
+            restarts: 0,
+            paused_until: None,
+            generation: 0,
+        }
+    }
+
+    fn dest_label(&self) -> String {
+        self.destination_id.to_string()
+    }
+
+    fn store_failed(&mut self, ctx: &mut Context<Self>, what: &str, e: &dyn std::fmt::Display) {
+        metrics::counter!(t::ROUTER_STORE_FAILURES_TOTAL, "destination" => self.dest_label())
+            .increment(1);
+        self.store_failures += 1;
+        tracing::warn!(destination = %self.destination_id, error = %e, failures = self.store_failures, "router {what} failed");
+        if self.store_failures >= self.config.store_failure_limit {
+            tracing::error!(destination = %self.destination_id, "router stopping after repeated store failures; supervisor restarts it");
+            ctx.stop();
+        }
+    }
+
+    fn load(&mut self, ctx: &mut Context<Self>) {
+        // After a restart, outcomes still held must be written before jobs are re-read.
+        if self.loading || !self.pending.is_empty() && self.max_loaded_id == 0 {
+            return;
+        }
+        let room = self
+            .config
+            .window
+            .saturating_sub(self.queues.len() + self.in_flight);
+        if room < self.config.window / 4 {
+            return;
+        }
+        self.loading = true;
+        let store = self.store.clone();
+        let dest = self.destination_id.clone();
+        let after = self.max_loaded_id;
+        let generation = self.generation;
+        let fut = async move { store.load_rt_jobs(&dest, after, room as i64).await };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            act.loading = false;
+            if generation != act.generation {
+                return;
+            }
+            match result {
+                Ok(jobs) => {
+                    act.store_failures = 0;
+                    act.caught_up = jobs.len() < room;
+                    let now = Instant::now();
+                    let now_utc = Utc::now();
+                    for j in jobs {
+                        act.max_loaded_id = act.max_loaded_id.max(j.id);
+                        act.add_job(j, now, now_utc);
+                    }
+                    metrics::gauge!(t::ROUTER_LOADED_JOBS, "destination" => act.dest_label())
+                        .set(act.queues.len() as f64);
+                    act.pump(ctx);
+                }
+                Err(e) => act.store_failed(ctx, "load", &e),
+            }
+        }));
+    }
+
+    fn add_job(&mut self, j: RtJob, now: Instant, now_utc: DateTime<Utc>) {
+        let wait = (j.next_attempt_at - now_utc)
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        let payload = match serde_json::from_str(&j.payload) {
+            Ok(v) => v,
+            Err(e) => {
+                self.pending.dead.push(DeadLetter {
+                    id: j.id,
+                    attempts: j.attempts,
+                    reason: format!("stored payload is not JSON: {e}"),
+                    last_status: None,
+                    last_response: None,
+                });
+                return;
+            }
+        };
+        let job = Job {
+            id: j.id,
+            message_id: Arc::from(j.message_id.as_str()),
+            payload: Arc::new(payload),
+            attempts: j.attempts,
+            due: now + wait,
+            first_failed_at: j.first_failed_at,
+        };
+        self.queues
+            .push(Arc::from(j.ordering_key.as_str()), job, now);
+    }
+
+    /// Starts every delivery that may start now, and arranges to be called again.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.paused_until.is_some_and(|p| Instant::now() < p) {
+            return;
+        }
+        let now = Instant::now();
+        self.queues.promote(now);
+        while self.in_flight < self.config.concurrency && self.queues.has_ready() {
+            if !self.breaker.allow(now) {
+                break;
+            }
+            if let Some(throttle) = &self.throttle {
+                if let Err(wait) = throttle.check() {
+                    metrics::counter!(t::ROUTER_THROTTLED_TOTAL, "destination" => self.dest_label()).increment(1);
+                    if self.breaker.is_open() {
+                        // Give the probe slot back; it was claimed above.
+                        self.breaker.failure(now);
+                    }
+                    self.schedule(ctx, now + wait);
+                    return;
+                }
+            }
+            let Some((key, job)) = self.queues.take() else {
+                break;
+            };
+            self.dispatch(ctx, key, job);
+        }
+        metrics::gauge!(t::ROUTER_IN_FLIGHT, "destination" => self.dest_label())
+            .set(self.in_flight as f64);
+        let next = [self.queues.next_due(), self.breaker.next_probe()]
+            .into_iter()
+            .flatten()
+            .min();
+        if let Some(at) = next {
+            self.schedule(ctx, at);
+        }
+        if !self.caught_up {
+            self.load(ctx);
+        }
+    }
+
+    fn schedule(&mut self, ctx: &mut Context<Self>, at: Instant) {
+        if let Some((when, handle)) = self.wakeup {
+            if when <= at {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let delay = at.saturating_duration_since(Instant::now());
+        let handle = ctx.run_later(delay, |act, ctx| {
+            act.wakeup = None;
+            act.pump(ctx);
+        });
+        self.wakeup = Some((at, handle));
+    }
+
+    fn dispatch(&mut self, ctx: &mut Context<Self>, key: Arc<str>, job: Job) {
+        self.in_flight += 1;
+        let kind = self.kind.clone();
+        let payload = job.payload.clone();
+        let started = Instant::now();
+        let generation = self.generation;
+        let fut = async move { kind.deliver(&payload).await };
+        ctx.spawn(fut.into_actor(self).map(move |outcome, act, ctx| {
+            if generation != act.generation {
+                return;
+            }
+            act.in_flight -= 1;
+            metrics::histogram!(t::ROUTER_DELIVERY_DURATION_SECONDS, "destination" => act.dest_label())
+                .record(started.elapsed().as_secs_f64());
+            act.complete(ctx, key, job, outcome);
+            act.flush(ctx);
+            act.pump(ctx);
+        }));
+    }
+
+    fn complete(
+        &mut self,
+        _ctx: &mut Context<Self>,
+        key: Arc<str>,
+        job: Job,
+        outcome: DeliveryOutcome,
+    ) {
+        let now = Instant::now();
+        let dest = self.dest_label();
+        match outcome {
+            DeliveryOutcome::Delivered => {
+                metrics::counter!(t::ROUTER_DELIVERIES_TOTAL, "destination" => dest, "outcome" => "delivered").increment(1);
+                if self.breaker.success() {
+                    tracing::info!(destination = %self.destination_id, "circuit breaker closed: destination recovered");
+                    metrics::gauge!(t::ROUTER_CIRCUIT_OPEN, "destination" => self.dest_label())
+                        .set(0.0);
+                }
+                self.pending.delivered.push(job.id);
+                self.queues.finish(&key, Finish::Done, now);
+            }
+            DeliveryOutcome::Abort(f) => {
+                metrics::counter!(t::ROUTER_DELIVERIES_TOTAL, "destination" => dest, "outcome" => "dead").increment(1);
+                // A refusal means the destination is up: the breaker counts it as health.
+                self.breaker.success();
+                let reason = format!("refused: {}", f.error);
+                self.dead_letter(&job, job.attempts + 1, reason, f);
+                self.queues.finish(&key, Finish::Done, now);
+            }
+            DeliveryOutcome::Retry(f) => {
+                if self.breaker.failure(now) {
+                    tracing::warn!(destination = %self.destination_id, "circuit breaker open: pausing deliveries, probing");
+                    metrics::gauge!(t::ROUTER_CIRCUIT_OPEN, "destination" => self.dest_label())
+                        .set(1.0);
+                }
+                let attempts = job.attempts + 1;
+                let first_failed = job.first_failed_at.unwrap_or_else(Utc::now);
+                let failing_for = (Utc::now() - first_failed)
+                    .to_std()
+                    .unwrap_or(Duration::ZERO);
+                let policy = &self.config.retry;
+                if attempts >= policy.max_attempts || failing_for >= policy.max_duration {
+                    metrics::counter!(t::ROUTER_DELIVERIES_TOTAL, "destination" => dest, "outcome" => "dead").increment(1);
+                    let reason =
+                        format!("retries exhausted after {attempts} attempts: {}", f.error);
+                    self.dead_letter(&job, attempts, reason, f);
+                    self.queues.finish(&key, Finish::Done, now);
+                } else {
+                    metrics::counter!(t::ROUTER_DELIVERIES_TOTAL, "destination" => dest, "outcome" => "retry").increment(1);
+                    let delay = policy.delay(job.attempts, f.retry_after);
+                    let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                    let error = match f.status {
+                        Some(s) => format!("{} (status {s}): {}", f.error, f.body),
+                        None => f.error.clone(),
+                    };
+                    self.pending.retries.push(RetryUpdate {
+                        id: job.id,
+                        attempts,
+                        next_attempt_at: next,
+                        first_failed_at: first_failed,
+                        error,
+                    });
+                    self.queues.update_head(&key, |h| {
+                        h.attempts = attempts;
+                        h.first_failed_at = Some(first_failed);
+                    });
+                    self.queues.finish(&key, Finish::RetryAt(now + delay), now);
+                }
+            }
+        }
+    }
+
+    fn dead_letter(&mut self, job: &Job, attempts: i32, reason: String, f: Failure) {
+        tracing::info!(destination = %self.destination_id, message_id = %job.message_id, %reason, "job dead-lettered");
+        self.pending.dead.push(DeadLetter {
+            id: job.id,
+            attempts,
+            reason,
+            last_status: f.status.map(i32::from),
+            last_response: Some(f.body),
+        });
+    }
+
+    /// Writes held outcomes in one transaction; one write at a time, the next one takes
+    /// whatever accumulated meanwhile.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flushing || self.pending.is_empty() {
+            return;
+        }
+        self.flushing = true;
+        let batch = std::mem::take(&mut self.pending);
+        let store = self.store.clone();
+        let started = Instant::now();
+        let fut = async move {
+            let r = store.apply_status_ref(&batch).await;
+            (r, batch)
+        };
+        ctx.spawn(fut.into_actor(self).map(move |(result, batch), act, ctx| {
+            act.flushing = false;
+            match result {
+                Ok(()) => {
+                    act.store_failures = 0;
+                    metrics::histogram!(t::ROUTER_STATUS_FLUSH_DURATION_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    if act.max_loaded_id == 0 {
+                        act.load(ctx);
+                    }
+                    act.flush(ctx);
+                }
+                Err(e) => {
+                    act.pending.merge_front(batch);
+                    act.store_failed(ctx, "status write", &e);
+                    ctx.run_later(Duration::from_millis(200), |act, ctx| act.flush(ctx));
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for RouterActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
+        let delay = if self.restarts == 0 {
+            Duration::ZERO
+        } else {
+            let exp = self
+                .config
+                .restart_backoff
+                .saturating_mul(1u32 << self.restarts.min(16));
+            exp.min(self.config.restart_backoff_max)
+        };
+        if !delay.is_zero() {
+            tracing::info!(destination = %self.destination_id, ?delay, restarts = self.restarts, "router restarting after backoff");
+            self.paused_until = Some(Instant::now() + delay);
+        }
+        ctx.run_later(delay, |act, ctx| {
+            act.paused_until = None;
+            act.flush(ctx);
+            act.load(ctx);
+        });
+        ctx.run_interval(self.config.poll_interval, |act, ctx| {
+            if act.paused_until.is_none() {
+                act.caught_up = false;
+                act.pump(ctx);
+                act.flush(ctx);
+            }
+        });
+    }
+}
+
+impl Supervised for RouterActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        metrics::counter!(t::SUPERVISOR_RESTARTS_TOTAL, "actor" => "router").increment(1);
+        self.restarts += 1;
+        self.generation += 1;
+        // Deliveries under way were cancelled with the old context: reload from Postgres.
+        self.queues.clear();
+        self.in_flight = 0;
+        self.max_loaded_id = 0;
+        self.loading = false;
+        self.flushing = false;
+        self.caught_up = false;
+        self.store_failures = 0;
+        self.wakeup = None;
+    }
+}
+
+impl Handler<Wake> for RouterActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Wake, ctx: &mut Self::Context) {
+        self.caught_up = false;
+        self.pump(ctx);
+    }
+}
+
+impl Handler<Heartbeat> for RouterActor {
+    type Result = HeartbeatReply;
+
+    fn handle(&mut self, _msg: Heartbeat, _ctx: &mut Self::Context) -> HeartbeatReply {
+        HeartbeatReply {
+            actor: "router",
+            pending: self.queues.len(),
+        }
+    }
+}
+
+impl Handler<GetRouterStatus> for RouterActor {
+    type Result = RouterStatus;
+
+    fn handle(&mut self, _msg: GetRouterStatus, _ctx: &mut Self::Context) -> RouterStatus {
+        RouterStatus {
+            destination: self.dest_label(),
+            loaded: self.queues.len(),
+            in_flight: self.in_flight,
+            circuit_open: self.breaker.is_open(),
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Processor statements: read `gw_jobs` after the checkpoint, look up dedup owners, and
+//! commit the outputs (`rt_jobs`, `routing_log`) with the checkpoint and the deletion of the
+//! consumed `gw_jobs`, all in one transaction.
+
+use diesel::sql_types::{Array, BigInt, Jsonb, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use scoped_futures::ScopedFutureExt;
+
+use super::{Store, StoreError};
+
+/// Checkpoint stage name of the processor.
+pub const PROCESSOR_STAGE: &str = "processor";
+
+/// One stored request as the processor reads it.
+#[derive(Debug, QueryableByName)]
+pub struct GwJob {
+    /// Row id.
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    /// Source id.
+    #[diesel(sql_type = Text)]
+    pub source_id: String,
+    /// JSON array of events, as text.
+    #[diesel(sql_type = Text)]
+    pub payload: String,
+}
+
+#[derive(QueryableByName)]
+struct Position {
+    #[diesel(sql_type = BigInt)]
+    position: i64,
+}
+
+#[derive(QueryableByName)]
+struct Owner {
+    #[diesel(sql_type = Text)]
+    source_id: String,
+    #[diesel(sql_type = Text)]
+    message_id: String,
+    #[diesel(sql_type = BigInt)]
+    job_id: i64,
+}
+
+/// One `rt_jobs` row to insert.
+#[derive(Debug, Clone)]
+pub struct RtJobInsert {
+    /// Destination id.
+    pub destination_id: String,
+    /// userId, else anonymousId.
+    pub ordering_key: String,
+    /// The event's messageId.
+    pub message_id: String,
+    /// Source id.
+    pub source_id: String,
+    /// Destination-ready payload (JSON text).
+    pub payload: String,
+}
+
+/// One `routing_log` row: what the processor decided for one event.
+#[derive(Debug, Clone)]
+pub struct RoutingRecord {
+    /// Source id.
+    pub source_id: String,
+    /// The event's messageId.
+    pub message_id: String,
+    /// The `gw_jobs` row it came from.
+    pub job_id: i64,
+    /// Destination ids it was routed to.
+    pub routed: Vec<String>,
+    /// `{destination id: reason}` for destinations it was not routed to (JSON text).
+    pub filtered: serde_json::Value,
+}
+
+impl Store {
+    /// The last `gw_jobs` id the processor consumed (0 when it never ran).
+    pub async fn processor_checkpoint(&self) -> Result<i64, StoreError> {
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            let rows: Vec<Position> = diesel::sql_query(
+                "SELECT position FROM checkpoints WHERE stage = $1 AND partition = 0",
+            )
+            .bind::<Text, _>(PROCESSOR_STAGE)
+            .load(&mut conn)
+            .await?;
+            Ok(rows.into_iter().next().map_or(0, |r| r.position))
+        })
+        .await
+    }
+
+    /// Up to `limit` requests after `after`, in id order.
+    pub async fn fetch_gw_jobs(&self, after: i64, limit: i64) -> Result<Vec<GwJob>, StoreError> {
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            Ok(diesel::sql_query(
+                "SELECT id, source_id, payload::text AS payload FROM gw_jobs WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind::<BigInt, _>(after)
+            .bind::<BigInt, _>(limit)
+            .load(&mut conn)
+            .await?)
+        })
+        .await
+    }
+
+    /// For each (source, messageId), the job that first carried it, if still in the window.
+    pub async fn dedup_owners(
+        &self,
+        sources: Vec<String>,
+        message_ids: Vec<String>,
+    ) -> Result<std::collections::HashMap<(String, String), i64>, StoreError> {
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            let rows: Vec<Owner> = diesel::sql_query(
+                "SELECT d.source_id, d.message_id, d.job_id FROM dedup d \
+                 JOIN unnest($1::text[], $2::text[]) AS k(source_id, message_id) \
+                 ON d.source_id = k.source_id AND d.message_id = k.message_id",
+            )
+            .bind::<Array<Text>, _>(sources)
+            .bind::<Array<Text>, _>(message_ids)
+            .load(&mut conn)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|o| ((o.source_id, o.message_id), o.job_id))
+                .collect())
+        })
+        .await
+    }
+
+    /// Commits one processed batch: inserts `jobs` and `routing`, deletes `gw_jobs` up to
+    /// `last_id` and moves the checkpoint there — one transaction.
+    pub async fn commit_processed(
+        &self,
+        jobs: Vec<RtJobInsert>,
+        routing: Vec<RoutingRecord>,
+        last_id: i64,
+    ) -> Result<(), StoreError> {
+        let mut dest = Vec::with_capacity(jobs.len());
+        let mut keys = Vec::with_capacity(jobs.len());
+        let mut mids = Vec::with_capacity(jobs.len());
+        let mut srcs = Vec::with_capacity(jobs.len());
+        let mut payloads = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            dest.push(j.destination_id);
+            keys.push(j.ordering_key);
+            mids.push(j.message_id);
+            srcs.push(j.source_id);
+            payloads.push(j.payload);
+        }
+        let mut r_src = Vec::with_capacity(routing.len());
+        let mut r_mid = Vec::with_capacity(routing.len());
+        let mut r_job = Vec::with_capacity(routing.len());
+        let mut r_routed = Vec::with_capacity(routing.len());
+        let mut r_filtered = Vec::with_capacity(routing.len());
+        for r in routing {
+            r_src.push(r.source_id);
+            r_mid.push(r.message_id);
+            r_job.push(r.job_id);
+            // text[] cannot nest in unnest; carry the routed list as JSON.
+            r_routed.push(serde_json::Value::from(r.routed));
+            r_filtered.push(r.filtered);
+        }
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            conn.transaction::<_, StoreError, _>(|conn| {
+                async move {
+                    if !dest.is_empty() {
+                        diesel::sql_query(
+                            "INSERT INTO rt_jobs (destination_id, ordering_key, message_id, source_id, payload) \
+                             SELECT d, k, m, s, p::json FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                             AS u(d, k, m, s, p)",
+                        )
+                        .bind::<Array<Text>, _>(dest)
+                        .bind::<Array<Text>, _>(keys)
+                        .bind::<Array<Text>, _>(mids)
+                        .bind::<Array<Text>, _>(srcs)
+                        .bind::<Array<Text>, _>(payloads)
+                        .execute(conn)
+                        .await?;
+                    }
+                    if !r_src.is_empty() {
+                        diesel::sql_query(
+                            "INSERT INTO routing_log (source_id, message_id, job_id, routed, filtered) \
+                             SELECT s, m, j, ARRAY(SELECT jsonb_array_elements_text(r)), f \
+                             FROM unnest($1::text[], $2::text[], $3::int8[], $4::jsonb[], $5::jsonb[]) AS u(s, m, j, r, f)",
+                        )
+                        .bind::<Array<Text>, _>(r_src)
+                        .bind::<Array<Text>, _>(r_mid)
+                        .bind::<Array<BigInt>, _>(r_job)
+                        .bind::<Array<Jsonb>, _>(r_routed)
+                        .bind::<Array<Jsonb>, _>(r_filtered)
+                        .execute(conn)
+                        .await?;
+                    }
+                    diesel::sql_query("DELETE FROM gw_jobs WHERE id <= $1")
+                        .bind::<BigInt, _>(last_id)
+                        .execute(conn)
+                        .await?;
+                    diesel::sql_query(
+                        "INSERT INTO checkpoints (stage, partition, position, updated_at) VALUES ($1, 0, $2, now()) \
+                         ON CONFLICT (stage, partition) DO UPDATE SET position = excluded.position, updated_at = now()",
+                    )
+                    .bind::<Text, _>(PROCESSOR_STAGE)
+                    .bind::<BigInt, _>(last_id)
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                }
+                .scope_boxed()
+            })
+            .await
+        })
+        .await
+    }
+
+    /// Deletes routing records older than `window_secs` (up to `limit`).
+    pub async fn prune_routing_log(
+        &self,
+        window_secs: f64,
+        limit: i32,
+    ) -> Result<usize, StoreError> {
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            Ok(diesel::sql_query(
+                "DELETE FROM routing_log WHERE ctid = ANY(ARRAY(SELECT ctid FROM routing_log \
+                 WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2))",
+            )
+            .bind::<diesel::sql_types::Double, _>(window_secs)
+            .bind::<diesel::sql_types::Integer, _>(limit)
+            .execute(&mut conn)
+            .await?)
+        })
+        .await
+    }
+}

@@ -1,0 +1,334 @@
+//! Router and admin statements: load a destination's jobs in id order, apply a batch of
+//! delivery outcomes (delete delivered, reschedule retries, move dead jobs to `dlq_jobs`) in
+//! one transaction, list and replay the DLQ, and gather what is known about one event.
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use scoped_futures::ScopedFutureExt;
+use serde::Serialize;
+
+use super::{Store, StoreError};
+
+/// A job as a router holds it.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct RtJob {
+    /// Row id (delivery order within a key).
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    /// userId, else anonymousId.
+    #[diesel(sql_type = Text)]
+    pub ordering_key: String,
+    /// The event's messageId.
+    #[diesel(sql_type = Text)]
+    pub message_id: String,
+    /// Destination-ready payload as JSON text.
+    #[diesel(sql_type = Text)]
+    pub payload: String,
+    /// Attempts made so far.
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    /// Not to be tried before this time.
+    #[diesel(sql_type = Timestamptz)]
+    pub next_attempt_at: DateTime<Utc>,
+    /// When the first attempt failed, if one did.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub first_failed_at: Option<DateTime<Utc>>,
+}
+
+/// A failed attempt to record: the job stays, to be retried.
+#[derive(Debug, Clone)]
+pub struct RetryUpdate {
+    /// Job id.
+    pub id: i64,
+    /// Attempts made, this one included.
+    pub attempts: i32,
+    /// Not before this time.
+    pub next_attempt_at: DateTime<Utc>,
+    /// When its first attempt failed.
+    pub first_failed_at: DateTime<Utc>,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// A job to move to the DLQ.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Job id.
+    pub id: i64,
+    /// Attempts made.
+    pub attempts: i32,
+    /// Why.
+    pub reason: String,
+    /// Last HTTP status.
+    pub last_status: Option<i32>,
+    /// First 1 KB of the last response.
+    pub last_response: Option<String>,
+}
+
+/// Delivery outcomes to record together.
+#[derive(Debug, Default)]
+pub struct StatusBatch {
+    /// Delivered: delete.
+    pub delivered: Vec<i64>,
+    /// To retry.
+    pub retries: Vec<RetryUpdate>,
+    /// To dead-letter.
+    pub dead: Vec<DeadLetter>,
+}
+
+impl StatusBatch {
+    /// Nothing to record.
+    pub fn is_empty(&self) -> bool {
+        self.delivered.is_empty() && self.retries.is_empty() && self.dead.is_empty()
+    }
+
+    /// Puts an unwritten batch back in front of what accumulated since.
+    pub fn merge_front(&mut self, mut older: StatusBatch) {
+        older.delivered.append(&mut self.delivered);
+        older.retries.append(&mut self.retries);
+        older.dead.append(&mut self.dead);
+        *self = older;
+    }
+
+    /// Number of outcomes held.
+    pub fn len(&self) -> usize {
+        self.delivered.len() + self.retries.len() + self.dead.len()
+    }
+}
+
+/// A dead-lettered job, as the admin API lists it.
+#[derive(Debug, Clone, QueryableByName, Serialize)]
+pub struct DlqJob {
+    /// The rt_jobs id it had.
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    /// Destination id.
+    #[diesel(sql_type = Text)]
+    pub destination_id: String,
+    /// Ordering key.
+    #[diesel(sql_type = Text)]
+    pub ordering_key: String,
+    /// messageId.
+    #[diesel(sql_type = Text)]
+    pub message_id: String,
+    /// Attempts made.
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    /// Why it was dead-lettered.
+    #[diesel(sql_type = Text)]
+    pub reason: String,
+    /// Last HTTP status.
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub last_status: Option<i32>,
+    /// First 1 KB of the last response.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub last_response: Option<String>,
+    /// When it was dead-lettered.
+    #[diesel(sql_type = Timestamptz)]
+    pub failed_at: DateTime<Utc>,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+impl Store {
+    /// Up to `limit` jobs of `destination` with id > `after`, in id order.
+    pub async fn load_rt_jobs(
+        &self,
+        destination: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<RtJob>, StoreError> {
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            Ok(diesel::sql_query(
+                "SELECT id, ordering_key, message_id, payload::text AS payload, attempts, next_attempt_at, first_failed_at \
+                 FROM rt_jobs WHERE destination_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            )
+            .bind::<Text, _>(destination)
+            .bind::<BigInt, _>(after)
+            .bind::<BigInt, _>(limit)
+            .load(&mut conn)
+            .await?)
+        })
+        .await
+    }
+
+    /// Records a batch of outcomes in one transaction (the batch is kept for a retry).
+    pub async fn apply_status_ref(&self, batch: &StatusBatch) -> Result<(), StoreError> {
+        let delivered = batch.delivered.clone();
+        // A job may fail twice before a write; only its latest state counts.
+        let mut latest = std::collections::HashMap::new();
+        for r in &batch.retries {
+            latest.insert(r.id, r.clone());
+        }
+        let retries: Vec<_> = latest.into_values().collect();
+        let dead = batch.dead.clone();
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            conn.transaction::<_, StoreError, _>(|conn| {
+                async move {
+                    if !delivered.is_empty() {
+                        diesel::sql_query("DELETE FROM rt_jobs WHERE id = ANY($1)")
+                            .bind::<Array<BigInt>, _>(delivered)
+                            .execute(conn)
+                            .await?;
+                    }
+                    if !retries.is_empty() {
+                        let (mut ids, mut att, mut next, mut first, mut err) = (vec![], vec![], vec![], vec![], vec![]);
+                        for r in retries {
+                            ids.push(r.id);
+                            att.push(r.attempts);
+                            next.push(r.next_attempt_at);
+                            first.push(r.first_failed_at);
+                            err.push(r.error);
+                        }
+                        diesel::sql_query(
+                            "UPDATE rt_jobs SET attempts = u.a, next_attempt_at = u.n, \
+                             first_failed_at = coalesce(rt_jobs.first_failed_at, u.f), last_error = u.e \
+                             FROM unnest($1::int8[], $2::int4[], $3::timestamptz[], $4::timestamptz[], $5::text[]) AS u(id, a, n, f, e) \
+                             WHERE rt_jobs.id = u.id",
+                        )
+                        .bind::<Array<BigInt>, _>(ids)
+                        .bind::<Array<Integer>, _>(att)
+                        .bind::<Array<Timestamptz>, _>(next)
+                        .bind::<Array<Timestamptz>, _>(first)
+                        .bind::<Array<Text>, _>(err)
+                        .execute(conn)
+                        .await?;
+                    }
+                    if !dead.is_empty() {
+                        let (mut ids, mut att, mut reason, mut status, mut resp) = (vec![], vec![], vec![], vec![], vec![]);
+                        for d in dead {
+                            ids.push(d.id);
+                            att.push(d.attempts);
+                            reason.push(d.reason);
+                            status.push(d.last_status);
+                            resp.push(d.last_response);
+                        }
+                        diesel::sql_query(
+                            "WITH moved AS (DELETE FROM rt_jobs WHERE id = ANY($1) RETURNING *) \
+                             INSERT INTO dlq_jobs (id, destination_id, ordering_key, message_id, source_id, payload, attempts, \
+                                                   reason, last_status, last_response, created_at) \
+                             SELECT m.id, m.destination_id, m.ordering_key, m.message_id, m.source_id, m.payload, u.a, \
+                                    u.r, u.s, u.b, m.created_at \
+                             FROM moved m JOIN unnest($1::int8[], $2::int4[], $3::text[], $4::int4[], $5::text[]) AS u(id, a, r, s, b) \
+                             ON u.id = m.id ON CONFLICT (id) DO NOTHING",
+                        )
+                        .bind::<Array<BigInt>, _>(ids)
+                        .bind::<Array<Integer>, _>(att)
+                        .bind::<Array<Text>, _>(reason)
+                        .bind::<Array<Nullable<Integer>>, _>(status)
+                        .bind::<Array<Nullable<Text>>, _>(resp)
+                        .execute(conn)
+                        .await?;
+                    }
+                    Ok(())
+                }
+                .scope_boxed()
+            })
+            .await
+        })
+        .await
+    }
+
+    /// Dead-lettered jobs, oldest first, optionally of one destination.
+    pub async fn list_dlq(
+        &self,
+        destination: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DlqJob>, StoreError> {
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            Ok(diesel::sql_query(
+                "SELECT id, destination_id, ordering_key, message_id, attempts, reason, last_status, last_response, failed_at \
+                 FROM dlq_jobs WHERE ($1::text IS NULL OR destination_id = $1) ORDER BY id LIMIT $2",
+            )
+            .bind::<Nullable<Text>, _>(destination)
+            .bind::<BigInt, _>(limit)
+            .load(&mut conn)
+            .await?)
+        })
+        .await
+    }
+
+    /// Moves dead-lettered jobs back to `rt_jobs` as new jobs (fresh attempts), keeping
+    /// their relative order; filters combine (destination and/or ids; neither = all).
+    /// Returns how many moved.
+    pub async fn replay_dlq(
+        &self,
+        destination: Option<String>,
+        ids: Option<Vec<i64>>,
+    ) -> Result<i64, StoreError> {
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            let rows: Vec<Count> = diesel::sql_query(
+                "WITH moved AS ( \
+                   DELETE FROM dlq_jobs WHERE ($1::text IS NULL OR destination_id = $1) AND ($2::int8[] IS NULL OR id = ANY($2)) \
+                   RETURNING id, destination_id, ordering_key, message_id, source_id, payload), \
+                 ins AS ( \
+                   INSERT INTO rt_jobs (destination_id, ordering_key, message_id, source_id, payload) \
+                   SELECT destination_id, ordering_key, message_id, source_id, payload FROM moved ORDER BY id RETURNING 1) \
+                 SELECT count(*) AS n FROM ins",
+            )
+            .bind::<Nullable<Text>, _>(destination)
+            .bind::<Nullable<Array<BigInt>>, _>(ids)
+            .load(&mut conn)
+            .await?;
+            Ok(rows.into_iter().next().map_or(0, |r| r.n))
+        })
+        .await
+    }
+}
+
+#[derive(QueryableByName)]
+struct Doc {
+    #[diesel(sql_type = Text)]
+    doc: String,
+}
+
+const EXPLAIN: &str = r#"
+SELECT json_build_object(
+  'stored', (SELECT coalesce(json_agg(json_build_object(
+        'source_id', d.source_id, 'job_id', d.job_id, 'received_at', d.seen_at,
+        'processed', NOT EXISTS (SELECT 1 FROM gw_jobs g WHERE g.id = d.job_id))), '[]'::json)
+      FROM dedup d WHERE d.message_id = $1),
+  'routing', (SELECT coalesce(json_agg(json_build_object(
+        'source_id', source_id, 'job_id', job_id, 'routed', routed, 'filtered', filtered,
+        'processed_at', processed_at) ORDER BY processed_at), '[]'::json)
+      FROM routing_log WHERE message_id = $1),
+  'pending', (SELECT coalesce(json_agg(json_build_object(
+        'destination', destination_id, 'job_id', id, 'attempts', attempts,
+        'next_attempt_at', next_attempt_at, 'last_error', last_error) ORDER BY id), '[]'::json)
+      FROM rt_jobs WHERE message_id = $1),
+  'dead_lettered', (SELECT coalesce(json_agg(json_build_object(
+        'destination', destination_id, 'job_id', id, 'attempts', attempts, 'reason', reason,
+        'last_status', last_status, 'last_response', last_response, 'failed_at', failed_at) ORDER BY id), '[]'::json)
+      FROM dlq_jobs WHERE message_id = $1)
+)::text AS doc
+"#;
+
+impl Store {
+    /// Everything stored about one messageId: dedup/ingest rows, routing decisions,
+    /// pending jobs and dead-lettered jobs, as one JSON document.
+    pub async fn explain(&self, message_id: &str) -> Result<serde_json::Value, StoreError> {
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            let rows: Vec<Doc> = diesel::sql_query(EXPLAIN)
+                .bind::<Text, _>(message_id)
+                .load(&mut conn)
+                .await?;
+            Ok(rows
+                .into_iter()
+                .next()
+                .and_then(|d| serde_json::from_str(&d.doc).ok())
+                .unwrap_or(serde_json::Value::Null))
+        })
+        .await
+    }
+}

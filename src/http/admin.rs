@@ -1,0 +1,176 @@
+//! The admin API under `/admin`, behind `Authorization: Bearer <admin.token>` (disabled
+//! when no token is configured): list and replay dead-lettered jobs, and explain where one
+//! event is.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use keel_actors::messages::Wake;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use super::AppState;
+
+fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let token = &state.config.admin.token;
+    if token.is_empty() {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "admin_disabled",
+            "the admin API is disabled; set admin.token (KEEL_ADMIN__TOKEN) to enable it",
+        ));
+    }
+    let given = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized(
+            "invalid_admin_token",
+            "admin API needs Authorization: Bearer <admin.token>",
+        ))
+    }
+}
+
+fn storage(e: keel_actors::store::StoreError, state: &AppState) -> ApiError {
+    ApiError::unavailable(
+        "storage_unavailable",
+        e.to_string(),
+        state.config.gateway.retry_after_secs,
+    )
+}
+
+/// Query of `GET /admin/dlq`.
+#[derive(Deserialize)]
+pub struct DlqQuery {
+    destination: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /admin/dlq?destination=…&limit=…`: dead-lettered jobs, oldest first.
+pub async fn list_dlq(
+    req: HttpRequest,
+    query: web::Query<DlqQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
+    let jobs = state
+        .store
+        .list_dlq(query.destination.as_deref(), limit)
+        .await
+        .map_err(|e| storage(e, &state))?;
+    Ok(HttpResponse::Ok().json(json!({"jobs": jobs, "count": jobs.len()})))
+}
+
+/// Body of `POST /admin/dlq/replay`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    destination: Option<String>,
+    ids: Option<Vec<i64>>,
+    #[serde(default)]
+    all: bool,
+}
+
+/// `POST /admin/dlq/replay` with `{"destination"}`, `{"ids": […]}` (both may combine) or
+/// `{"all": true}`: moves the jobs back for delivery, order per key kept.
+pub async fn replay_dlq(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let r: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("replay body must be {{\"destination\"?, \"ids\"?, \"all\"?}}: {e}"),
+        )
+    })?;
+    if r.destination.is_none() && r.ids.is_none() && !r.all {
+        return Err(ApiError::bad_request(
+            "missing_selector",
+            "say what to replay: destination, ids, or all: true",
+        ));
+    }
+    let moved = state
+        .store
+        .replay_dlq(r.destination.clone(), r.ids)
+        .await
+        .map_err(|e| storage(e, &state))?;
+    if let Ok(routers) = state.children.routers.read() {
+        for (id, addr) in routers.iter() {
+            if r.destination.as_ref().is_none_or(|d| d == id) {
+                let _ = addr.try_send(Wake);
+            }
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({"replayed": moved})))
+}
+
+/// `GET /admin/events/{messageId}`: where that event is, per destination.
+pub async fn explain(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let message_id = path.into_inner();
+    let doc = state
+        .store
+        .explain(&message_id)
+        .await
+        .map_err(|e| storage(e, &state))?;
+    let stored = doc["stored"].as_array().is_some_and(|a| !a.is_empty());
+    if !stored
+        && doc["pending"].as_array().is_none_or(Vec::is_empty)
+        && doc["dead_lettered"].as_array().is_none_or(Vec::is_empty)
+    {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "unknown_event",
+            format!("no event with messageId {message_id:?} in the dedup window"),
+        ));
+    }
+    let processed = doc["stored"]
+        .as_array()
+        .is_some_and(|a| a.iter().all(|s| s["processed"] == true));
+    let mut destinations = Map::new();
+    for r in doc["routing"].as_array().into_iter().flatten() {
+        for d in r["routed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            destinations.insert(d.into(), json!({"status": "delivered"}));
+        }
+        for (d, reason) in r["filtered"].as_object().into_iter().flatten() {
+            destinations.insert(d.clone(), json!({"status": "filtered", "reason": reason}));
+        }
+    }
+    for p in doc["pending"].as_array().into_iter().flatten() {
+        let d = p["destination"].as_str().unwrap_or_default();
+        destinations.insert(
+            d.into(),
+            json!({"status": "pending", "attempts": p["attempts"],
+            "next_attempt_at": p["next_attempt_at"], "last_error": p["last_error"]}),
+        );
+    }
+    for p in doc["dead_lettered"].as_array().into_iter().flatten() {
+        let d = p["destination"].as_str().unwrap_or_default();
+        destinations.insert(d.into(), json!({"status": "dead_lettered", "attempts": p["attempts"],
+            "reason": p["reason"], "last_status": p["last_status"], "last_response": p["last_response"],
+            "failed_at": p["failed_at"]}));
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "messageId": message_id,
+        "stage": if !stored { "unknown" } else if processed { "processed" } else { "waiting_for_processor" },
+        "destinations": destinations,
+        "detail": doc,
+    })))
+}

@@ -1,0 +1,419 @@
+//! Processor and routers end to end, against real local HTTP sinks: exactly-once delivery in
+//! steady state, per-user order under failures, isolation between destinations, DLQ and
+//! replay, the explain endpoint, throttling, and recovery after kill -9.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::sink::{Sink, SinkMode};
+use crate::common::*;
+
+fn track(user: &str, i: usize, id: &str) -> Value {
+    json!({"type": "track", "userId": user, "event": "Step", "messageId": id, "properties": {"i": i}})
+}
+
+/// Asserts that, per user, the first deliveries of each message are in send order.
+fn assert_ordered(delivered: &[Value], sent: &HashMap<String, Vec<String>>) {
+    let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+    let mut first = HashSet::new();
+    for b in delivered {
+        let id = b["messageId"].as_str().expect("messageId").to_owned();
+        if first.insert(id.clone()) {
+            seen.entry(b["userId"].as_str().expect("userId").to_owned())
+                .or_default()
+                .push(id);
+        }
+    }
+    for (user, ids) in sent {
+        assert_eq!(seen.get(user), Some(ids), "order for {user}");
+    }
+}
+
+async fn admin_get(keel: &Keel, path: &str) -> (u16, Value) {
+    let res = http()
+        .get(keel.url(path))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .expect("admin");
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn delivers_every_event_once_with_body_headers_and_filters() {
+    let db = TestDb::create().await;
+    let sink = Sink::start(SinkMode::Ok).await;
+    let filtered = Sink::start(SinkMode::Ok).await;
+    let ws = workspace_with_webhooks(&[
+        ("hook", &sink.url, json!({})),
+        (
+            "only_buy",
+            &filtered.url,
+            json!({"eventFilteringOption": "whitelistedEvents", "whitelistedEvents": [{"eventName": "Buy"}]}),
+        ),
+    ]);
+    let mut opts = fast_router(KeelOptions::new(&db));
+    opts.workspace = ws;
+    let keel = Keel::start(opts).await;
+    let events: Vec<Value> = (0..300)
+        .map(|i| track(&format!("u{}", i % 7), i, &format!("m{i}")))
+        .collect();
+    send_batches(&keel, &events, 50).await;
+    send_batches(&keel, &[
+        json!({"type": "track", "userId": "b", "event": "Buy", "messageId": "buy-1"}),
+        json!({"type": "identify", "userId": "b", "messageId": "excluded", "integrations": {"Hook hook": false, "Hook only_buy": false}}),
+        json!({"type": "track", "userId": "u0", "event": "Step", "messageId": "m0"}),
+    ], 3).await;
+    assert_eq!(sink.wait_delivered(301, Duration::from_secs(30)).await, 301);
+    assert_eq!(filtered.wait_delivered(1, Duration::from_secs(10)).await, 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = sink.received();
+    assert_eq!(
+        got.len(),
+        301,
+        "exactly once: no duplicates, duplicate messageId dropped, excluded event not sent"
+    );
+    let ids: HashSet<_> = got
+        .iter()
+        .map(|r| r.body["messageId"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 301);
+    let r = got
+        .iter()
+        .find(|r| r.body["messageId"] == "m5")
+        .expect("m5");
+    assert_eq!(r.body["properties"]["i"], 5);
+    assert_eq!(r.body["event"], "Step");
+    assert!(r.body["receivedAt"].is_string() && r.body["timestamp"].is_string());
+    assert_eq!(r.headers.get("x-test").map(String::as_str), Some("hook"));
+    assert!(r
+        .headers
+        .get("content-type")
+        .is_some_and(|c| c.contains("application/json")));
+    assert_eq!(filtered.received().len(), 1);
+    assert_eq!(filtered.received()[0].body["messageId"], "buy-1");
+    // Storage stays flat: consumed requests and delivered jobs are gone.
+    let c = db.client().await;
+    let left: i64 = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM gw_jobs) + (SELECT count(*) FROM rt_jobs)",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0);
+    // Explain: delivered to one destination, filtered from the other.
+    let (status, doc) = admin_get(&keel, "/admin/events/m5").await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["stage"], "processed");
+    assert_eq!(doc["destinations"]["hook"]["status"], "delivered");
+    assert_eq!(doc["destinations"]["only_buy"]["status"], "filtered");
+    let (status, doc) = admin_get(&keel, "/admin/events/excluded").await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["destinations"]["hook"]["status"], "filtered", "{doc}");
+    assert_eq!(admin_get(&keel, "/admin/events/nope").await.0, 404);
+    let res = http()
+        .get(keel.url("/admin/dlq"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(res.status().as_u16(), 401);
+}
+
+#[tokio::test]
+async fn keeps_per_user_order_when_the_sink_fails_30_percent() {
+    let db = TestDb::create().await;
+    let sink = Sink::start(SinkMode::Flaky {
+        p500: 0.27,
+        p429: 0.03,
+        retry_after: 1,
+    })
+    .await;
+    let mut opts = fast_router(KeelOptions::new(&db)).env("KEEL_ROUTER__MAX_ATTEMPTS", "1000");
+    opts.workspace = workspace_with_webhooks(&[("hook", &sink.url, json!({}))]);
+    let keel = Keel::start(opts).await;
+    let mut sent: HashMap<String, Vec<String>> = HashMap::new();
+    let mut events = Vec::new();
+    // 50 users × 200 events, interleaved.
+    for i in 0..200 {
+        for u in 0..50 {
+            let (user, id) = (format!("user{u}"), format!("u{u}-e{i}"));
+            sent.entry(user.clone()).or_default().push(id.clone());
+            events.push(track(&user, i, &id));
+        }
+    }
+    send_batches(&keel, &events, 100).await;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        let delivered: HashSet<String> = sink
+            .delivered()
+            .iter()
+            .filter_map(|b| b["messageId"].as_str().map(str::to_owned))
+            .collect();
+        if delivered.len() >= 10_000 || Instant::now() > deadline {
+            assert_eq!(delivered.len(), 10_000, "none lost");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let received = sink.received();
+    let failures = received.iter().filter(|r| r.status >= 400).count();
+    assert!(failures > 2000, "the sink really failed ({failures})");
+    assert_ordered(&sink.delivered(), &sent);
+    // Retry-After is honoured: a message answered 429 is not retried within the next second.
+    let mut last_429: HashMap<String, Instant> = HashMap::new();
+    for r in &received {
+        let id = r.body["messageId"].as_str().expect("id").to_owned();
+        if let Some(t) = last_429.get(&id) {
+            assert!(
+                r.at.duration_since(*t) >= Duration::from_millis(900),
+                "{id} retried {:?} after a 429",
+                r.at.duration_since(*t)
+            );
+        }
+        if r.status == 429 {
+            last_429.insert(id, r.at);
+        } else {
+            last_429.remove(&id);
+        }
+    }
+}
+
+#[tokio::test]
+async fn dead_letters_4xx_at_once_and_replays_in_order() {
+    let db = TestDb::create().await;
+    let sink = Sink::start(SinkMode::RejectUser("bad".into())).await;
+    let mut opts = fast_router(KeelOptions::new(&db));
+    opts.workspace = workspace_with_webhooks(&[("hook", &sink.url, json!({}))]);
+    let keel = Keel::start(opts).await;
+    let events: Vec<Value> = (0..20)
+        .map(|i| track(if i % 2 == 0 { "bad" } else { "good" }, i, &format!("m{i}")))
+        .collect();
+    send_batches(&keel, &events, 20).await;
+    assert_eq!(sink.wait_delivered(10, Duration::from_secs(20)).await, 10);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let (status, doc) = admin_get(&keel, "/admin/dlq?destination=hook").await;
+        assert_eq!(status, 200, "{doc}");
+        if doc["count"] == 10 || Instant::now() > deadline {
+            break doc;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(listed["count"], 10, "{listed}");
+    let job = &listed["jobs"][0];
+    assert_eq!(job["attempts"], 1, "4xx is not retried");
+    assert_eq!(job["last_status"], 400);
+    assert!(job["reason"].as_str().expect("reason").contains("400"));
+    assert!(job["last_response"]
+        .as_str()
+        .expect("body")
+        .contains("sink says no"));
+    let bad_tries = sink
+        .received()
+        .iter()
+        .filter(|r| r.body["userId"] == "bad")
+        .count();
+    assert_eq!(bad_tries, 10, "one attempt each");
+    let (status, doc) = admin_get(&keel, "/admin/events/m0").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        doc["destinations"]["hook"]["status"], "dead_lettered",
+        "{doc}"
+    );
+
+    let res = http()
+        .post(keel.url("/admin/dlq/replay"))
+        .bearer_auth("admin-secret")
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(
+        res.status().as_u16(),
+        400,
+        "a replay must say what to replay"
+    );
+    sink.set_mode(SinkMode::Ok);
+    let res = http()
+        .post(keel.url("/admin/dlq/replay"))
+        .bearer_auth("admin-secret")
+        .json(&json!({"destination": "hook"}))
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(res.json::<Value>().await.expect("json")["replayed"], 10);
+    assert_eq!(sink.wait_delivered(20, Duration::from_secs(20)).await, 20);
+    let replayed: Vec<String> = sink
+        .delivered()
+        .iter()
+        .filter(|b| b["userId"] == "bad")
+        .map(|b| b["messageId"].as_str().expect("id").to_owned())
+        .collect();
+    let expected: Vec<String> = (0..20).step_by(2).map(|i| format!("m{i}")).collect();
+    assert_eq!(replayed, expected, "replayed in order");
+    assert_eq!(admin_get(&keel, "/admin/dlq").await.1["count"], 0);
+}
+
+#[tokio::test]
+async fn throttles_to_the_configured_rate() {
+    let db = TestDb::create().await;
+    let sink = Sink::start(SinkMode::Ok).await;
+    let mut opts = fast_router(KeelOptions::new(&db));
+    opts.workspace = workspace_with_webhooks(&[(
+        "hook",
+        &sink.url,
+        json!({"throttling": {"limit": 100, "timeWindow": 1}}),
+    )]);
+    let keel = Keel::start(opts).await;
+    let events: Vec<Value> = (0..350)
+        .map(|i| track(&format!("u{}", i % 20), i, &format!("m{i}")))
+        .collect();
+    send_batches(&keel, &events, 100).await;
+    assert_eq!(sink.wait_delivered(350, Duration::from_secs(20)).await, 350);
+    let times: Vec<Instant> = sink.received().iter().map(|r| r.at).collect();
+    let start = times[0];
+    let span = times.last().expect("last").duration_since(start);
+    assert!(
+        span >= Duration::from_millis(2500),
+        "350 events at 100/s take > 2.5 s, took {span:?}"
+    );
+    // Sliding one-second windows: at most the limit plus the burst (a tenth).
+    for (i, t) in times.iter().enumerate() {
+        let in_window = times[i..]
+            .iter()
+            .take_while(|u| u.duration_since(*t) < Duration::from_secs(1))
+            .count();
+        assert!(in_window <= 110, "{in_window} deliveries within one second");
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_destination_does_not_slow_the_others() {
+    let db = TestDb::create().await;
+    let a = Sink::start(SinkMode::Ok).await;
+    let b = Sink::start(SinkMode::Ok).await;
+    let mut opts = fast_router(KeelOptions::new(&db))
+        .env("KEEL_ROUTER__TIMEOUT_SECS", "1")
+        .env("KEEL_ROUTER__BREAKER_THRESHOLD", "5")
+        .env("KEEL_ROUTER__BREAKER_PROBE_INTERVAL_MS", "300")
+        .env("KEEL_ROUTER__MAX_ATTEMPTS", "1000");
+    opts.workspace = workspace_with_webhooks(&[("a", &a.url, json!({})), ("b", &b.url, json!({}))]);
+    let keel = Keel::start(opts).await;
+    let n = 3000;
+    let batch = |round: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| track(&format!("u{}", i % 100), i, &format!("r{round}-{i}")))
+            .collect()
+    };
+    // Baseline: both healthy.
+    let t0 = Instant::now();
+    send_batches(&keel, &batch(0), 100).await;
+    assert_eq!(b.wait_delivered(n, Duration::from_secs(60)).await, n);
+    let solo = t0.elapsed();
+    assert_eq!(a.wait_delivered(n, Duration::from_secs(60)).await, n);
+    // A hangs; B must keep its pace.
+    a.set_mode(SinkMode::Hang);
+    let t1 = Instant::now();
+    send_batches(&keel, &batch(1), 100).await;
+    assert_eq!(
+        b.wait_delivered(2 * n, Duration::from_secs(60)).await,
+        2 * n
+    );
+    let with_a_down = t1.elapsed();
+    let ratio = solo.as_secs_f64() / with_a_down.as_secs_f64();
+    assert!(
+        ratio >= 0.9,
+        "B's throughput with A hanging is {:.0}% of baseline ({solo:?} vs {with_a_down:?})",
+        ratio * 100.0
+    );
+    let metrics = http()
+        .get(keel.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("keel_router_circuit_open{destination=\"a\"} 1"),
+        "breaker open for a:\n{metrics}"
+    );
+    // A recovers.
+    a.set_mode(SinkMode::Ok);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ids: HashSet<String> = a
+            .delivered()
+            .iter()
+            .filter_map(|v| v["messageId"].as_str().map(str::to_owned))
+            .collect();
+        if ids.len() >= 2 * n || Instant::now() > deadline {
+            assert_eq!(ids.len(), 2 * n, "A got everything after recovering");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn kill_9_mid_flow_loses_nothing_and_keeps_order() {
+    let db = TestDb::create().await;
+    let sink = Sink::start(SinkMode::Ok).await;
+    let mut opts = fast_router(KeelOptions::new(&db));
+    opts.workspace = workspace_with_webhooks(&[("hook", &sink.url, json!({}))]);
+    let mut keel = Keel::start(opts).await;
+    let users = 100;
+    let total = 20_000;
+    let mut sent: HashMap<String, Vec<String>> = HashMap::new();
+    let events: Vec<Value> = (0..total)
+        .map(|i| {
+            let (user, id) = (format!("user{}", i % users), format!("e{i}"));
+            sent.entry(user.clone()).or_default().push(id.clone());
+            track(&user, i, &id)
+        })
+        .collect();
+    send_batches(&keel, &events, 200).await;
+    // Kill while events are in every stage: some delivered, some in rt_jobs, some in gw_jobs.
+    let got = sink.wait_delivered(3000, Duration::from_secs(30)).await;
+    assert!(got >= 3000);
+    keel.kill();
+    let c = db.client().await;
+    let (gw, rt): (i64, i64) = {
+        let r = c.query_one("SELECT (SELECT coalesce(sum(event_count),0) FROM gw_jobs)::int8, (SELECT count(*) FROM rt_jobs)", &[]).await.expect("counts");
+        (r.get(0), r.get(1))
+    };
+    let delivered_before = sink.delivered().len();
+    assert!(delivered_before < total, "killed before the end");
+    eprintln!("at kill: delivered {delivered_before}, rt_jobs {rt}, gw events {gw}");
+    let mut opts = fast_router(KeelOptions::new(&db));
+    opts.workspace = workspace_with_webhooks(&[("hook", &sink.url, json!({}))]);
+    let _keel = Keel::start(opts).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ids: HashSet<String> = sink
+            .delivered()
+            .iter()
+            .filter_map(|v| v["messageId"].as_str().map(str::to_owned))
+            .collect();
+        if ids.len() >= total || Instant::now() > deadline {
+            assert_eq!(ids.len(), total, "every acked event delivered");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let delivered = sink.delivered();
+    let dups = delivered.len() - total;
+    assert!(dups * 100 <= total, "{dups} duplicates (> 1%)");
+    eprintln!("duplicates after kill -9: {dups} of {total}");
+    assert_ordered(&delivered, &sent);
+}
