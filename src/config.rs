@@ -178,7 +178,7 @@ impl Default for GatewayConfig {
             max_event_bytes: 32 * 1024,
             max_request_bytes: 500 * 1024,
             max_batch: 128,
-            max_wait_ms: 5,
+            max_wait_ms: 0,
             queue_bytes: 64 * 1024 * 1024,
             retry_after_secs: 1,
             dedup_window_secs: 24 * 3600,
@@ -333,7 +333,26 @@ pub fn load_workspace(path: &Path) -> Result<Workspace, WorkspaceError> {
     if !problems.is_empty() {
         return Err(WorkspaceError { file, problems });
     }
-    serde_json::from_value(value).map_err(|e| one(format!("$: {e}")))
+    let ws: Workspace = serde_json::from_value(value).map_err(|e| one(format!("$: {e}")))?;
+    // Each kind checks its own settings (URL syntax, methods…); report them with their path.
+    if let Err(errors) = keel_actors::processor::RoutingTable::build(&ws, &Default::default()) {
+        let mut problems = Vec::new();
+        for e in errors {
+            for (i, src) in ws.sources.iter().enumerate() {
+                for (j, d) in src.destinations.iter().enumerate() {
+                    if d.id == e.destination {
+                        problems.push(format!(
+                            "$.sources[{i}].destinations[{j}].config.{}: {}",
+                            e.field, e.problem
+                        ));
+                    }
+                }
+            }
+        }
+        problems.dedup();
+        return Err(WorkspaceError { file, problems });
+    }
+    Ok(ws)
 }
 
 use keel_actors::destinations::KINDS as KNOWN_KINDS;

@@ -7,6 +7,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use keel::boot;
+
+/// mimalloc: the ingest profile spent ~12% in glibc malloc/free.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use keel::config::{load_workspace, KeelConfig};
 
 #[derive(Parser)]

@@ -33,7 +33,7 @@ impl Default for GatewayWriterConfig {
     fn default() -> Self {
         Self {
             max_batch: 128,
-            max_wait: Duration::from_millis(5),
+            max_wait: Duration::ZERO,
             dedup_window: Duration::from_secs(24 * 3600),
             dedup_prune_interval: Duration::from_secs(60),
         }

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use crate::destinations::{self, Destination, HttpSettings};
 use crate::messages::{Heartbeat, HeartbeatReply, Wake};
 use crate::router::RouterActor;
-use crate::store::{RoutingRecord, RtJobInsert, Store, StoreError};
+use crate::store::{dedup_key, RoutingRecord, RtJobInsert, Store, StoreError};
 use crate::telemetry as t;
 use crate::workspace::{self, Workspace};
 
@@ -153,7 +153,10 @@ impl Processor {
     }
 
     fn cycle(&mut self, ctx: &mut Context<Self>) {
-        if !self.config.enabled || self.busy || self.backoff_until.is_some_and(|t| Instant::now() < t) {
+        if !self.config.enabled
+            || self.busy
+            || self.backoff_until.is_some_and(|t| Instant::now() < t)
+        {
             return;
         }
         self.busy = true;
@@ -229,7 +232,7 @@ async fn process_batch(
     };
     let last_id = last.id;
     let mut parsed: Vec<ParsedJob<'_>> = Vec::with_capacity(jobs.len());
-    let (mut srcs, mut mids) = (Vec::new(), Vec::new());
+    let mut keys = Vec::new();
     for job in &jobs {
         let events: Vec<Map<String, Value>> = serde_json::from_str(&job.payload).unwrap_or_else(|e| {
             // Only the gateway writes gw_jobs, so this means a corrupted row; never panic.
@@ -238,13 +241,12 @@ async fn process_batch(
         });
         for e in &events {
             if let Some(m) = e.get("messageId").and_then(Value::as_str) {
-                srcs.push(job.source_id.clone());
-                mids.push(m.to_owned());
+                keys.push(dedup_key(&job.source_id, m));
             }
         }
         parsed.push((job.id, job.source_id.as_str(), events));
     }
-    let owners = store.dedup_owners(srcs, mids).await?;
+    let owners = store.dedup_owners(keys).await?;
     let mut rt = Vec::new();
     let mut records = Vec::new();
     let mut touched = HashSet::new();
@@ -259,7 +261,7 @@ async fn process_batch(
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_owned();
-            let owner = owners.get(&(source_id.to_owned(), message_id.clone()));
+            let owner = owners.get(&dedup_key(source_id, &message_id));
             if owner.is_some_and(|o| *o != job_id) || !seen_in_job.insert(message_id.clone()) {
                 dup_n += 1;
                 continue;

@@ -120,9 +120,10 @@ pub async fn explain(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let message_id = path.into_inner();
+    let sources = state.sources.source_ids();
     let doc = state
         .store
-        .explain(&message_id)
+        .explain(&message_id, &sources)
         .await
         .map_err(|e| storage(e, &state))?;
     let stored = doc["stored"].as_array().is_some_and(|a| !a.is_empty());

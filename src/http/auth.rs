@@ -38,6 +38,11 @@ impl SourceIndex {
         }
     }
 
+    /// Every source id.
+    pub fn source_ids(&self) -> Vec<&str> {
+        self.sources.iter().map(|s| &*s.id).collect()
+    }
+
     /// The id of the enabled source owning `key`, or a 401.
     pub fn authenticate(&self, key: &str) -> Result<Arc<str>, ApiError> {
         let mut found: Option<&SourceEntry> = None;

@@ -68,6 +68,24 @@ fn check_config_prints_every_error_with_its_json_path() {
         err.contains(&ws.display().to_string()),
         "names the file:\n{err}"
     );
+    let ws2 = dir.path().join("ws2.json");
+    let bad_url = json!({"sources": [{"id": "s1", "name": "a", "writeKey": "k", "enabled": true,
+        "destinations": [{"id": "d1", "name": "x", "enabled": true, "config": {"webhookUrl": "not a url"},
+                          "destinationDefinition": {"name": "WEBHOOK"}}]}]});
+    std::fs::write(&ws2, bad_url.to_string()).expect("write");
+    let out2 = keel()
+        .current_dir(repo_root())
+        .arg("check-config")
+        .arg("--workspace")
+        .arg(&ws2)
+        .output()
+        .expect("run");
+    assert!(!out2.status.success());
+    let err2 = String::from_utf8_lossy(&out2.stderr);
+    assert!(
+        err2.contains("$.sources[0].destinations[0].config.webhookUrl: \"not a url\" is not a URL"),
+        "{err2}"
+    );
 }
 
 #[test]

@@ -417,3 +417,74 @@ async fn kill_9_mid_flow_loses_nothing_and_keeps_order() {
     eprintln!("duplicates after kill -9: {dups} of {total}");
     assert_ordered(&delivered, &sent);
 }
+
+#[tokio::test]
+async fn routers_restart_after_a_database_outage_and_resume() {
+    use crate::common::proxy::{Mode, Proxy};
+    let db = TestDb::create().await;
+    let sink = Sink::start(SinkMode::Ok).await;
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let mut opts = fast_router(KeelOptions::new(&db)).env("KEEL_DATABASE__TIMEOUT_SECS", "1");
+    opts.workspace = workspace_with_webhooks(&[("hook", &sink.url, json!({}))]);
+    opts.database_url = Some(db.url_via(&proxy.addr));
+    let keel = Keel::start(opts).await;
+    let events: Vec<Value> = (0..100).map(|i| track("u", i, &format!("a{i}"))).collect();
+    send_batches(&keel, &events, 50).await;
+    assert_eq!(sink.wait_delivered(100, Duration::from_secs(20)).await, 100);
+
+    proxy.set(Mode::Refuse);
+    let restarts = |text: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with("keel_supervisor_restarts_total{actor=\"router\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = http()
+            .get(keel.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if restarts(&text) >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "router never restarted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    proxy.set(Mode::Pass);
+    let more: Vec<Value> = (100..200)
+        .map(|i| track("u", i, &format!("a{i}")))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Ingest answers 503 until the pool reconnects; then the restarted router resumes.
+    let client = http();
+    for chunk in more.chunks(50) {
+        loop {
+            let res = client
+                .post(keel.url("/v1/batch"))
+                .header("Authorization", basic(WRITE_KEY))
+                .json(&json!({"batch": chunk}))
+                .send()
+                .await
+                .expect("send");
+            if res.status().as_u16() == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "ingest did not recover");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(sink.wait_delivered(200, Duration::from_secs(30)).await, 200);
+    let ids: Vec<String> = sink
+        .delivered()
+        .iter()
+        .filter_map(|b| b["messageId"].as_str().map(str::to_owned))
+        .collect();
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 200);
+}

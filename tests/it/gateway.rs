@@ -112,7 +112,7 @@ async fn batch_and_import_store_one_row_per_request_with_merged_context() {
         .client()
         .await
         .query(
-            "SELECT event_count, received_at, payload->0->>'receivedAt' FROM gw_jobs ORDER BY id",
+            "SELECT event_count, received_at, payload::json->0->>'receivedAt' FROM gw_jobs ORDER BY id",
             &[],
         )
         .await

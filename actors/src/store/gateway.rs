@@ -34,11 +34,11 @@ WITH input AS (
     ) r
 ), jobs AS (
     INSERT INTO gw_jobs (id, source_id, received_at, event_count, payload)
-    SELECT id, source_id, received_at, event_count, payload::json FROM input
+    SELECT id, source_id, received_at, event_count, payload FROM input
 )
-INSERT INTO dedup (source_id, message_id, job_id, seen_at)
-SELECT i.source_id, m.message_id, i.id, i.received_at
-FROM unnest($5::int8[], $6::text[]) AS m(ord, message_id)
+INSERT INTO dedup (key, source_id, message_id, job_id, seen_at)
+SELECT m.key, i.source_id, m.message_id, i.id, i.received_at
+FROM unnest($5::int8[], $6::uuid[], $7::text[]) AS m(ord, key, message_id)
 JOIN input i ON i.ord = m.ord
 ON CONFLICT DO NOTHING
 "#;
@@ -61,9 +61,15 @@ impl Store {
         let mut payloads = Vec::with_capacity(n);
         let mut ords: Vec<i64> = Vec::new();
         let mut message_ids: Vec<String> = Vec::new();
+        let mut keys = Vec::new();
         for (i, job) in jobs.into_iter().enumerate() {
             let ord = i as i64 + 1;
             ords.extend(std::iter::repeat_n(ord, job.message_ids.len()));
+            keys.extend(
+                job.message_ids
+                    .iter()
+                    .map(|m| super::dedup_key(&job.source_id, m)),
+            );
             message_ids.extend(job.message_ids);
             source_ids.push(job.source_id);
             received.push(job.received_at);
@@ -78,6 +84,7 @@ impl Store {
                 .bind::<Array<Integer>, _>(counts)
                 .bind::<Array<Text>, _>(payloads)
                 .bind::<Array<BigInt>, _>(ords)
+                .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
                 .bind::<Array<Text>, _>(message_ids)
                 .execute(&mut conn)
                 .await?;

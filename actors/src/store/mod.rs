@@ -18,6 +18,15 @@ pub use migrate::{run_migrations, MIGRATIONS};
 pub use processor::{GwJob, RoutingRecord, RtJobInsert, PROCESSOR_STAGE};
 pub use router::{DeadLetter, DlqJob, RetryUpdate, RtJob, StatusBatch};
 
+/// The dedup-table key of a (source, messageId): a 128-bit xxh3 hash of both, as a UUID.
+pub fn dedup_key(source_id: &str, message_id: &str) -> uuid::Uuid {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(source_id.as_bytes());
+    h.update(&[0]);
+    h.update(message_id.as_bytes());
+    uuid::Uuid::from_u128(h.digest128())
+}
+
 /// Errors from the store: the database could not be reached or a statement failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -34,10 +34,8 @@ struct Position {
 
 #[derive(QueryableByName)]
 struct Owner {
-    #[diesel(sql_type = Text)]
-    source_id: String,
-    #[diesel(sql_type = Text)]
-    message_id: String,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    key: uuid::Uuid,
     #[diesel(sql_type = BigInt)]
     job_id: i64,
 }
@@ -93,7 +91,7 @@ impl Store {
         self.timed(async {
             let mut conn = self.conn().await?;
             Ok(diesel::sql_query(
-                "SELECT id, source_id, payload::text AS payload FROM gw_jobs WHERE id > $1 ORDER BY id LIMIT $2",
+                "SELECT id, source_id, payload FROM gw_jobs WHERE id > $1 ORDER BY id LIMIT $2",
             )
             .bind::<BigInt, _>(after)
             .bind::<BigInt, _>(limit)
@@ -103,27 +101,19 @@ impl Store {
         .await
     }
 
-    /// For each (source, messageId), the job that first carried it, if still in the window.
+    /// For each (source, messageId) key, the job that first carried it, if still in the window.
     pub async fn dedup_owners(
         &self,
-        sources: Vec<String>,
-        message_ids: Vec<String>,
-    ) -> Result<std::collections::HashMap<(String, String), i64>, StoreError> {
+        keys: Vec<uuid::Uuid>,
+    ) -> Result<std::collections::HashMap<uuid::Uuid, i64>, StoreError> {
         self.timed(async {
             let mut conn = self.conn().await?;
-            let rows: Vec<Owner> = diesel::sql_query(
-                "SELECT d.source_id, d.message_id, d.job_id FROM dedup d \
-                 JOIN unnest($1::text[], $2::text[]) AS k(source_id, message_id) \
-                 ON d.source_id = k.source_id AND d.message_id = k.message_id",
-            )
-            .bind::<Array<Text>, _>(sources)
-            .bind::<Array<Text>, _>(message_ids)
-            .load(&mut conn)
-            .await?;
-            Ok(rows
-                .into_iter()
-                .map(|o| ((o.source_id, o.message_id), o.job_id))
-                .collect())
+            let rows: Vec<Owner> =
+                diesel::sql_query("SELECT key, job_id FROM dedup WHERE key = ANY($1)")
+                    .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
+                    .load(&mut conn)
+                    .await?;
+            Ok(rows.into_iter().map(|o| (o.key, o.job_id)).collect())
         })
         .await
     }
@@ -168,7 +158,7 @@ impl Store {
                     if !dest.is_empty() {
                         diesel::sql_query(
                             "INSERT INTO rt_jobs (destination_id, ordering_key, message_id, source_id, payload) \
-                             SELECT d, k, m, s, p::json FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                             SELECT d, k, m, s, p FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
                              AS u(d, k, m, s, p)",
                         )
                         .bind::<Array<Text>, _>(dest)

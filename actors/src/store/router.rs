@@ -147,7 +147,7 @@ impl Store {
         self.timed(async {
             let mut conn = self.conn().await?;
             Ok(diesel::sql_query(
-                "SELECT id, ordering_key, message_id, payload::text AS payload, attempts, next_attempt_at, first_failed_at \
+                "SELECT id, ordering_key, message_id, payload, attempts, next_attempt_at, first_failed_at \
                  FROM rt_jobs WHERE destination_id = $1 AND id > $2 ORDER BY id LIMIT $3",
             )
             .bind::<Text, _>(destination)
@@ -215,7 +215,7 @@ impl Store {
                             "WITH moved AS (DELETE FROM rt_jobs WHERE id = ANY($1) RETURNING *) \
                              INSERT INTO dlq_jobs (id, destination_id, ordering_key, message_id, source_id, payload, attempts, \
                                                    reason, last_status, last_response, created_at) \
-                             SELECT m.id, m.destination_id, m.ordering_key, m.message_id, m.source_id, m.payload, u.a, \
+                             SELECT m.id, m.destination_id, m.ordering_key, m.message_id, m.source_id, m.payload::json, u.a, \
                                     u.r, u.s, u.b, m.created_at \
                              FROM moved m JOIN unnest($1::int8[], $2::int4[], $3::text[], $4::int4[], $5::text[]) AS u(id, a, r, s, b) \
                              ON u.id = m.id ON CONFLICT (id) DO NOTHING",
@@ -273,7 +273,7 @@ impl Store {
                    RETURNING id, destination_id, ordering_key, message_id, source_id, payload), \
                  ins AS ( \
                    INSERT INTO rt_jobs (destination_id, ordering_key, message_id, source_id, payload) \
-                   SELECT destination_id, ordering_key, message_id, source_id, payload FROM moved ORDER BY id RETURNING 1) \
+                   SELECT destination_id, ordering_key, message_id, source_id, payload::text FROM moved ORDER BY id RETURNING 1) \
                  SELECT count(*) AS n FROM ins",
             )
             .bind::<Nullable<Text>, _>(destination)
@@ -297,7 +297,7 @@ SELECT json_build_object(
   'stored', (SELECT coalesce(json_agg(json_build_object(
         'source_id', d.source_id, 'job_id', d.job_id, 'received_at', d.seen_at,
         'processed', NOT EXISTS (SELECT 1 FROM gw_jobs g WHERE g.id = d.job_id))), '[]'::json)
-      FROM dedup d WHERE d.message_id = $1),
+      FROM dedup d WHERE d.key = ANY($2) AND d.message_id = $1),
   'routing', (SELECT coalesce(json_agg(json_build_object(
         'source_id', source_id, 'job_id', job_id, 'routed', routed, 'filtered', filtered,
         'processed_at', processed_at) ORDER BY processed_at), '[]'::json)
@@ -315,12 +315,22 @@ SELECT json_build_object(
 
 impl Store {
     /// Everything stored about one messageId: dedup/ingest rows, routing decisions,
-    /// pending jobs and dead-lettered jobs, as one JSON document.
-    pub async fn explain(&self, message_id: &str) -> Result<serde_json::Value, StoreError> {
+    /// pending jobs and dead-lettered jobs, as one JSON document. `source_ids`: the sources
+    /// it may have come from (the dedup table is keyed by source and messageId).
+    pub async fn explain(
+        &self,
+        message_id: &str,
+        source_ids: &[&str],
+    ) -> Result<serde_json::Value, StoreError> {
+        let keys: Vec<uuid::Uuid> = source_ids
+            .iter()
+            .map(|s| super::dedup_key(s, message_id))
+            .collect();
         self.timed(async {
             let mut conn = self.conn().await?;
             let rows: Vec<Doc> = diesel::sql_query(EXPLAIN)
                 .bind::<Text, _>(message_id)
+                .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
                 .load(&mut conn)
                 .await?;
             Ok(rows

@@ -285,7 +285,7 @@ pub async fn stored_events(db: &TestDb) -> Vec<Value> {
     let rows = db
         .client()
         .await
-        .query("SELECT payload FROM gw_jobs ORDER BY id", &[])
+        .query("SELECT payload::json FROM gw_jobs ORDER BY id", &[])
         .await
         .expect("query gw_jobs");
     rows.iter()
