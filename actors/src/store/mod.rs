@@ -10,7 +10,7 @@ mod router;
 use std::time::Duration;
 
 use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 pub use gateway::GwJobInsert;
@@ -82,7 +82,12 @@ impl Store {
     /// Builds a pool for `url`. Connections are opened lazily, so this succeeds even when
     /// Postgres is down; use [`Store::ping`] to check reachability.
     pub fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+        // Fast recycling: a broken connection surfaces as a statement error (answered 503
+        // and retried); verifying every checkout cost a round trip per group commit.
+        let mut manager_config = ManagerConfig::default();
+        manager_config.recycling_method = RecyclingMethod::Fast;
+        let manager =
+            AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
         let pool = Pool::builder(manager)
             .max_size(settings.max_size)
             .runtime(deadpool::Runtime::Tokio1)
