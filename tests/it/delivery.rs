@@ -335,18 +335,26 @@ async fn a_hanging_destination_does_not_slow_the_others() {
         "B's throughput with A hanging is {:.0}% of baseline ({solo:?} vs {with_a_down:?})",
         ratio * 100.0
     );
-    let metrics = http()
-        .get(keel.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    assert!(
-        metrics.contains("keel_router_circuit_open{destination=\"a\"} 1"),
-        "breaker open for a:\n{metrics}"
-    );
+    // A's deliveries time out after 1 s; five consecutive failures open its breaker.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let metrics = http()
+            .get(keel.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if metrics.contains("keel_router_circuit_open{destination=\"a\"} 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "breaker never opened for a:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // A recovers.
     a.set_mode(SinkMode::Ok);
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -47,6 +47,9 @@ pub struct RouterConfig {
     pub restart_backoff: Duration,
     /// Largest restart delay.
     pub restart_backoff_max: Duration,
+    /// Outcomes not yet written to Postgres beyond which no new delivery starts: after a
+    /// crash, at most this many plus `concurrency` deliveries are repeated.
+    pub max_unrecorded: usize,
 }
 
 impl Default for RouterConfig {
@@ -63,6 +66,7 @@ impl Default for RouterConfig {
             store_failure_limit: 5,
             restart_backoff: Duration::from_millis(200),
             restart_backoff_max: Duration::from_secs(30),
+            max_unrecorded: 128,
         }
     }
 }
@@ -102,6 +106,7 @@ pub struct RouterActor {
     caught_up: bool,
     pending: StatusBatch,
     flushing: bool,
+    flushing_len: usize,
     store_failures: u32,
     breaker: Breaker,
     throttle: Option<Throttle>,
@@ -133,6 +138,7 @@ impl RouterActor {
             caught_up: false,
             pending: StatusBatch::default(),
             flushing: false,
+            flushing_len: 0,
             store_failures: 0,
             breaker,
             throttle,
@@ -237,6 +243,10 @@ impl RouterActor {
         let now = Instant::now();
         self.queues.promote(now);
         while self.in_flight < self.config.concurrency && self.queues.has_ready() {
+            if self.pending.len() + self.flushing_len >= self.config.max_unrecorded {
+                // Resumed when the running status write completes.
+                break;
+            }
             if !self.breaker.allow(now) {
                 break;
             }
@@ -395,6 +405,7 @@ impl RouterActor {
         }
         self.flushing = true;
         let batch = std::mem::take(&mut self.pending);
+        self.flushing_len = batch.len();
         let store = self.store.clone();
         let started = Instant::now();
         let fut = async move {
@@ -403,6 +414,7 @@ impl RouterActor {
         };
         ctx.spawn(fut.into_actor(self).map(move |(result, batch), act, ctx| {
             act.flushing = false;
+            act.flushing_len = 0;
             match result {
                 Ok(()) => {
                     act.store_failures = 0;
@@ -412,6 +424,7 @@ impl RouterActor {
                         act.load(ctx);
                     }
                     act.flush(ctx);
+                    act.pump(ctx);
                 }
                 Err(e) => {
                     act.pending.merge_front(batch);
@@ -467,6 +480,7 @@ impl Supervised for RouterActor {
         self.max_loaded_id = 0;
         self.loading = false;
         self.flushing = false;
+        self.flushing_len = 0;
         self.caught_up = false;
         self.store_failures = 0;
         self.wakeup = None;

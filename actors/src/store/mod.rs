@@ -10,7 +10,9 @@ mod router;
 use std::time::Duration;
 
 use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 pub use gateway::GwJobInsert;
