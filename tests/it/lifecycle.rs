@@ -199,3 +199,71 @@ async fn embedded_default_starts_a_private_cluster_when_no_server_answers() {
         "cluster stopped on exit"
     );
 }
+
+#[tokio::test]
+async fn a_checkpoint_reader_never_skips_a_row_during_concurrent_ingest() {
+    let db = TestDb::create().await;
+    let keel = Keel::start(KeelOptions::new(&db)).await;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for w in 0..16 {
+        let url = keel.url("/v1/batch");
+        senders.push(tokio::spawn(async move {
+            let client = http();
+            for i in 0..60 {
+                let batch: Vec<_> = (0..20)
+                    .map(|j| json!({"type": "track", "userId": format!("u{w}"), "event": "E", "messageId": format!("{w}-{i}-{j}")}))
+                    .collect();
+                let res = client.post(&url).header("Authorization", basic(WRITE_KEY)).json(&json!({"batch": batch})).send().await.expect("send");
+                assert_eq!(res.status().as_u16(), 200);
+            }
+        }));
+    }
+    // What the processor does: read ids after the checkpoint, move the checkpoint to the max.
+    let reader = {
+        let (url, done) = (db.url.clone(), done.clone());
+        tokio::spawn(async move {
+            let c = pg(&url).await;
+            let (mut checkpoint, mut seen) = (0i64, HashSet::new());
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                for r in c
+                    .query(
+                        "SELECT id FROM gw_jobs WHERE id > $1 ORDER BY id",
+                        &[&checkpoint],
+                    )
+                    .await
+                    .expect("read")
+                {
+                    let id: i64 = r.get(0);
+                    seen.insert(id);
+                    checkpoint = id;
+                }
+                if finished {
+                    return seen;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    for s in senders {
+        s.await.expect("sender");
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = reader.await.expect("reader");
+    let all: Vec<i64> = db
+        .client()
+        .await
+        .query("SELECT id FROM gw_jobs", &[])
+        .await
+        .expect("ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(all.len(), 16 * 60);
+    let skipped: Vec<_> = all.iter().filter(|id| !seen.contains(*id)).collect();
+    assert!(
+        skipped.is_empty(),
+        "the checkpoint reader skipped rows committed late: {skipped:?}"
+    );
+}

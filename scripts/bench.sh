@@ -1,0 +1,527 @@
+#!/usr/bin/env bash
+# Benchmarks for Keel: ingestion (throughput, acknowledgement latency, memory) and
+# end to end (ingest -> Postgres -> processor -> router -> webhook).
+#
+#   bash scripts/bench.sh                              # full run, 20 s measured per scenario
+#   BENCH_DURATION=5 bash scripts/bench.sh             # smoke run
+#   BENCH_DURATION=10 BENCH_ONLY=e2e bash scripts/bench.sh   # end-to-end scenario only
+#
+# What it does: makes sure PostgreSQL answers on 127.0.0.1:5432 and builds keel,
+# benches/loadgen and benches/sink in release mode. Then two phases, each with its own
+# fresh database keel_bench_<random> and its own keel process on a free loopback port:
+#
+# 1. Ingest. keel runs as a gateway-only node (KEEL_PROCESSOR__ENABLED=false) with a
+#    one-source workspace without destinations, so the figures are of ingestion alone.
+#    The scenarios below run one after another with loadgen. After each scenario it
+#    reads the keel process's peak RSS (VmHWM: the peak since keel started, not per
+#    scenario) and checks that the events committed to Postgres equal the events keel
+#    answered 2xx for (cumulative over the run, warm-up included).
+#
+#    Which table proves "committed": every committed event gets a `dedup` row (one per
+#    messageId, kept for the dedup window, 24 h by default) in the same statement as its
+#    gw_jobs row; loadgen's messageIds are all distinct, so count(*) FROM dedup is the
+#    number of events committed. sum(gw_jobs.event_count) is printed as gw_backlog (with
+#    the processor off, nothing consumes gw_jobs, so it equals db_events).
+#
+# 2. End to end. benches/sink (a webhook receiver that counts distinct messageIds,
+#    repeats, and now - receivedAt per event) is started on a free port, then keel with
+#    its processor on and a workspace whose single WEBHOOK destination is the sink.
+#    For each end-to-end scenario below (each with a fresh database, sink and keel),
+#    loadgen sends /v1/batch for warm-up + duration; then the script waits (at most
+#    BENCH_DRAIN_SECS) until the sink has every acknowledged event, or until the sink's
+#    count stops growing for BENCH_DRAIN_STALL_SECS. It prints the delivered rate over
+#    the sink's first-to-last delivery, the ingest-to-delivery latency, lost (acked but
+#    never delivered; must be 0), repeats, peak RSS of keel and the sink, and the backlog
+#    left in gw_jobs / rt_jobs / dlq_jobs.
+#
+# Each keel is stopped with SIGTERM and its database dropped; the trap cleans up on any
+# exit.
+#
+# Environment: BENCH_DURATION (measured seconds per scenario, default 20),
+# BENCH_WARMUP (seconds per scenario not counted, default 3), BENCH_PG_URL (server URL
+# without a database, default postgres://postgres@127.0.0.1:5432), BENCH_ONLY (`ingest`
+# or `e2e` to run one phase; default both), BENCH_DRAIN_SECS (longest wait for delivery
+# after the load, default 120), BENCH_DRAIN_STALL_SECS (give up when the sink got nothing
+# for this long, default 15), BENCH_E2E_ENV (extra KEEL_* settings for the end-to-end
+# keel, space-separated NAME=VALUE, added to the scenario's own), BENCH_E2E_CONNECTIONS
+# (loadgen connections for the end-to-end scenario instead of the one below).
+# Only loopback traffic; every step is bounded in time.
+#
+# Note: loadgen, keel, the sink and PostgreSQL share this machine's cores, so figures are
+# a lower bound.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+DURATION="${BENCH_DURATION:-20}"
+WARMUP="${BENCH_WARMUP:-3}"
+PG_URL="${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}"
+ONLY="${BENCH_ONLY:-}"
+DRAIN_SECS="${BENCH_DRAIN_SECS:-120}"
+DRAIN_STALL_SECS="${BENCH_DRAIN_STALL_SECS:-15}"
+E2E_ENV="${BENCH_E2E_ENV:-}"
+WRITE_KEY="bench-key"
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+
+# Ingest scenarios: name | endpoint | events per request | connections
+SCENARIOS=(
+    "batch-100x16|batch|100|16"
+    "batch-100x32|batch|100|32"
+    "track-1x64|track|1|64"
+)
+
+# End-to-end scenarios: events per request | connections | keel settings
+# (space-separated KEEL_*=value; empty = keel's defaults). loadgen is closed-loop, so
+# 100x8 ingests faster than keel delivers (one webhook request per event): it measures
+# delivery capacity, and its latency is mostly queueing in the backlog. 10x1 stays below
+# that capacity and measures the pipeline's own ingest-to-delivery latency.
+# Tried by hand on 2 cores (10 s runs): router concurrency 16/64 and processor batch_jobs
+# 64/256 changed the delivered rate by less than run-to-run noise (5.7k-7.1k events/s)
+# while batch_jobs=256 raised keel's peak RSS from ~185 to ~300 MiB (~400 MiB with
+# concurrency 64 as well), so keel runs with its defaults. 8 connections: 4 gave the same
+# delivered rate, 16 only a larger backlog.
+E2E_SCENARIOS=(
+    "100|8|"
+    "10|1|"
+)
+
+log() { echo "[bench] $*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+[[ "$DURATION" =~ ^[0-9]+$ && "$DURATION" -ge 1 ]] || die "BENCH_DURATION must be a whole number of seconds >= 1"
+[[ "$WARMUP" =~ ^[0-9]+$ ]] || die "BENCH_WARMUP must be a whole number of seconds"
+[[ "${BENCH_E2E_CONNECTIONS:-1}" =~ ^[1-9][0-9]*$ ]] || die "BENCH_E2E_CONNECTIONS must be a whole number >= 1"
+[[ "$DRAIN_SECS" =~ ^[0-9]+$ ]] || die "BENCH_DRAIN_SECS must be a whole number of seconds"
+[[ "$DRAIN_STALL_SECS" =~ ^[0-9]+$ && "$DRAIN_STALL_SECS" -ge 1 ]] ||
+    die "BENCH_DRAIN_STALL_SECS must be a whole number of seconds >= 1"
+case "$ONLY" in
+"" | ingest | e2e) ;;
+*) die "BENCH_ONLY must be 'ingest' or 'e2e'" ;;
+esac
+for kv in $E2E_ENV; do
+    [[ "$kv" =~ ^KEEL_[A-Z0-9_]+=[^[:space:]]*$ ]] || die "BENCH_E2E_ENV: '$kv' is not KEEL_NAME=value"
+done
+
+TMP="$(mktemp -d /tmp/keel-bench.XXXXXX)"
+KEEL_PID=""
+SINK_PID=""
+LOADGEN_PID=""
+DB=""
+DBS=() # every database created, dropped on exit
+
+psql_pg() { psql "$PG_URL/postgres" -X -q -v ON_ERROR_STOP=1 "$@"; }
+psql_db() { psql "$PG_URL/$DB" -X -q -t -A -v ON_ERROR_STOP=1 "$@"; }
+
+# Creates a fresh database and makes it the current one ($DB).
+new_db() {
+    DB="keel_bench_$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')"
+    psql_pg -c "CREATE DATABASE \"$DB\"" >/dev/null
+    DBS+=("$DB")
+    log "database $DB created"
+}
+
+# Drops the current database.
+drop_db() {
+    [[ -n "$DB" ]] || return 0
+    psql_pg -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 ||
+        log "could not drop database $DB"
+    DB=""
+}
+
+# stop_pid PID NAME: SIGTERM, SIGKILL after 60 s; returns the process's status.
+stop_pid() {
+    local pid="$1" name="$2" status=0
+    [[ -n "$pid" ]] || return 0
+    kill -0 "$pid" 2>/dev/null || {
+        wait "$pid" || status=$?
+        return "$status"
+    }
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 600); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "$name did not stop within 60 s of SIGTERM; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" || status=$?
+    return "$status"
+}
+
+# Stops keel; echoes nothing, returns keel's status.
+stop_keel() {
+    local pid="$KEEL_PID"
+    KEEL_PID=""
+    stop_pid "$pid" keel
+}
+
+stop_sink() {
+    local pid="$SINK_PID"
+    SINK_PID=""
+    stop_pid "$pid" sink
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n "$LOADGEN_PID" ]]; then
+        kill -TERM "$LOADGEN_PID" 2>/dev/null || true
+        wait "$LOADGEN_PID" 2>/dev/null || true
+    fi
+    stop_keel || true
+    stop_sink || true
+    for db in "${DBS[@]}"; do
+        psql_pg -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 ||
+            log "could not drop database $db"
+    done
+    rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# wait_listening PID LOGFILE NAME: echoes the port from the "listening addr=..." line.
+wait_listening() {
+    local pid="$1" logfile="$2" name="$3" port=""
+    for _ in $(seq 1 600); do # up to 60 s for migrations and start-up
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 30 "$logfile" >&2 || true
+            die "$name exited during start-up"
+        fi
+        port="$(grep -o 'listening addr=127\.0\.0\.1:[0-9]*' "$logfile" | head -1 | sed 's/.*://')" || true
+        [[ -n "$port" ]] && break
+        sleep 0.1
+    done
+    [[ -n "$port" ]] || {
+        tail -n 30 "$logfile" >&2 || true
+        die "$name did not report 'listening addr=...' within 60 s"
+    }
+    echo "$port"
+}
+
+# wait_health URL: until GET URL answers 200, at most 10 s.
+wait_health() {
+    local code=""
+    for _ in $(seq 1 100); do
+        code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$1" || true)"
+        [[ "$code" == 200 ]] && return 0
+        sleep 0.1
+    done
+    die "GET $1 answered '$code' instead of 200"
+}
+
+# start_keel WORKSPACE LOGNAME [KEEL_X=v ...]: starts keel on the current database with
+# the given extra environment; sets KEEL_PID and URL.
+start_keel() {
+    local workspace="$1" logname="$2"
+    shift 2
+    # Port 0: the kernel picks a free port, which keel reports in its "listening" line.
+    env DATABASE_URL="$PG_URL/$DB" KEEL_LOG="${KEEL_LOG:-info}" "$@" \
+        "$KEEL" serve --workspace "$workspace" --listen 127.0.0.1:0 --config /dev/null \
+        >"$TMP/$logname.out" 2>"$TMP/$logname.log" &
+    KEEL_PID=$!
+    local port
+    port="$(wait_listening "$KEEL_PID" "$TMP/$logname.log" keel)"
+    URL="http://127.0.0.1:$port"
+    wait_health "$URL/health"
+}
+
+# vm_kib PID KEY: a /proc/PID/status figure in KiB (VmRSS, VmHWM).
+vm_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+mib() { awk -v kib="$1" 'BEGIN { printf "%.1f", kib / 1024 }'; }
+# jnum KEY FILE: a top-level number from a flat JSON line (loadgen's, the sink's).
+jnum() { grep -o "\"$1\":[-0-9.eE+]*" "$2" | head -1 | cut -d: -f2; }
+# jstatus FILE: the status map as "200:n 429:n".
+jstatus() { grep -o '"status":{[^}]*}' "$1" | sed 's/"status":{//; s/}//; s/"//g; s/,/ /g'; }
+# log_count FILE: lines of keel's log at WARN or ERROR level.
+log_count() { grep -cE '(^|[[:space:]])(WARN|ERROR)[[:space:]]' "$1" || true; }
+
+# run_loadgen OUT ENDPOINT BATCH CONNS: runs loadgen in the background and waits for it
+# (so an INT/TERM trap fires at once); returns loadgen's status.
+run_loadgen() {
+    local out="$1" endpoint="$2" batch="$3" conns="$4" status=0
+    # loadgen stops by itself; the outer timeout is only a safety net.
+    timeout $((WARMUP + DURATION + 120)) "$LOADGEN" --url "$URL" --write-key "$WRITE_KEY" \
+        --endpoint "$endpoint" --batch-size "$batch" --connections "$conns" \
+        --duration "$DURATION" --warmup "$WARMUP" --json >"$out" &
+    LOADGEN_PID=$!
+    wait "$LOADGEN_PID" || status=$?
+    LOADGEN_PID=""
+    return "$status"
+}
+
+# --- PostgreSQL -------------------------------------------------------------------
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+    log "PostgreSQL does not answer; starting it"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start
+    for _ in $(seq 1 30); do
+        pg_isready -h 127.0.0.1 -p 5432 -q && break
+        sleep 1
+    done
+    pg_isready -h 127.0.0.1 -p 5432 -q || die "PostgreSQL still does not answer on 127.0.0.1:5432"
+fi
+
+# --- build --------------------------------------------------------------------------
+log "building keel, loadgen and sink (release)"
+cargo build --release -p keel -p loadgen -p sink >&2
+KEEL="$TARGET_DIR/release/keel"
+LOADGEN="$TARGET_DIR/release/loadgen"
+SINK="$TARGET_DIR/release/sink"
+[[ -x "$KEEL" && -x "$LOADGEN" && -x "$SINK" ]] || die "binaries not found under $TARGET_DIR/release"
+
+FAILED=0
+
+# === phase 1: ingest ================================================================
+ROWS=()
+INGEST_STOP=""
+if [[ "$ONLY" != e2e ]]; then
+    new_db
+    cat >"$TMP/workspace.json" <<EOF
+{"sources":[{"id":"src1","name":"bench","writeKey":"$WRITE_KEY","enabled":true,"destinations":[]}]}
+EOF
+    # A gateway-only node: nothing consumes gw_jobs, so the figures are of ingest alone.
+    start_keel "$TMP/workspace.json" keel KEEL_PROCESSOR__ENABLED=false
+    log "keel pid $KEEL_PID listening on $URL (processor off); idle RSS $(mib "$(vm_kib "$KEEL_PID" VmRSS)") MiB"
+
+    ACKED_TOTAL=0
+    UNKNOWN_TOTAL=0
+    for spec in "${SCENARIOS[@]}"; do
+        IFS='|' read -r name endpoint batch conns <<<"$spec"
+        out="$TMP/$name.json"
+        log "scenario $name: $endpoint, $batch event(s)/request, $conns connections, ${WARMUP} s warm-up + ${DURATION} s"
+        lg_status=0
+        run_loadgen "$out" "$endpoint" "$batch" "$conns" || lg_status=$?
+        if [[ "$lg_status" != 0 ]]; then
+            log "loadgen failed for $name (exit status $lg_status)"
+            FAILED=1
+            continue
+        fi
+        kill -0 "$KEEL_PID" 2>/dev/null || {
+            tail -n 30 "$TMP/keel.log" >&2 || true
+            die "keel died during $name"
+        }
+
+        hwm="$(mib "$(vm_kib "$KEEL_PID" VmHWM)")"
+        ACKED_TOTAL=$((ACKED_TOTAL + $(jnum acked_events_total "$out")))
+        UNKNOWN_TOTAL=$((UNKNOWN_TOTAL + $(jnum unknown_events_total "$out")))
+        stored="$(psql_db -c 'SELECT count(*) FROM dedup')"
+        backlog="$(psql_db -c 'SELECT coalesce(sum(event_count),0) FROM gw_jobs')"
+        if [[ "$stored" == "$ACKED_TOTAL" ]]; then
+            check="OK"
+        else
+            check="MISMATCH"
+            FAILED=1
+            ((UNKNOWN_TOTAL > 0)) && check="MISMATCH(${UNKNOWN_TOTAL} unknown-outcome)"
+        fi
+        ROWS+=("$(printf '%-14s %5s %6s %11s %9s %8s %8s %9s %6s %-18s %9s %11s %11s %10s  %s' \
+            "$name" "$conns" "$batch" \
+            "$(jnum events_per_s "$out")" "$(jnum requests_per_s "$out")" \
+            "$(jnum p50_ms "$out")" "$(jnum p99_ms "$out")" "$(jnum max_ms "$out")" \
+            "$(jnum errors "$out")" "$(jstatus "$out")" \
+            "$hwm" "$stored" "$ACKED_TOTAL" "$backlog" "$check")")
+        log "  $name done: $(jnum events_per_s "$out") events/s, p99 $(jnum p99_ms "$out") ms, DB $stored vs acked $ACKED_TOTAL: $check"
+    done
+
+    stop_started=$(date +%s.%N)
+    keel_status=0
+    stop_keel || keel_status=$?
+    stop_secs=$(awk -v a="$stop_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+    INGEST_STOP="keel stopped on SIGTERM in ${stop_secs} s, exit status ${keel_status}"
+    if [[ "$keel_status" != 0 ]]; then
+        tail -n 20 "$TMP/keel.log" >&2 || true
+        FAILED=1
+    fi
+    drop_db
+fi
+
+# === phase 2: end to end ============================================================
+E2E_ROWS=()
+E2E_NOTES=()
+if [[ "$ONLY" != ingest ]]; then
+    for spec in "${E2E_SCENARIOS[@]}"; do
+        IFS='|' read -r batch conns settings <<<"$spec"
+        conns="${BENCH_E2E_CONNECTIONS:-$conns}"
+        name="e2e-batch-${batch}x${conns}"
+        # shellcheck disable=SC2206 # word splitting of NAME=value pairs is intended
+        keel_env=(KEEL_PROCESSOR__ENABLED=true $settings $E2E_ENV)
+        shown_settings="$(echo "$settings $E2E_ENV" | xargs)"
+        [[ -n "$shown_settings" ]] || shown_settings="defaults"
+        new_db
+
+        "$SINK" --listen 127.0.0.1:0 >"$TMP/sink.out" 2>"$TMP/sink.log" &
+        SINK_PID=$!
+        sink_port="$(wait_listening "$SINK_PID" "$TMP/sink.log" sink)"
+        SINK_URL="http://127.0.0.1:$sink_port"
+        wait_health "$SINK_URL/health"
+
+        cat >"$TMP/workspace-e2e.json" <<EOF
+{"sources":[{"id":"src1","name":"bench","writeKey":"$WRITE_KEY","enabled":true,"destinations":[{"id":"sink","name":"Sink","enabled":true,"config":{"webhookUrl":"$SINK_URL/hook","webhookMethod":"POST"},"destinationDefinition":{"name":"WEBHOOK"}}]}]}
+EOF
+        start_keel "$TMP/workspace-e2e.json" "keel-$name" "${keel_env[@]}"
+        klog="$TMP/keel-$name.log"
+        log "keel pid $KEEL_PID on $URL (settings: $shown_settings), sink pid $SINK_PID on $SINK_URL"
+
+        out="$TMP/$name.json"
+        stats="$TMP/$name-sink.json"
+        log "scenario $name: batch, $batch events/request, $conns connections, ${WARMUP} s warm-up + ${DURATION} s, then drain"
+        lg_status=0
+        run_loadgen "$out" batch "$batch" "$conns" || lg_status=$?
+        if [[ "$lg_status" != 0 ]]; then
+            log "loadgen failed for $name (exit status $lg_status)"
+            FAILED=1
+        fi
+        kill -0 "$KEEL_PID" 2>/dev/null || {
+            tail -n 30 "$klog" >&2 || true
+            die "keel died during $name"
+        }
+        acked="$(jnum acked_events_total "$out" || true)"
+        acked="${acked:-0}"
+        unknown="$(jnum unknown_events_total "$out" || true)"
+        unknown="${unknown:-0}"
+
+        # Drain: until the sink has every acked event, it got nothing new for
+        # DRAIN_STALL_SECS, or DRAIN_SECS passed.
+        drain_started=$(date +%s.%N)
+        drain_deadline=$(($(date +%s) + DRAIN_SECS))
+        last_unique=-1
+        last_growth=$(date +%s)
+        polls=0
+        load_end_ms=""
+        while :; do
+            curl -s --max-time 2 "$SINK_URL/stats" >"$stats" || true
+            unique="$(jnum unique "$stats" || true)"
+            unique="${unique:-0}"
+            if [[ -z "$load_end_ms" ]]; then # delivered while the load ran
+                load_end_ms=$(date +%s%3N)
+                load_unique=$unique
+            fi
+            now=$(date +%s)
+            ((unique >= acked)) && break
+            if ((unique != last_unique)); then
+                last_unique=$unique
+                last_growth=$now
+            fi
+            if ((now - last_growth >= DRAIN_STALL_SECS)); then
+                log "  the sink got nothing new for ${DRAIN_STALL_SECS} s; stopping the wait"
+                break
+            fi
+            if ((now >= drain_deadline)); then
+                log "  still draining after ${DRAIN_SECS} s; stopping the wait"
+                break
+            fi
+            polls=$((polls + 1))
+            if ((polls % 10 == 0)); then # every ~5 s: where the backlog is
+                log "  draining: sink $unique of $acked; events in gw_jobs $(psql_db -c \
+                    'SELECT coalesce(sum(event_count),0) FROM gw_jobs' || true), rt_jobs $(psql_db -c \
+                    'SELECT count(*) FROM rt_jobs' || true)"
+            fi
+            sleep 0.5
+        done
+        drain_secs=$(awk -v a="$drain_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+        # A last look, for repeats that arrive after the last new event.
+        sleep 1
+        curl -s --max-time 2 "$SINK_URL/stats" >"$stats" || true
+
+        keel_hwm="$(mib "$(vm_kib "$KEEL_PID" VmHWM)")"
+        keel_rss="$(mib "$(vm_kib "$KEEL_PID" VmRSS)")"
+        sink_hwm="$(mib "$(vm_kib "$SINK_PID" VmHWM)")"
+        unique="$(jnum unique "$stats")"
+        dups="$(jnum duplicates "$stats")"
+        invalid="$(jnum invalid "$stats")"
+        first_at="$(jnum first_at_ms "$stats")"
+        last_at="$(jnum last_at_ms "$stats")"
+        # rate N FROM_MS TO_MS: N events over that span, per second.
+        rate() { awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN { if (b > a) printf "%.0f", n * 1000 / (b - a); else print 0 }'; }
+        delivered_per_s="$(rate "$unique" "$first_at" "$last_at")"
+        loaded_per_s="$(rate "$load_unique" "$first_at" "$load_end_ms")"
+        drain_per_s="$(rate $((unique - load_unique)) "$load_end_ms" "$last_at")"
+        lost=$((acked - unique))
+        gw_left="$(psql_db -c 'SELECT count(*) FROM gw_jobs')"
+        rt_left="$(psql_db -c 'SELECT count(*) FROM rt_jobs')"
+        dlq="$(psql_db -c 'SELECT count(*) FROM dlq_jobs')"
+        curl -s --max-time 2 "$URL/metrics" >"$TMP/$name.metrics" || true
+        failed_deliveries="$(awk '/^keel_router_deliveries_total\{/ && !/outcome="delivered"/ { s += $NF }
+            END { printf "%d", s }' "$TMP/$name.metrics")"
+        warn_lines="$(log_count "$klog")"
+
+        if ((lost == 0 && dups == 0 && invalid == 0 && rt_left == 0 && gw_left == 0)); then
+            check="OK"
+        else
+            check="CHECK"
+            ((lost != 0)) && { check="LOST"; FAILED=1; }
+            ((unknown > 0 && lost > 0)) && check="LOST(${unknown} unknown-outcome)"
+            ((lost > 0 && gw_left + rt_left > 0)) && check="UNDRAINED"
+            ((invalid != 0)) && FAILED=1
+        fi
+        E2E_ROWS+=("$(printf '%-16s %5s %6s %11s %11s %9s %9s %7s %7s %7s %10s %10s %5s %5s %8s %8s %8s %7s %7s %4s %7s %8s  %s' \
+            "$name" "$conns" "$batch" \
+            "$(jnum events_per_s "$out")" "$delivered_per_s" "$loaded_per_s" "$drain_per_s" \
+            "$(jnum p50_ms "$stats")" "$(jnum p99_ms "$stats")" "$(jnum max_ms "$stats")" \
+            "$acked" "$unique" "$lost" "$dups" "$keel_hwm" "$keel_rss" "$sink_hwm" \
+            "$gw_left" "$rt_left" "$dlq" "$drain_secs" "$failed_deliveries/$warn_lines" "$check")")
+        E2E_NOTES+=("$name: keel settings: $shown_settings; loadgen ack p50/p99 $(jnum p50_ms "$out")/$(jnum p99_ms "$out") ms, errors $(jnum errors "$out"), status $(jstatus "$out")")
+        log "  $name done: ingest $(jnum events_per_s "$out") events/s, delivered $delivered_per_s events/s, lost $lost, repeats $dups, rt_jobs left $rt_left"
+        if ((warn_lines > 0)); then
+            log "  keel logged $warn_lines WARN/ERROR line(s); the first ones:"
+            grep -E '(^|[[:space:]])(WARN|ERROR)[[:space:]]' "$klog" | head -n 5 >&2 || true
+        fi
+
+        stop_started=$(date +%s.%N)
+        keel_status=0
+        stop_keel || keel_status=$?
+        stop_secs=$(awk -v a="$stop_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+        E2E_NOTES+=("$name: keel stopped on SIGTERM in ${stop_secs} s, exit status ${keel_status}")
+        if [[ "$keel_status" != 0 ]]; then
+            log "keel exited with status $keel_status after $name"
+            tail -n 20 "$klog" >&2 || true
+            FAILED=1
+        fi
+        stop_sink || true
+        drop_db
+    done
+fi
+
+# --- report -------------------------------------------------------------------------
+if [[ "$ONLY" != e2e ]]; then
+    echo
+    echo "Keel ingestion benchmark (gateway-only node: processor off): ${DURATION} s measured per scenario after ${WARMUP} s warm-up; $(nproc) CPU(s) shared by keel, loadgen and PostgreSQL"
+    printf '%-14s %5s %6s %11s %9s %8s %8s %9s %6s %-18s %9s %11s %11s %10s  %s\n' \
+        scenario conns ev/req events/s req/s p50_ms p99_ms max_ms errors status \
+        peakRSS_MiB db_events acked_events gw_backlog check
+    for row in "${ROWS[@]}"; do
+        echo "$row"
+    done
+    echo "peakRSS = keel's VmHWM read after the scenario: the peak since keel started."
+    echo "db_events = SELECT count(*) FROM dedup (one row per committed messageId); acked_events = events answered 2xx so far,"
+    echo "  warm-up included (cumulative); gw_backlog = SELECT sum(event_count) FROM gw_jobs (committed, not yet processed)."
+    echo "events/s, req/s and latency cover the measured window; latency is of 2xx answers (ack after commit)."
+    echo "$INGEST_STOP"
+fi
+if [[ "$ONLY" != ingest ]]; then
+    echo
+    all_settings="$(for spec in "${E2E_SCENARIOS[@]}"; do echo "${spec##*|}"; done | xargs) $E2E_ENV"
+    [[ -n "${all_settings// /}" ]] && all_settings="non-default, per scenario below" || all_settings="defaults"
+    echo "Keel end-to-end benchmark (keel settings: $all_settings): /v1/batch for ${WARMUP} s warm-up + ${DURATION} s, then drain (at most ${DRAIN_SECS} s); $(nproc) CPU(s) shared by keel, loadgen, the sink and PostgreSQL"
+    printf '%-16s %5s %6s %11s %11s %9s %9s %7s %7s %7s %10s %10s %5s %5s %8s %8s %8s %7s %7s %4s %7s %8s  %s\n' \
+        scenario conns ev/req ingest_ev/s delivered/s d/s_load d/s_drain p50_ms p99_ms max_ms acked delivered lost dups \
+        keelHWM keelRSS sinkHWM gw_left rt_left dlq drain_s fail/log check
+    for row in "${E2E_ROWS[@]}"; do
+        echo "$row"
+    done
+    for note in "${E2E_NOTES[@]}"; do
+        echo "$note"
+    done
+    echo "ingest_ev/s = loadgen's acknowledged events/s in the measured window; delivered/s = distinct messageIds at the sink"
+    echo "  / (last delivery - first delivery), warm-up and drain included; d/s_load = delivered/s from the first delivery"
+    echo "  to the end of the load (delivery shares the CPUs with ingest), d/s_drain = delivered/s after it (delivery alone);"
+    echo "  p50/p99/max = ingest-to-delivery latency in ms (sink clock - receivedAt) over every delivered event;"
+    echo "  acked = events answered 2xx (warm-up included);"
+    echo "  delivered = distinct messageIds at the sink; lost = acked - delivered (must be 0); dups = repeated deliveries."
+    echo "keelHWM/keelRSS/sinkHWM in MiB after the drain; gw_left/rt_left/dlq = rows left in gw_jobs/rt_jobs/dlq_jobs;"
+    echo "  drain_s = wait after the load; fail/log = non-delivered outcomes in keel_router_deliveries_total / WARN+ERROR log lines."
+fi
+exit "$FAILED"
