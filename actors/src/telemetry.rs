@@ -55,7 +55,6 @@ pub const ALL: &[&str] = &[
     ROUTER_THROTTLED_TOTAL,
     ROUTER_STATUS_FLUSH_DURATION_SECONDS,
     ROUTER_STORE_FAILURES_TOTAL,
-    ROUTER_END_TO_END_SECONDS,
 ];
 
 /// Registers help text for every metric so `/metrics` documents itself.
@@ -126,5 +125,3 @@ pub const ROUTER_THROTTLED_TOTAL: &str = "keel_router_throttled_total";
 pub const ROUTER_STATUS_FLUSH_DURATION_SECONDS: &str = "keel_router_status_flush_duration_seconds";
 /// Failed status writes or job loads, labelled `destination`.
 pub const ROUTER_STORE_FAILURES_TOTAL: &str = "keel_router_store_failures_total";
-/// Ingest-to-delivery latency of delivered events, labelled `destination`.
-pub const ROUTER_END_TO_END_SECONDS: &str = "keel_router_end_to_end_seconds";
