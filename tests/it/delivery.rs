@@ -338,14 +338,7 @@ async fn a_hanging_destination_does_not_slow_the_others() {
     // A's deliveries time out after 1 s; five consecutive failures open its breaker.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let metrics = http()
-            .get(keel.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let metrics = keel.metrics().await;
         if metrics.contains("keel_router_circuit_open{destination=\"a\"} 1") {
             break;
         }
@@ -450,14 +443,7 @@ async fn routers_restart_after_a_database_outage_and_resume() {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = http()
-            .get(keel.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let text = keel.metrics().await;
         if restarts(&text) >= 1.0 {
             break;
         }

@@ -623,14 +623,7 @@ async fn health_ready_and_metrics_report_traffic() {
         json!({"userId": "u", "event": "E"}),
     )
     .await;
-    let text = http()
-        .get(keel.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = keel.metrics().await;
     for needle in [
         "keel_gateway_requests_total{endpoint=\"track\",outcome=\"200\"} 1",
         "keel_gateway_requests_total{endpoint=\"track\",outcome=\"401\"} 1",

@@ -252,6 +252,18 @@ impl Keel {
         None
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        http()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// The log so far.
     pub fn log_text(&self) -> String {
         self.log.lock().expect("log").clone()
