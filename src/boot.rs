@@ -20,6 +20,7 @@ use keel_actors::router::RouterConfig;
 use keel_actors::store::{run_migrations, PoolSettings, Store};
 use keel_actors::supervisor::{PipelineConfig, RootSupervisor, SupervisorConfig};
 use keel_actors::telemetry;
+use keel_actors::warehouse::UploaderConfig;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::Semaphore;
 
@@ -127,6 +128,12 @@ pub fn pipeline_config(
             breaker_threshold: r.breaker_threshold,
             breaker_probe_interval: Duration::from_millis(r.breaker_probe_interval_ms),
             ..RouterConfig::default()
+        },
+        warehouse: UploaderConfig {
+            retry_base: Duration::from_millis(config.warehouse.retry_base_ms),
+            retry_max_backoff: Duration::from_millis(config.warehouse.retry_max_backoff_ms),
+            max_columns: config.warehouse.max_columns.clamp(16, 1500),
+            ..UploaderConfig::default()
         },
         routing: Arc::new(routing),
         supervisor: SupervisorConfig::default(),

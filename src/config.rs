@@ -29,6 +29,30 @@ pub struct KeelConfig {
     pub processor: ProcessorSettings,
     /// Delivery defaults for every router.
     pub router: RouterSettings,
+    /// Warehouse uploader settings.
+    pub warehouse: WarehouseSettings,
+}
+
+/// `[warehouse]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WarehouseSettings {
+    /// First retry delay after a failed load, milliseconds.
+    pub retry_base_ms: u64,
+    /// Largest retry delay, milliseconds.
+    pub retry_max_backoff_ms: u64,
+    /// Columns a warehouse table may get; values for more go to `keel_discards`.
+    pub max_columns: usize,
+}
+
+impl Default for WarehouseSettings {
+    fn default() -> Self {
+        Self {
+            retry_base_ms: 1000,
+            retry_max_backoff_ms: 60_000,
+            max_columns: 1000,
+        }
+    }
 }
 
 /// `[processor]`.

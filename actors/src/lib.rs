@@ -1,7 +1,8 @@
 //! Keel's actor system: the typed messages between actors, the GatewayWriter that
-//! group-commits accepted requests, the supervision tree, the Postgres `Store` that owns
-//! every query, and the metric names. The HTTP layer lives in the `keel` binary; this crate
-//! never parses HTTP and never answers clients directly.
+//! group-commits accepted requests, the processor, the per-destination routers and
+//! warehouse uploaders, the supervision tree, the Postgres `Store` that owns every query of
+//! Keel's own database, and the metric names. The HTTP layer lives in the `keel` binary;
+//! this crate never parses HTTP and never answers clients directly.
 
 pub mod destinations;
 pub mod gateway;
@@ -11,4 +12,5 @@ pub mod router;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod warehouse;
 pub mod workspace;

@@ -2,7 +2,8 @@
 //! each request into events, drops messageId duplicates (the dedup table names the job that
 //! first carried each messageId), routes each event to its source's destinations (enabled,
 //! `integrations`, supported types, event filtering), maps it with the destination kind, and
-//! commits `rt_jobs` + `routing_log` + checkpoint + deletion of the consumed `gw_jobs` in one
+//! commits `rt_jobs` + `wh_jobs` (one row per request and warehouse destination) +
+//! `routing_log` + checkpoint + deletion of the consumed `gw_jobs` in one
 //! transaction. Then it wakes the routers it fed. It never delivers anything itself.
 
 use std::collections::{HashMap, HashSet};
@@ -15,7 +16,7 @@ use serde_json::{Map, Value};
 use crate::destinations::{self, Destination, HttpSettings};
 use crate::messages::{Heartbeat, HeartbeatReply, Wake};
 use crate::router::RouterActor;
-use crate::store::{dedup_key, RoutingRecord, RtJobInsert, Store, StoreError};
+use crate::store::{dedup_key, RoutingRecord, RtJobInsert, Store, StoreError, WhJobInsert};
 use crate::telemetry as t;
 use crate::workspace::{self, Workspace};
 
@@ -32,6 +33,7 @@ pub struct Route {
 #[derive(Clone, Default)]
 pub struct RoutingTable {
     by_source: HashMap<String, Vec<Route>>,
+    source_names: HashMap<String, String>,
 }
 
 impl RoutingTable {
@@ -41,6 +43,11 @@ impl RoutingTable {
         http: &HttpSettings,
     ) -> Result<Self, Vec<destinations::ConfigError>> {
         let mut by_source = HashMap::new();
+        let source_names = ws
+            .sources
+            .iter()
+            .map(|s| (s.id.clone(), s.name.clone()))
+            .collect();
         let mut built: HashMap<String, Arc<dyn Destination>> = HashMap::new();
         let mut errors = Vec::new();
         for source in &ws.sources {
@@ -67,13 +74,30 @@ impl RoutingTable {
             by_source.insert(source.id.clone(), routes);
         }
         if errors.is_empty() {
-            Ok(Self { by_source })
+            Ok(Self {
+                by_source,
+                source_names,
+            })
         } else {
             Err(errors)
         }
     }
 
-    /// Every distinct enabled destination (one router each).
+    /// Id → name of every source whose routes include destination `id`.
+    pub fn sources_of(&self, id: &str) -> HashMap<String, String> {
+        self.by_source
+            .iter()
+            .filter(|(_, routes)| routes.iter().any(|r| r.destination.id == id))
+            .map(|(s, _)| {
+                (
+                    s.clone(),
+                    self.source_names.get(s).cloned().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// Every distinct enabled destination (one router or warehouse uploader each).
     pub fn enabled_destinations(&self) -> Vec<Route> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
@@ -248,6 +272,7 @@ async fn process_batch(
     }
     let owners = store.dedup_owners(keys).await?;
     let mut rt = Vec::new();
+    let mut wh = Vec::new();
     let mut records = Vec::new();
     let mut touched = HashSet::new();
     let (mut routed_n, mut dup_n, mut none_n) = (0u64, 0u64, 0u64);
@@ -255,6 +280,8 @@ async fn process_batch(
     for (job_id, source_id, events) in parsed {
         let routes = routing.by_source.get(source_id).unwrap_or(&empty);
         let mut seen_in_job = HashSet::new();
+        // Warehouse destination id → this request's events for it (one wh_jobs row each).
+        let mut for_warehouse: Vec<(&str, Vec<Value>)> = Vec::new();
         for event in events {
             let message_id = event
                 .get("messageId")
@@ -278,6 +305,13 @@ async fn process_batch(
                     continue;
                 }
                 match route.kind.transform(&event) {
+                    Ok(payloads) if route.kind.warehouse().is_some() => {
+                        match for_warehouse.iter_mut().find(|(id, _)| *id == d.id) {
+                            Some((_, list)) => list.extend(payloads),
+                            None => for_warehouse.push((d.id.as_str(), payloads)),
+                        }
+                        routed.push(d.id.clone());
+                    }
                     Ok(payloads) => {
                         for p in payloads {
                             rt.push(RtJobInsert {
@@ -312,16 +346,28 @@ async fn process_batch(
                 filtered: Value::Object(filtered),
             });
         }
+        for (destination_id, events) in for_warehouse {
+            wh.push(WhJobInsert {
+                destination_id: destination_id.to_owned(),
+                source_id: source_id.to_owned(),
+                event_count: i32::try_from(events.len()).unwrap_or(i32::MAX),
+                payload: Value::Array(events).to_string(),
+            });
+        }
     }
     let mut per_dest: HashMap<&str, u64> = HashMap::new();
     for j in &rt {
         *per_dest.entry(j.destination_id.as_str()).or_default() += 1;
     }
+    for w in &wh {
+        *per_dest.entry(w.destination_id.as_str()).or_default() +=
+            u64::try_from(w.event_count).unwrap_or(0);
+    }
     for (d, n) in per_dest {
         metrics::counter!(t::PROCESSOR_JOBS_WRITTEN_TOTAL, "destination" => d.to_owned())
             .increment(n);
     }
-    store.commit_processed(rt, records, last_id).await?;
+    store.commit_processed(rt, wh, records, last_id).await?;
     metrics::counter!(t::PROCESSOR_EVENTS_TOTAL, "outcome" => "routed").increment(routed_n);
     metrics::counter!(t::PROCESSOR_EVENTS_TOTAL, "outcome" => "duplicate").increment(dup_n);
     metrics::counter!(t::PROCESSOR_EVENTS_TOTAL, "outcome" => "no_route").increment(none_n);

@@ -1,9 +1,10 @@
-//! The supervision tree: Root → {GatewayWriter, Processor, RouterSupervisor → Router×N}.
+//! The supervision tree: Root → {GatewayWriter, Processor, Router×N, WarehouseUploader×M}.
 //! Every child runs under actix's `Supervisor`, which restarts a stopped actor with the
 //! same mailbox and state, so no queued message is lost; restarts are counted in
 //! `keel_supervisor_restarts_total` and routers wait a capped exponential backoff before
 //! resuming from Postgres. The processor and the routers run on their own threads
-//! (arbiters) so routing CPU and delivery I/O never delay ingest. The root sends each
+//! (arbiters) so routing CPU and delivery I/O never delay ingest; warehouse uploaders share
+//! a third, so a slow warehouse load never delays deliveries. The root sends each
 //! child a [`Heartbeat`] on an interval and counts the ones not answered in time, which
 //! `/ready` reports.
 
@@ -20,6 +21,7 @@ use crate::processor::{Processor, ProcessorConfig, RouterRegistry, RoutingTable}
 use crate::router::{RouterActor, RouterConfig};
 use crate::store::Store;
 use crate::telemetry as t;
+use crate::warehouse::{UploaderConfig, WarehouseUploader};
 
 /// Supervision settings.
 #[derive(Debug, Clone)]
@@ -47,6 +49,8 @@ pub struct PipelineConfig {
     pub processor: ProcessorConfig,
     /// Router defaults.
     pub router: RouterConfig,
+    /// Warehouse uploader settings.
+    pub warehouse: UploaderConfig,
     /// Sources → destinations.
     pub routing: Arc<RoutingTable>,
     /// Heartbeats.
@@ -62,6 +66,8 @@ pub struct Children {
     pub processor: Addr<Processor>,
     /// Routers by destination id.
     pub routers: RouterRegistry,
+    /// Warehouse uploaders by destination id.
+    pub warehouses: Arc<HashMap<String, Addr<WarehouseUploader>>>,
     /// False while a child misses its heartbeats.
     pub healthy: Arc<AtomicBool>,
 }
@@ -106,7 +112,20 @@ impl RootSupervisor {
         let router_arbiter = Arbiter::new();
         let registry: RouterRegistry = Arc::new(RwLock::new(HashMap::new()));
         let mut routers = HashMap::new();
+        let warehouse_arbiter = Arbiter::new();
+        let mut warehouses = HashMap::new();
         for route in config.routing.enabled_destinations() {
+            if let Some(spec) = route.kind.warehouse() {
+                let spec = Arc::new(spec.clone());
+                let sources = config.routing.sources_of(&route.destination.id);
+                let (s, wc) = (store.clone(), config.warehouse.clone());
+                let addr =
+                    actix::Supervisor::start_in_arbiter(&warehouse_arbiter.handle(), move |_| {
+                        WarehouseUploader::new(spec, &sources, s, wc)
+                    });
+                warehouses.insert(route.destination.id.clone(), addr);
+                continue;
+            }
             let rc = router_config_for(&config.router, &route.destination);
             let (id, kind, s) = (
                 route.destination.id.clone(),
@@ -133,12 +152,13 @@ impl RootSupervisor {
             gateway_writer,
             processor,
             routers: registry,
+            warehouses: Arc::new(warehouses),
             healthy: Arc::new(AtomicBool::new(true)),
         };
         let root = RootSupervisor {
             children: children.clone(),
             config: config.supervisor,
-            _arbiters: vec![router_arbiter, processor_arbiter],
+            _arbiters: vec![router_arbiter, processor_arbiter, warehouse_arbiter],
         }
         .start();
         (root, children)
@@ -162,6 +182,12 @@ impl RootSupervisor {
                     .collect()
             })
             .unwrap_or_default();
+        let warehouses: Vec<_> = self
+            .children
+            .warehouses
+            .values()
+            .map(|a| a.send(Heartbeat).timeout(timeout))
+            .collect();
         let healthy = self.children.healthy.clone();
         ctx.spawn(
             async move {
@@ -177,6 +203,9 @@ impl RootSupervisor {
                 check("processor", processor.await);
                 for r in routers {
                     check("router", r.await);
+                }
+                for w in warehouses {
+                    check("warehouse_uploader", w.await);
                 }
                 healthy.store(ok, Ordering::Relaxed);
             }

@@ -55,6 +55,14 @@ pub const ALL: &[&str] = &[
     ROUTER_THROTTLED_TOTAL,
     ROUTER_STATUS_FLUSH_DURATION_SECONDS,
     ROUTER_STORE_FAILURES_TOTAL,
+    WAREHOUSE_BATCHES_TOTAL,
+    WAREHOUSE_ROWS_LOADED_TOTAL,
+    WAREHOUSE_EVENTS_LOADED_TOTAL,
+    WAREHOUSE_DISCARDS_TOTAL,
+    WAREHOUSE_COLUMNS_ADDED_TOTAL,
+    WAREHOUSE_LOAD_DURATION_SECONDS,
+    WAREHOUSE_LAG_SECONDS,
+    WAREHOUSE_PENDING_EVENTS,
 ];
 
 /// Registers help text for every metric so `/metrics` documents itself.
@@ -125,3 +133,20 @@ pub const ROUTER_THROTTLED_TOTAL: &str = "keel_router_throttled_total";
 pub const ROUTER_STATUS_FLUSH_DURATION_SECONDS: &str = "keel_router_status_flush_duration_seconds";
 /// Failed status writes or job loads, labelled `destination`.
 pub const ROUTER_STORE_FAILURES_TOTAL: &str = "keel_router_store_failures_total";
+
+/// Warehouse load batches, labelled `destination` and `outcome` (`loaded`, `failed`).
+pub const WAREHOUSE_BATCHES_TOTAL: &str = "keel_warehouse_batches_total";
+/// Rows written into warehouse tables (one event may write several), labelled `destination`.
+pub const WAREHOUSE_ROWS_LOADED_TOTAL: &str = "keel_warehouse_rows_loaded_total";
+/// Events loaded into the warehouse, labelled `destination`.
+pub const WAREHOUSE_EVENTS_LOADED_TOTAL: &str = "keel_warehouse_events_loaded_total";
+/// Values that did not fit their column and went to `keel_discards`, labelled `destination`.
+pub const WAREHOUSE_DISCARDS_TOTAL: &str = "keel_warehouse_discards_total";
+/// Columns added to warehouse tables by schema evolution, labelled `destination`.
+pub const WAREHOUSE_COLUMNS_ADDED_TOTAL: &str = "keel_warehouse_columns_added_total";
+/// Duration of one warehouse batch load, labelled `destination`.
+pub const WAREHOUSE_LOAD_DURATION_SECONDS: &str = "keel_warehouse_load_duration_seconds";
+/// Age of the oldest event waiting in `wh_jobs`, labelled `destination` (0 when none waits).
+pub const WAREHOUSE_LAG_SECONDS: &str = "keel_warehouse_lag_seconds";
+/// Events waiting in `wh_jobs`, labelled `destination`.
+pub const WAREHOUSE_PENDING_EVENTS: &str = "keel_warehouse_pending_events";

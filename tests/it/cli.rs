@@ -86,6 +86,46 @@ fn check_config_prints_every_error_with_its_json_path() {
         err2.contains("$.sources[0].destinations[0].config.webhookUrl: \"not a url\" is not a URL"),
         "{err2}"
     );
+    let ws3 = dir.path().join("ws3.json");
+    let pg = |config: serde_json::Value| {
+        json!({"id": "w", "name": "wh", "enabled": true, "config": config,
+               "destinationDefinition": {"name": "POSTGRES"}})
+    };
+    let bad_wh = json!({"sources": [{"id": "s1", "name": "a", "writeKey": "k", "enabled": true,
+        "destinations": [pg(json!({"database": "d", "user": "u"})),
+                         pg(json!({"host": "h", "database": "d", "user": "u", "sslMode": "bogus"}))]}]});
+    std::fs::write(&ws3, bad_wh.to_string()).expect("write");
+    let out3 = keel()
+        .current_dir(repo_root())
+        .arg("check-config")
+        .arg("--workspace")
+        .arg(&ws3)
+        .output()
+        .expect("run");
+    assert!(!out3.status.success());
+    let err3 = String::from_utf8_lossy(&out3.stderr);
+    assert!(
+        err3.contains("$.sources[0].destinations[0].config.host: missing (required by POSTGRES)"),
+        "{err3}"
+    );
+    let out4 = {
+        let one = json!({"sources": [{"id": "s1", "name": "a", "writeKey": "k", "enabled": true,
+            "destinations": [pg(json!({"host": "h", "database": "d", "user": "u", "sslMode": "bogus",
+                                        "port": 5432}))]}]});
+        std::fs::write(&ws3, one.to_string()).expect("write");
+        keel()
+            .current_dir(repo_root())
+            .arg("check-config")
+            .arg("--workspace")
+            .arg(&ws3)
+            .output()
+            .expect("run")
+    };
+    let err4 = String::from_utf8_lossy(&out4.stderr);
+    assert!(
+        err4.contains("$.sources[0].destinations[0].config.sslMode: \"bogus\" is not one of"),
+        "{err4}"
+    );
 }
 
 #[test]

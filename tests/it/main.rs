@@ -7,3 +7,4 @@ mod delivery;
 mod gateway;
 mod lifecycle;
 mod sdk;
+mod warehouse;

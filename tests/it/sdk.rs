@@ -1,5 +1,5 @@
 //! Unmodified Segment and RudderStack SDKs (Python and Node) send identify, track, page,
-//! group, alias and a burst of 1,000 tracks; every message must be stored exactly once with
+//! screen, group, alias and a burst of 1,000 tracks; every message must be stored exactly once with
 //! the right fields. `tests/sdk/setup.sh` installs the pinned SDKs (idempotent, locked).
 
 use std::collections::HashMap;
@@ -23,13 +23,19 @@ fn setup_sdks() {
     );
 }
 
-async fn run_sdk(language: &str, sdk: &str, library: &str) {
+/// Sends the scripted messages (plus `burst` tracks) to `keel` with a real SDK
+/// (`language` = python | node, `sdk` = rudder | segment) and returns the sender's report
+/// (`{"sent": [{messageId, type, userId, event}…], …}`), asserting the SDK saw no error.
+pub async fn send_with_sdk(
+    keel: &Keel,
+    language: &str,
+    sdk: &str,
+    run_id: &str,
+    burst: usize,
+) -> Value {
     tokio::task::spawn_blocking(setup_sdks)
         .await
         .expect("setup");
-    let db = TestDb::create().await;
-    let keel = Keel::start(KeelOptions::new(&db)).await;
-    let run_id = format!("{language}-{sdk}");
     let root = repo_root();
     let mut cmd = match language {
         "python" => {
@@ -51,9 +57,9 @@ async fn run_sdk(language: &str, sdk: &str, library: &str) {
         "--write-key",
         WRITE_KEY,
         "--run-id",
-        &run_id,
+        run_id,
     ])
-    .args(["--burst", &BURST.to_string()])
+    .args(["--burst", &burst.to_string()])
     .current_dir(std::env::temp_dir());
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
@@ -67,10 +73,16 @@ async fn run_sdk(language: &str, sdk: &str, library: &str) {
         String::from_utf8_lossy(&out.stderr),
         keel.log_text()
     );
-    let report: Value =
-        serde_json::from_str(stdout.lines().last().expect("report line")).expect("report JSON");
+    serde_json::from_str(stdout.lines().last().expect("report line")).expect("report JSON")
+}
+
+async fn run_sdk(language: &str, sdk: &str, library: &str) {
+    let db = TestDb::create().await;
+    let keel = Keel::start(KeelOptions::new(&db)).await;
+    let run_id = format!("{language}-{sdk}");
+    let report = send_with_sdk(&keel, language, sdk, &run_id, BURST).await;
     let sent = report["sent"].as_array().expect("sent list");
-    assert_eq!(sent.len(), BURST + 5);
+    assert_eq!(sent.len(), BURST + 6);
 
     let stored = stored_events(&db).await;
     let mut by_id: HashMap<String, Vec<&Value>> = HashMap::new();
@@ -106,6 +118,8 @@ async fn run_sdk(language: &str, sdk: &str, library: &str) {
     assert_eq!(find("track")["properties"]["revenue"], 42.5);
     assert_eq!(find("track")["properties"]["currency"], "EUR");
     assert_eq!(find("page")["name"], "Home");
+    assert_eq!(find("screen")["name"], "Dashboard");
+    assert_eq!(find("screen")["properties"]["visits"], 3);
     assert_eq!(find("group")["groupId"], format!("{run_id}-g1"));
     assert_eq!(find("alias")["previousId"], format!("{run_id}-anon"));
     let identify = find("identify");

@@ -7,7 +7,7 @@
 // The SDKs are loaded from <repo>/.cache/sdk/node/node_modules (made by
 // tests/sdk/setup.sh); KEEL_SDK_NODE_DIR overrides that directory.
 //
-// Sends identify, track, page, group, alias and then --burst tracks, each with
+// Sends identify, track, page, screen, group, alias and then --burst tracks, each with
 // an explicit messageId "<run-id>-<sdk>-<kind>-<i>", flushes and closes the
 // client, then prints one JSON line on stdout listing every message sent.
 // Exits 1 if the SDK reported any delivery error (a per-message callback got
@@ -170,6 +170,12 @@ send('page', 'page', {
   name: 'Home',
   properties: { url: `https://keel.test/${rid}/home` },
   messageId: mid('page'),
+});
+send('screen', 'screen', {
+  userId: user,
+  name: 'Dashboard',
+  properties: { tab: 'overview', visits: 3 },
+  messageId: mid('screen'),
 });
 send('group', 'group', {
   userId: user,

@@ -6,7 +6,7 @@ Run with the venv made by tests/sdk/setup.sh:
     .cache/sdk/venv/bin/python tests/sdk/send_python.py --sdk rudder \
         --host http://127.0.0.1:8080 --write-key KEY --run-id r1 --burst 1000
 
-Sends identify, track, page, group, alias and then --burst tracks, each with
+Sends identify, track, page, screen, group, alias and then --burst tracks, each with
 an explicit messageId "<run-id>-<sdk>-<kind>-<i>", flushes and shuts the
 client down, then prints one JSON line on stdout listing every message sent.
 Exits 1 if the SDK reported any delivery error (its on_error hook fired, a
@@ -120,6 +120,10 @@ def main():
                        properties={"url": f"https://keel.test/{rid}/home"},
                        message_id=mid("page")),
            "page", user)
+    record(client.screen(user_id=user, name="Dashboard",
+                         properties={"tab": "overview", "visits": 3},
+                         message_id=mid("screen")),
+           "screen", user)
     record(client.group(user_id=user, group_id=f"{rid}-g1",
                         traits={"name": "Acme Inc"},
                         message_id=mid("group")),

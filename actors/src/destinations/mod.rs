@@ -65,6 +65,11 @@ pub trait Destination: Send + Sync {
     fn transform(&self, event: &Map<String, Value>) -> Result<Vec<Value>, TransformError>;
     /// Delivers one payload produced by [`Destination::transform`].
     fn deliver<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, DeliveryOutcome>;
+    /// For warehouse kinds, their settings: the processor writes their events to `wh_jobs`
+    /// and a warehouse uploader loads them in batches instead of a router delivering them.
+    fn warehouse(&self) -> Option<&crate::warehouse::PostgresWarehouse> {
+        None
+    }
 }
 
 /// Settings every outbound client shares.
@@ -95,6 +100,10 @@ pub fn build(
 ) -> Result<Arc<dyn Destination>, ConfigError> {
     match dest.destination_definition.name.as_str() {
         webhook::KIND => Ok(Arc::new(webhook::Webhook::new(dest, http)?)),
+        crate::warehouse::config::KIND => Ok(Arc::new(crate::warehouse::PostgresWarehouse::new(
+            dest,
+            http.connect_timeout,
+        )?)),
         other => Err(ConfigError {
             destination: dest.id.clone(),
             field: "destinationDefinition.name".into(),
@@ -104,4 +113,10 @@ pub fn build(
 }
 
 /// Names of every kind this build knows, with the config keys each requires.
-pub const KINDS: &[(&str, &[&str])] = &[(webhook::KIND, &["webhookUrl"])];
+pub const KINDS: &[(&str, &[&str])] = &[
+    (webhook::KIND, &["webhookUrl"]),
+    (
+        crate::warehouse::config::KIND,
+        &["host", "database", "user"],
+    ),
+];

@@ -1,11 +1,12 @@
 //! `Store`: the one owner of Keel's Postgres pool and of every SQL statement Keel runs
-//! (module per stage: `gateway` for ingest). Callers get typed methods, never a
+//! (module per stage: `gateway`, `processor`, `router`, `warehouse`). Callers get typed methods, never a
 //! connection; nothing outside this module writes SQL.
 
 mod gateway;
 mod migrate;
 mod processor;
 mod router;
+mod warehouse;
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ pub use gateway::GwJobInsert;
 pub use migrate::{run_migrations, MIGRATIONS};
 pub use processor::{GwJob, RoutingRecord, RtJobInsert, PROCESSOR_STAGE};
 pub use router::{DeadLetter, DlqJob, RetryUpdate, RtJob, StatusBatch};
+pub use warehouse::{WhBacklog, WhJob, WhJobInsert};
 
 /// The dedup-table key of a (source, messageId): a 128-bit xxh3 hash of both, as a UUID.
 pub fn dedup_key(source_id: &str, message_id: &str) -> uuid::Uuid {

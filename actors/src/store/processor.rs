@@ -1,5 +1,5 @@
 //! Processor statements: read `gw_jobs` after the checkpoint, look up dedup owners, and
-//! commit the outputs (`rt_jobs`, `routing_log`) with the checkpoint and the deletion of the
+//! commit the outputs (`rt_jobs`, `wh_jobs`, `routing_log`) with the checkpoint and the deletion of the
 //! consumed `gw_jobs`, all in one transaction.
 
 use diesel::sql_types::{Array, BigInt, Jsonb, Text};
@@ -7,7 +7,7 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use scoped_futures::ScopedFutureExt;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, WhJobInsert};
 
 /// Checkpoint stage name of the processor.
 pub const PROCESSOR_STAGE: &str = "processor";
@@ -118,14 +118,25 @@ impl Store {
         .await
     }
 
-    /// Commits one processed batch: inserts `jobs` and `routing`, deletes `gw_jobs` up to
+    /// Commits one processed batch: inserts `jobs`, `warehouse` and `routing`, deletes `gw_jobs` up to
     /// `last_id` and moves the checkpoint there — one transaction.
     pub async fn commit_processed(
         &self,
         jobs: Vec<RtJobInsert>,
+        warehouse: Vec<WhJobInsert>,
         routing: Vec<RoutingRecord>,
         last_id: i64,
     ) -> Result<(), StoreError> {
+        let mut w_dest = Vec::with_capacity(warehouse.len());
+        let mut w_src = Vec::with_capacity(warehouse.len());
+        let mut w_count = Vec::with_capacity(warehouse.len());
+        let mut w_payload = Vec::with_capacity(warehouse.len());
+        for w in warehouse {
+            w_dest.push(w.destination_id);
+            w_src.push(w.source_id);
+            w_count.push(w.event_count);
+            w_payload.push(w.payload);
+        }
         let mut dest = Vec::with_capacity(jobs.len());
         let mut keys = Vec::with_capacity(jobs.len());
         let mut mids = Vec::with_capacity(jobs.len());
@@ -166,6 +177,19 @@ impl Store {
                         .bind::<Array<Text>, _>(mids)
                         .bind::<Array<Text>, _>(srcs)
                         .bind::<Array<Text>, _>(payloads)
+                        .execute(conn)
+                        .await?;
+                    }
+                    if !w_dest.is_empty() {
+                        diesel::sql_query(
+                            "INSERT INTO wh_jobs (destination_id, source_id, event_count, payload) \
+                             SELECT d, s, n, p FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[]) \
+                             AS u(d, s, n, p)",
+                        )
+                        .bind::<Array<Text>, _>(w_dest)
+                        .bind::<Array<Text>, _>(w_src)
+                        .bind::<Array<diesel::sql_types::Integer>, _>(w_count)
+                        .bind::<Array<Text>, _>(w_payload)
                         .execute(conn)
                         .await?;
                     }

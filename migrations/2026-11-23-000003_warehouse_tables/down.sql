@@ -1,0 +1,2 @@
+DROP TABLE keel_instance;
+DROP TABLE wh_jobs;
