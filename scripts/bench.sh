@@ -5,9 +5,10 @@
 #   bash scripts/bench.sh                              # full run, 20 s measured per scenario
 #   BENCH_DURATION=5 bash scripts/bench.sh             # smoke run
 #   BENCH_DURATION=10 BENCH_ONLY=e2e bash scripts/bench.sh   # end-to-end scenario only
+#   BENCH_DURATION=10 BENCH_ONLY=warehouse bash scripts/bench.sh   # warehouse loading only
 #
 # What it does: makes sure PostgreSQL answers on 127.0.0.1:5432 and builds keel,
-# benches/loadgen and benches/sink in release mode. Then two phases, each with its own
+# benches/loadgen and benches/sink in release mode. Then three phases (the third, warehouse loading, is described at its code), each with its own
 # fresh database keel_bench_<random> and its own keel process on a free loopback port:
 #
 # 1. Ingest. keel runs as a gateway-only node (KEEL_PROCESSOR__ENABLED=false) with a
@@ -40,7 +41,8 @@
 # Environment: BENCH_DURATION (measured seconds per scenario, default 20),
 # BENCH_WARMUP (seconds per scenario not counted, default 3), BENCH_PG_URL (server URL
 # without a database, default postgres://postgres@127.0.0.1:5432), BENCH_ONLY (`ingest`
-# or `e2e` to run one phase; default both), BENCH_DRAIN_SECS (longest wait for delivery
+# `e2e` or `warehouse` to run one phase; default all three), BENCH_WH_BATCH_ROWS and
+# BENCH_WH_CONNECTIONS (warehouse phase: maxBatchRows, loadgen connections), BENCH_DRAIN_SECS (longest wait for delivery
 # after the load, default 120), BENCH_DRAIN_STALL_SECS (give up when the sink got nothing
 # for this long, default 15), BENCH_E2E_ENV (extra KEEL_* settings for the end-to-end
 # keel, space-separated NAME=VALUE, added to the scenario's own), BENCH_E2E_CONNECTIONS
@@ -97,8 +99,8 @@ die() {
 [[ "$DRAIN_STALL_SECS" =~ ^[0-9]+$ && "$DRAIN_STALL_SECS" -ge 1 ]] ||
     die "BENCH_DRAIN_STALL_SECS must be a whole number of seconds >= 1"
 case "$ONLY" in
-"" | ingest | e2e) ;;
-*) die "BENCH_ONLY must be 'ingest' or 'e2e'" ;;
+"" | ingest | e2e | warehouse) ;;
+*) die "BENCH_ONLY must be 'ingest', 'e2e' or 'warehouse'" ;;
 esac
 for kv in $E2E_ENV; do
     [[ "$kv" =~ ^KEEL_[A-Z0-9_]+=[^[:space:]]*$ ]] || die "BENCH_E2E_ENV: '$kv' is not KEEL_NAME=value"
@@ -108,6 +110,7 @@ TMP="$(mktemp -d /tmp/keel-bench.XXXXXX)"
 KEEL_PID=""
 SINK_PID=""
 LOADGEN_PID=""
+SAMPLER_PID=""
 DB=""
 DBS=() # every database created, dropped on exit
 
@@ -171,6 +174,7 @@ cleanup() {
         kill -TERM "$LOADGEN_PID" 2>/dev/null || true
         wait "$LOADGEN_PID" 2>/dev/null || true
     fi
+    [[ -n "$SAMPLER_PID" ]] && kill "$SAMPLER_PID" 2>/dev/null
     stop_keel || true
     stop_sink || true
     for db in "${DBS[@]}"; do
@@ -240,14 +244,15 @@ jstatus() { grep -o '"status":{[^}]*}' "$1" | sed 's/"status":{//; s/}//; s/"//g
 # log_count FILE: lines of keel's log at WARN or ERROR level.
 log_count() { grep -cE '(^|[[:space:]])(WARN|ERROR)[[:space:]]' "$1" || true; }
 
-# run_loadgen OUT ENDPOINT BATCH CONNS: runs loadgen in the background and waits for it
-# (so an INT/TERM trap fires at once); returns loadgen's status.
+# run_loadgen OUT ENDPOINT BATCH CONNS [EXTRA ARGS]: runs loadgen in the background and
+# waits for it (so an INT/TERM trap fires at once); returns loadgen's status.
 run_loadgen() {
     local out="$1" endpoint="$2" batch="$3" conns="$4" status=0
+    shift 4
     # loadgen stops by itself; the outer timeout is only a safety net.
     timeout $((WARMUP + DURATION + 120)) "$LOADGEN" --url "$URL" --write-key "$WRITE_KEY" \
         --endpoint "$endpoint" --batch-size "$batch" --connections "$conns" \
-        --duration "$DURATION" --warmup "$WARMUP" --json >"$out" &
+        --duration "$DURATION" --warmup "$WARMUP" --json "$@" >"$out" &
     LOADGEN_PID=$!
     wait "$LOADGEN_PID" || status=$?
     LOADGEN_PID=""
@@ -278,7 +283,7 @@ FAILED=0
 # === phase 1: ingest ================================================================
 ROWS=()
 INGEST_STOP=""
-if [[ "$ONLY" != e2e ]]; then
+if [[ -z "$ONLY" || "$ONLY" == ingest ]]; then
     new_db
     cat >"$TMP/workspace.json" <<EOF
 {"sources":[{"id":"src1","name":"bench","writeKey":"$WRITE_KEY","enabled":true,"destinations":[]}]}
@@ -341,7 +346,7 @@ fi
 # === phase 2: end to end ============================================================
 E2E_ROWS=()
 E2E_NOTES=()
-if [[ "$ONLY" != ingest ]]; then
+if [[ -z "$ONLY" || "$ONLY" == e2e ]]; then
     for spec in "${E2E_SCENARIOS[@]}"; do
         IFS='|' read -r batch conns settings <<<"$spec"
         conns="${BENCH_E2E_CONNECTIONS:-$conns}"
@@ -485,8 +490,104 @@ EOF
     done
 fi
 
+# === phase 3: warehouse =============================================================
+# keel with its processor on and one POSTGRES warehouse destination (uploadInterval 1 s,
+# maxBatchRows BENCH_WH_BATCH_ROWS, default 20000) loading into a second fresh database;
+# loadgen sends a mixed stream (--mix: tracks of three event names, identify, page,
+# screen, group, alias). A sampler reads keel's /metrics every second
+# (keel_warehouse_events_loaded_total, keel_warehouse_rows_loaded_total,
+# keel_warehouse_lag_seconds). After the load the script waits until every acked event is
+# loaded (at most BENCH_DRAIN_SECS), then checks the warehouse: the distinct messageIds in
+# tracks + identifies + pages + screens + groups + aliases must equal the acked events.
+WH_ROWS=()
+WH_NOTES=()
+if [[ -z "$ONLY" || "$ONLY" == warehouse ]]; then
+    WH_BATCH_ROWS="${BENCH_WH_BATCH_ROWS:-20000}"
+    WH_CONNS="${BENCH_WH_CONNECTIONS:-8}"
+    new_db
+    WH_DB="keel_bench_wh_$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')"
+    psql_pg -c "CREATE DATABASE \"$WH_DB\"" >/dev/null
+    DBS+=("$WH_DB")
+    printf '%s\n' "{\"sources\":[{\"id\":\"src1\",\"name\":\"bench\",\"writeKey\":\"$WRITE_KEY\",\"enabled\":true,\"destinations\":[{\"id\":\"wh\",\"name\":\"Warehouse\",\"enabled\":true,\"config\":{\"host\":\"127.0.0.1\",\"port\":\"5432\",\"database\":\"$WH_DB\",\"user\":\"postgres\",\"uploadInterval\":1,\"maxBatchRows\":$WH_BATCH_ROWS},\"destinationDefinition\":{\"name\":\"POSTGRES\"}}]}]}" >"$TMP/workspace-wh.json"
+    start_keel "$TMP/workspace-wh.json" keel-wh KEEL_PROCESSOR__ENABLED=true
+    log "keel pid $KEEL_PID on $URL loading into database $WH_DB (maxBatchRows $WH_BATCH_ROWS)"
+    samples="$TMP/wh-samples.txt"
+    : >"$samples"
+    (
+        while :; do
+            m="$(curl -s --max-time 1 "$URL/metrics" || true)"
+            ev="$(awk '/^keel_warehouse_events_loaded_total\{/ { s += $NF } END { printf "%d", s }' <<<"$m")"
+            rows="$(awk '/^keel_warehouse_rows_loaded_total\{/ { s += $NF } END { printf "%d", s }' <<<"$m")"
+            lag="$(awk '/^keel_warehouse_lag_seconds\{/ { v = $NF } END { printf "%.1f", v }' <<<"$m")"
+            echo "$(date +%s%3N) $ev $rows $lag" >>"$samples"
+            sleep 1
+        done
+    ) &
+    SAMPLER_PID=$!
+    out="$TMP/wh-load.json"
+    log "scenario warehouse-mix: batch, 100 events/request, $WH_CONNS connections, ${WARMUP} s warm-up + ${DURATION} s, then drain"
+    lg_status=0
+    run_loadgen "$out" batch 100 "$WH_CONNS" --mix || lg_status=$?
+    [[ "$lg_status" == 0 ]] || {
+        log "loadgen failed (exit status $lg_status)"
+        FAILED=1
+    }
+    load_end_ms=$(date +%s%3N)
+    acked="$(jnum acked_events_total "$out" || true)"
+    acked="${acked:-0}"
+    drain_deadline=$(($(date +%s) + DRAIN_SECS))
+    while :; do
+        loaded="$(tail -n 1 "$samples" | awk '{ print $2 }')"
+        ((${loaded:-0} >= acked)) && break
+        if (($(date +%s) >= drain_deadline)); then
+            log "  still loading after ${DRAIN_SECS} s"
+            break
+        fi
+        sleep 1
+    done
+    sleep 1.5
+    kill "$SAMPLER_PID" 2>/dev/null || true
+    wait "$SAMPLER_PID" 2>/dev/null || true
+    SAMPLER_PID=""
+    # From the first sample with something loaded to the first with everything loaded.
+    read -r t0 t1 ev_total rows_total lag_load < <(awk -v acked="$acked" -v end="$load_end_ms" '
+        $2 > 0 && t0 == "" { t0 = $1 }
+        $2 >= acked && t1 == "" { t1 = $1 }
+        { ev = $2; rows = $3; if ($1 <= end && $4 > ll) ll = $4 }
+        END { printf "%s %s %d %d %.1f\n", t0, (t1 == "" ? $1 : t1), ev, rows, ll }' "$samples")
+    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1000 }')
+    ev_per_s=$(awk -v n="$ev_total" -v s="$secs" 'BEGIN { if (s > 0) printf "%.0f", n / s; else print 0 }')
+    rows_per_s=$(awk -v n="$rows_total" -v s="$secs" 'BEGIN { if (s > 0) printf "%.0f", n / s; else print 0 }')
+    after_load=$(awk -v a="$load_end_ms" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1000 }')
+    in_wh="$(psql "$PG_URL/$WH_DB" -X -q -t -A -c "SELECT (SELECT count(DISTINCT id) FROM keel_bench.tracks)
+        + (SELECT count(*) FROM keel_bench.identifies) + (SELECT count(*) FROM keel_bench.pages)
+        + (SELECT count(*) FROM keel_bench.screens) + (SELECT count(*) FROM keel_bench.groups)
+        + (SELECT count(*) FROM keel_bench.aliases)" 2>/dev/null || echo 0)"
+    wh_left="$(psql_db -c 'SELECT coalesce(sum(event_count),0) FROM wh_jobs')"
+    discards="$(psql "$PG_URL/$WH_DB" -X -q -t -A -c 'SELECT count(*) FROM keel_bench.keel_discards' 2>/dev/null || echo 0)"
+    keel_hwm="$(mib "$(vm_kib "$KEEL_PID" VmHWM)")"
+    if [[ "$in_wh" == "$acked" && "$wh_left" == 0 ]]; then
+        check=OK
+    else
+        check=MISMATCH
+        FAILED=1
+    fi
+    WH_ROWS+=("$(printf '%-14s %5s %11s %11s %11s %9s %10s %10s %9s %9s %9s %8s  %s' \
+        warehouse-mix "$WH_CONNS" "$(jnum events_per_s "$out")" "$ev_per_s" "$rows_per_s" "$secs" \
+        "$acked" "$in_wh" "$lag_load" "$after_load" "$discards" "$keel_hwm" "$check")")
+    WH_NOTES+=("warehouse-mix: loadgen ack p50/p99 $(jnum p50_ms "$out")/$(jnum p99_ms "$out") ms, errors $(jnum errors "$out"); keel WARN/ERROR log lines: $(log_count "$TMP/keel-wh.log")")
+    log "  warehouse-mix done: ingest $(jnum events_per_s "$out") events/s, loaded $ev_per_s events/s ($rows_per_s rows/s), in warehouse $in_wh of $acked"
+    keel_status=0
+    stop_keel || keel_status=$?
+    if [[ "$keel_status" != 0 ]]; then
+        log "keel exited with status $keel_status"
+        FAILED=1
+    fi
+    drop_db
+fi
+
 # --- report -------------------------------------------------------------------------
-if [[ "$ONLY" != e2e ]]; then
+if [[ -z "$ONLY" || "$ONLY" == ingest ]]; then
     echo
     echo "Keel ingestion benchmark (gateway-only node: processor off): ${DURATION} s measured per scenario after ${WARMUP} s warm-up; $(nproc) CPU(s) shared by keel, loadgen and PostgreSQL"
     printf '%-14s %5s %6s %11s %9s %8s %8s %9s %6s %-18s %9s %11s %11s %10s  %s\n' \
@@ -501,7 +602,7 @@ if [[ "$ONLY" != e2e ]]; then
     echo "events/s, req/s and latency cover the measured window; latency is of 2xx answers (ack after commit)."
     echo "$INGEST_STOP"
 fi
-if [[ "$ONLY" != ingest ]]; then
+if [[ -z "$ONLY" || "$ONLY" == e2e ]]; then
     echo
     all_settings="$(for spec in "${E2E_SCENARIOS[@]}"; do echo "${spec##*|}"; done | xargs) $E2E_ENV"
     [[ -n "${all_settings// /}" ]] && all_settings="non-default, per scenario below" || all_settings="defaults"
@@ -523,5 +624,22 @@ if [[ "$ONLY" != ingest ]]; then
     echo "  delivered = distinct messageIds at the sink; lost = acked - delivered (must be 0); dups = repeated deliveries."
     echo "keelHWM/keelRSS/sinkHWM in MiB after the drain; gw_left/rt_left/dlq = rows left in gw_jobs/rt_jobs/dlq_jobs;"
     echo "  drain_s = wait after the load; fail/log = non-delivered outcomes in keel_router_deliveries_total / WARN+ERROR log lines."
+fi
+if [[ -z "$ONLY" || "$ONLY" == warehouse ]]; then
+    echo
+    echo "Keel warehouse benchmark: mixed stream on /v1/batch (100 events/request) for ${WARMUP} s warm-up + ${DURATION} s into one POSTGRES warehouse on the same server; $(nproc) CPU(s) shared by keel, loadgen and PostgreSQL"
+    printf '%-14s %5s %11s %11s %11s %9s %10s %10s %9s %9s %9s %8s  %s\n' \
+        scenario conns ingest_ev/s loaded_ev/s rows/s load_s acked in_wh lag_s after_s discards keelHWM check
+    for row in "${WH_ROWS[@]}"; do
+        echo "$row"
+    done
+    for note in "${WH_NOTES[@]}"; do
+        echo "$note"
+    done
+    echo "loaded_ev/s and rows/s = events and warehouse rows loaded / load_s, the span from the first load to the moment"
+    echo "  every acked event was loaded; a track writes two rows (tracks + its event table), an identify two (identifies + users);"
+    echo "  lag_s = largest keel_warehouse_lag_seconds seen while the load ran (age of the oldest waiting event, sampled every 5 s);"
+    echo "  after_s = seconds from the end of the load until every acked event was loaded; in_wh = distinct events in the"
+    echo "  warehouse tables (must equal acked)."
 fi
 exit "$FAILED"

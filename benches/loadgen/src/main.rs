@@ -83,6 +83,11 @@ pub struct Args {
     /// Also print one JSON line with the figures on stdout.
     #[arg(long)]
     pub json: bool,
+
+    /// Send a mixed stream (per 100 events: 70 tracks of three event names, 10 identify,
+    /// 10 page, 5 screen, 3 group, 2 alias) instead of tracks only.
+    #[arg(long)]
+    pub mix: bool,
 }
 
 /// The ingestion endpoint under load.
@@ -121,6 +126,7 @@ struct Plan {
     events_per_request: u64,
     users: u64,
     prefix: String,
+    mix: bool,
     warmup_end: Instant,
     deadline: Instant,
     timeout: Duration,
@@ -197,20 +203,52 @@ impl XorShift {
     }
 }
 
-/// Appends one track event as JSON to `buf`.
+/// Appends one event as JSON to `buf`: a track, or with `--mix` the type `seq` selects.
 fn push_event(buf: &mut String, plan: &Plan, worker: u32, seq: u64, rng: &mut XorShift, ts: &str) {
     let user = rng.next() % plan.users;
     let cents = rng.next() % 100_000;
     let sku = rng.next() % 500;
+    let prefix = &plan.prefix;
+    let common = format!(
+        r#""userId":"user-{user}","messageId":"{prefix}-{worker}-{seq}","context":{{"library":{{"name":"loadgen","version":"0.1"}}}},"originalTimestamp":"{ts}","sentAt":"{ts}""#
+    );
     // Every string written here is known to need no JSON escaping, except the
     // prefix, which `main` checks.
-    let _ = write!(
-        buf,
-        r#"{{"type":"track","event":"Order Completed","userId":"user-{user}","messageId":"{prefix}-{worker}-{seq}","properties":{{"revenue":{units}.{frac:02},"currency":"EUR","sku":"sku-{sku}"}},"context":{{"library":{{"name":"loadgen","version":"0.1"}}}},"originalTimestamp":"{ts}","sentAt":"{ts}"}}"#,
-        prefix = plan.prefix,
-        units = cents / 100,
-        frac = cents % 100,
-    );
+    let kind = if plan.mix { seq % 100 } else { 0 };
+    let _ = match kind {
+        0..=69 => {
+            let event = ["Order Completed", "Product Viewed", "Cart Updated"][(seq % 3) as usize];
+            write!(
+                buf,
+                r#"{{"type":"track","event":"{event}",{common},"properties":{{"revenue":{units}.{frac:02},"currency":"EUR","sku":"sku-{sku}","quantity":{q}}}}}"#,
+                units = cents / 100,
+                frac = cents % 100,
+                q = sku % 7 + 1,
+            )
+        }
+        70..=79 => write!(
+            buf,
+            r#"{{"type":"identify",{common},"traits":{{"email":"user-{user}@example.com","plan":"plan-{p}","logins":{sku}}}}}"#,
+            p = sku % 4,
+        ),
+        80..=89 => write!(
+            buf,
+            r#"{{"type":"page",{common},"name":"Pricing","properties":{{"url":"https://example.com/p/{sku}","referrer":"https://search.example"}}}}"#
+        ),
+        90..=94 => write!(
+            buf,
+            r#"{{"type":"screen",{common},"name":"Home","properties":{{"tab":"t{sku}"}}}}"#
+        ),
+        95..=97 => write!(
+            buf,
+            r#"{{"type":"group",{common},"groupId":"g-{g}","traits":{{"name":"Group {g}","seats":{sku}}}}}"#,
+            g = sku % 50,
+        ),
+        _ => write!(
+            buf,
+            r#"{{"type":"alias",{common},"previousId":"anon-{user}"}}"#
+        ),
+    };
 }
 
 /// Builds the body of the next request, advancing the worker's message counter.
@@ -450,6 +488,7 @@ async fn main() -> ExitCode {
         events_per_request,
         users: args.users,
         prefix,
+        mix: args.mix,
         warmup_end,
         deadline,
         timeout,
