@@ -18,7 +18,7 @@ use keel_actors::processor::{ProcessorConfig, RoutingTable};
 use keel_actors::router::policy::RetryPolicy;
 use keel_actors::router::RouterConfig;
 use keel_actors::store::{run_migrations, PoolSettings, Store};
-use keel_actors::supervisor::{PipelineConfig, RootSupervisor, SupervisorConfig};
+use keel_actors::supervisor::{DrainAll, PipelineConfig, RootSupervisor, SupervisorConfig};
 use keel_actors::telemetry;
 use keel_actors::warehouse::UploaderConfig;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -152,13 +152,14 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
             timeout: Duration::from_secs(config.database.timeout_secs),
         },
     )?;
-    let (_root, children) =
+    let (root, children) =
         RootSupervisor::start(store.clone(), pipeline_config(&config, &workspace)?);
 
     let draining = Arc::new(AtomicBool::new(false));
     let queue_permits = (config.gateway.queue_bytes / 1024).max(1);
     let state = web::Data::new(AppState {
-        sources: SourceIndex::new(&workspace),
+        sources: std::sync::RwLock::new(Arc::new(SourceIndex::new(&workspace))),
+        root: root.clone(),
         children: children.clone(),
         store,
         prometheus,
@@ -175,6 +176,7 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
     } else {
         config.server.workers
     };
+    let reload_state = state.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -196,7 +198,7 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
 
     let handle = server.handle();
     let signals = tokio::spawn(async move {
-        let stop = wait_for_signal().await;
+        let stop = wait_for_signal(&reload_state).await;
         tracing::info!(
             signal = stop,
             "shutting down: no new requests, finishing in-flight commits"
@@ -208,23 +210,52 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
     signals.abort();
     // Every in-flight request waited for its commit; flush anything left regardless.
     let _ = children.gateway_writer.send(FlushNow).await;
+    let deadline = Duration::from_secs(config.server.drain_timeout_secs);
+    tracing::info!(?deadline, "draining routers and warehouse uploaders");
+    match root
+        .send(DrainAll { deadline })
+        .timeout(deadline + Duration::from_secs(5))
+        .await
+    {
+        Ok(report) if report.abandoned > 0 => tracing::warn!(
+            abandoned = report.abandoned,
+            "deliveries still running at the drain deadline were abandoned; they are redone after the restart"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "drain did not finish"),
+    }
     tracing::info!("stopped");
     drop(db.cluster);
     Ok(())
 }
 
-async fn wait_for_signal() -> &'static str {
+/// Waits for SIGTERM or SIGINT (returned); applies a workspace reload on every SIGHUP
+/// meanwhile.
+async fn wait_for_signal(state: &web::Data<AppState>) -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         // Without signal handlers the server still stops when the process is killed.
         std::future::pending::<()>().await;
         return "none";
     };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    loop {
+        tokio::select! {
+            _ = term.recv() => return "SIGTERM",
+            _ = int.recv() => return "SIGINT",
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the workspace");
+                match crate::reload::reload(state).await {
+                    Ok(report) => tracing::info!(?report, "reload applied"),
+                    Err(problems) => tracing::error!(
+                        problems = %problems.join("; "),
+                        "reload rejected; the running configuration is unchanged"
+                    ),
+                }
+            }
+        }
     }
 }

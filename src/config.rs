@@ -133,6 +133,9 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Seconds to let in-flight requests finish after SIGTERM.
     pub shutdown_timeout_secs: u64,
+    /// Seconds routers and warehouse uploaders get to finish in-flight work at shutdown
+    /// (and at a reload that stops them); what still runs then is abandoned and redone.
+    pub drain_timeout_secs: u64,
     /// Path of the workspace file (`KEEL_WORKSPACE`, `--workspace`).
     pub workspace: String,
 }
@@ -143,6 +146,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             workers: 0,
             shutdown_timeout_secs: 30,
+            drain_timeout_secs: 10,
             workspace: "config/workspace.json".into(),
         }
     }

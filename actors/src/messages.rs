@@ -74,3 +74,32 @@ pub struct RouterStatus {
     /// Whether the circuit breaker is open.
     pub circuit_open: bool,
 }
+
+/// Asks a router or warehouse uploader to start no new work and answer once what is under
+/// way finished and its outcomes are written, or when `deadline` passed (whatever is still
+/// running then is abandoned; it is redone from Postgres later).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "DrainReport")]
+pub struct Drain {
+    /// Longest wait.
+    pub deadline: std::time::Duration,
+}
+
+/// Answer to [`Drain`].
+#[derive(Debug, Clone, Copy, Default, actix::MessageResponse, serde::Serialize)]
+pub struct DrainReport {
+    /// Deliveries or loads still running at the deadline (0 = drained cleanly).
+    pub abandoned: usize,
+}
+
+/// Stops a drained router or uploader for good (sent by the supervisor, which then drops
+/// the actor's address so it is not restarted).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Retire;
+
+/// Gives the processor a new routing table (config reload); answered once no batch that
+/// started with the old table is still running.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct UpdateRouting(pub std::sync::Arc<crate::processor::RoutingTable>);

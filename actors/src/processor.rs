@@ -14,7 +14,7 @@ use actix::prelude::*;
 use serde_json::{Map, Value};
 
 use crate::destinations::{self, Destination, HttpSettings};
-use crate::messages::{Heartbeat, HeartbeatReply, Wake};
+use crate::messages::{Heartbeat, HeartbeatReply, UpdateRouting, Wake};
 use crate::router::RouterActor;
 use crate::store::{dedup_key, RoutingRecord, RtJobInsert, Store, StoreError, WhJobInsert};
 use crate::telemetry as t;
@@ -149,6 +149,7 @@ pub struct Processor {
     checkpoint: Option<i64>,
     busy: bool,
     backoff_until: Option<Instant>,
+    routing_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 struct BatchResult {
@@ -173,6 +174,7 @@ impl Processor {
             checkpoint: None,
             busy: false,
             backoff_until: None,
+            routing_waiters: Vec::new(),
         }
     }
 
@@ -200,6 +202,9 @@ impl Processor {
         };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.busy = false;
+            for w in act.routing_waiters.drain(..) {
+                let _ = w.send(());
+            }
             match result {
                 Ok((after, None)) => act.checkpoint = Some(after),
                 Ok((_, Some(batch))) => {
@@ -403,6 +408,25 @@ impl Supervised for Processor {
         metrics::counter!(t::SUPERVISOR_RESTARTS_TOTAL, "actor" => "processor").increment(1);
         self.busy = false;
         self.checkpoint = None;
+    }
+}
+
+impl Handler<UpdateRouting> for Processor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: UpdateRouting, _ctx: &mut Self::Context) -> Self::Result {
+        self.routing = msg.0;
+        // A batch under way keeps the table it started with; answer once it is done, so
+        // every batch started after the answer routes with the new table.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.busy {
+            self.routing_waiters.push(tx);
+        } else {
+            let _ = tx.send(());
+        }
+        Box::pin(async move {
+            let _ = rx.await;
+        })
     }
 }
 

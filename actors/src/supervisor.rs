@@ -6,7 +6,9 @@
 //! (arbiters) so routing CPU and delivery I/O never delay ingest; warehouse uploaders share
 //! a third, so a slow warehouse load never delays deliveries. The root sends each
 //! child a [`Heartbeat`] on an interval and counts the ones not answered in time, which
-//! `/ready` reports.
+//! `/ready` reports. [`Reconfigure`] applies a reloaded workspace: only the actors of
+//! changed destinations drain (finish their in-flight work) and are replaced; [`DrainAll`]
+//! drains every router and uploader at shutdown.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,8 +18,8 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::gateway::{GatewayWriter, GatewayWriterConfig};
-use crate::messages::Heartbeat;
-use crate::processor::{Processor, ProcessorConfig, RouterRegistry, RoutingTable};
+use crate::messages::{Drain, DrainReport, Heartbeat, Retire, UpdateRouting};
+use crate::processor::{Processor, ProcessorConfig, Route, RouterRegistry, RoutingTable};
 use crate::router::{RouterActor, RouterConfig};
 use crate::store::Store;
 use crate::telemetry as t;
@@ -57,6 +59,9 @@ pub struct PipelineConfig {
     pub supervisor: SupervisorConfig,
 }
 
+/// Addresses of the running warehouse uploaders, by destination id.
+pub type UploaderRegistry = Arc<RwLock<HashMap<String, Addr<WarehouseUploader>>>>;
+
 /// Addresses of the actors the tree runs, for the HTTP layer.
 #[derive(Clone)]
 pub struct Children {
@@ -67,15 +72,56 @@ pub struct Children {
     /// Routers by destination id.
     pub routers: RouterRegistry,
     /// Warehouse uploaders by destination id.
-    pub warehouses: Arc<HashMap<String, Addr<WarehouseUploader>>>,
+    pub warehouses: UploaderRegistry,
     /// False while a child misses its heartbeats.
     pub healthy: Arc<AtomicBool>,
+}
+
+/// Applies a new routing table (config reload): routers and uploaders of destinations that
+/// were removed or changed drain and stop, those of new or changed ones start, unchanged
+/// ones keep running; then the processor switches tables. Answers what changed.
+#[derive(Message)]
+#[rtype(result = "ReloadReport")]
+pub struct Reconfigure {
+    /// The new table.
+    pub routing: Arc<RoutingTable>,
+    /// How long a stopping router may take to finish its in-flight deliveries.
+    pub drain_deadline: Duration,
+}
+
+/// What a [`Reconfigure`] did, by destination id.
+#[derive(Debug, Clone, Default, MessageResponse, serde::Serialize)]
+pub struct ReloadReport {
+    /// Routers or uploaders started (new or changed destinations).
+    pub started: Vec<String>,
+    /// Routers or uploaders stopped (removed, disabled or changed destinations).
+    pub stopped: Vec<String>,
+    /// Left running as they were.
+    pub unchanged: Vec<String>,
+    /// Deliveries still running at the drain deadline, abandoned (redone later).
+    pub abandoned: usize,
+}
+
+/// Drains every router and uploader (shutdown): no new deliveries or loads start; the
+/// answer comes when what runs finished and its outcomes are written, or at the deadline.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "crate::messages::DrainReport")]
+pub struct DrainAll {
+    /// Longest wait.
+    pub deadline: Duration,
 }
 
 /// Root of the tree (see the module comment).
 pub struct RootSupervisor {
     children: Children,
     config: SupervisorConfig,
+    store: Store,
+    router_defaults: RouterConfig,
+    warehouse_config: UploaderConfig,
+    router_arbiter: ArbiterHandle,
+    warehouse_arbiter: ArbiterHandle,
+    /// Destination id → fingerprint of the settings its running actor was built from.
+    running: HashMap<String, String>,
     _arbiters: Vec<Arbiter>,
 }
 
@@ -101,6 +147,26 @@ pub fn router_config_for(
     c
 }
 
+/// What a running router or uploader depends on: its destination's settings and kind and,
+/// for a warehouse, the sources feeding it (their names pick the schemas).
+fn fingerprint(routing: &RoutingTable, route: &Route) -> String {
+    let d = &route.destination;
+    let mut sources: Vec<(String, String)> = if route.kind.warehouse().is_some() {
+        routing.sources_of(&d.id).into_iter().collect()
+    } else {
+        Vec::new()
+    };
+    sources.sort();
+    serde_json::json!([
+        d.enabled,
+        d.destination_definition.name,
+        d.destination_definition.config,
+        d.config,
+        sources
+    ])
+    .to_string()
+}
+
 impl RootSupervisor {
     /// Starts the tree and returns the children's addresses.
     pub fn start(store: Store, config: PipelineConfig) -> (Addr<RootSupervisor>, Children) {
@@ -108,60 +174,113 @@ impl RootSupervisor {
         let writer_config = config.writer;
         let gateway_writer =
             actix::Supervisor::start(move |_| GatewayWriter::new(writer_store, writer_config));
-
         let router_arbiter = Arbiter::new();
-        let registry: RouterRegistry = Arc::new(RwLock::new(HashMap::new()));
-        let mut routers = HashMap::new();
         let warehouse_arbiter = Arbiter::new();
-        let mut warehouses = HashMap::new();
-        for route in config.routing.enabled_destinations() {
-            if let Some(spec) = route.kind.warehouse() {
-                let spec = Arc::new(spec.clone());
-                let sources = config.routing.sources_of(&route.destination.id);
-                let (s, wc) = (store.clone(), config.warehouse.clone());
-                let addr =
-                    actix::Supervisor::start_in_arbiter(&warehouse_arbiter.handle(), move |_| {
-                        WarehouseUploader::new(spec, &sources, s, wc)
-                    });
-                warehouses.insert(route.destination.id.clone(), addr);
-                continue;
-            }
-            let rc = router_config_for(&config.router, &route.destination);
-            let (id, kind, s) = (
-                route.destination.id.clone(),
-                route.kind.clone(),
-                store.clone(),
-            );
-            let addr = actix::Supervisor::start_in_arbiter(&router_arbiter.handle(), move |_| {
-                RouterActor::new(&id, kind, s, rc)
-            });
-            routers.insert(route.destination.id.clone(), addr);
-        }
-        if let Ok(mut r) = registry.write() {
-            *r = routers;
-        }
-
         let processor_arbiter = Arbiter::new();
-        let (ps, pr, pc, preg) = (store, config.routing, config.processor, registry.clone());
+        let routers: RouterRegistry = Arc::new(RwLock::new(HashMap::new()));
+        let warehouses: UploaderRegistry = Arc::new(RwLock::new(HashMap::new()));
+        let (ps, pr, pc, preg) = (
+            store.clone(),
+            config.routing.clone(),
+            config.processor,
+            routers.clone(),
+        );
         let processor =
             actix::Supervisor::start_in_arbiter(&processor_arbiter.handle(), move |_| {
                 Processor::new(ps, pr, preg, pc)
             });
-
         let children = Children {
             gateway_writer,
             processor,
-            routers: registry,
-            warehouses: Arc::new(warehouses),
+            routers,
+            warehouses,
             healthy: Arc::new(AtomicBool::new(true)),
         };
-        let root = RootSupervisor {
+        let mut root = RootSupervisor {
             children: children.clone(),
             config: config.supervisor,
+            store,
+            router_defaults: config.router,
+            warehouse_config: config.warehouse,
+            router_arbiter: router_arbiter.handle(),
+            warehouse_arbiter: warehouse_arbiter.handle(),
+            running: HashMap::new(),
             _arbiters: vec![router_arbiter, processor_arbiter, warehouse_arbiter],
+        };
+        for route in config.routing.enabled_destinations() {
+            root.start_destination(&config.routing, &route);
         }
-        .start();
-        (root, children)
+        (root.start(), children)
+    }
+
+    /// Starts the router or uploader of one enabled destination.
+    fn start_destination(&mut self, routing: &RoutingTable, route: &Route) {
+        let id = route.destination.id.clone();
+        if let Some(spec) = route.kind.warehouse() {
+            let spec = Arc::new(spec.clone());
+            let sources = routing.sources_of(&id);
+            let (s, wc) = (self.store.clone(), self.warehouse_config.clone());
+            let addr = actix::Supervisor::start_in_arbiter(&self.warehouse_arbiter, move |_| {
+                WarehouseUploader::new(spec, &sources, s, wc)
+            });
+            if let Ok(mut w) = self.children.warehouses.write() {
+                w.insert(id.clone(), addr);
+            }
+        } else {
+            let rc = router_config_for(&self.router_defaults, &route.destination);
+            let (rid, kind, s) = (id.clone(), route.kind.clone(), self.store.clone());
+            let addr = actix::Supervisor::start_in_arbiter(&self.router_arbiter, move |_| {
+                RouterActor::new(&rid, kind, s, rc)
+            });
+            if let Ok(mut r) = self.children.routers.write() {
+                r.insert(id.clone(), addr);
+            }
+        }
+        self.running.insert(id, fingerprint(routing, route));
+    }
+
+    /// Takes a destination's actor out of the registries and drains it; the returned
+    /// future answers how many deliveries were abandoned, after retiring the actor.
+    fn stop_destination(
+        &mut self,
+        id: &str,
+        deadline: Duration,
+    ) -> futures::future::BoxFuture<'static, usize> {
+        self.running.remove(id);
+        let router = self
+            .children
+            .routers
+            .write()
+            .ok()
+            .and_then(|mut r| r.remove(id));
+        let uploader = self
+            .children
+            .warehouses
+            .write()
+            .ok()
+            .and_then(|mut w| w.remove(id));
+        // The mailbox answers within the deadline or the actor is gone.
+        let wait = deadline + Duration::from_secs(5);
+        Box::pin(async move {
+            let mut abandoned = 0;
+            if let Some(r) = router {
+                abandoned += r
+                    .send(Drain { deadline })
+                    .timeout(wait)
+                    .await
+                    .map_or(0, |d| d.abandoned);
+                r.do_send(Retire);
+            }
+            if let Some(u) = uploader {
+                abandoned += u
+                    .send(Drain { deadline })
+                    .timeout(wait)
+                    .await
+                    .map_or(0, |d| d.abandoned);
+                u.do_send(Retire);
+            }
+            abandoned
+        })
     }
 
     fn probe(&mut self, ctx: &mut Context<Self>) {
@@ -185,9 +304,13 @@ impl RootSupervisor {
         let warehouses: Vec<_> = self
             .children
             .warehouses
-            .values()
-            .map(|a| a.send(Heartbeat).timeout(timeout))
-            .collect();
+            .read()
+            .map(|w| {
+                w.values()
+                    .map(|a| a.send(Heartbeat).timeout(timeout))
+                    .collect()
+            })
+            .unwrap_or_default();
         let healthy = self.children.healthy.clone();
         ctx.spawn(
             async move {
@@ -219,5 +342,84 @@ impl Actor for RootSupervisor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.config.heartbeat_interval, |act, ctx| act.probe(ctx));
+    }
+}
+
+impl Handler<Reconfigure> for RootSupervisor {
+    type Result = AtomicResponse<Self, ReloadReport>;
+
+    fn handle(&mut self, msg: Reconfigure, _ctx: &mut Self::Context) -> Self::Result {
+        let routing = msg.routing;
+        let wanted: HashMap<String, Route> = routing
+            .enabled_destinations()
+            .into_iter()
+            .map(|r| (r.destination.id.clone(), r))
+            .collect();
+        let mut report = ReloadReport::default();
+        let mut stopping = Vec::new();
+        let mut ids: Vec<String> = self.running.keys().cloned().collect();
+        ids.sort();
+        for id in ids {
+            let keep = wanted
+                .get(&id)
+                .is_some_and(|r| self.running.get(&id) == Some(&fingerprint(&routing, r)));
+            if keep {
+                report.unchanged.push(id);
+            } else {
+                stopping.push(self.stop_destination(&id, msg.drain_deadline));
+                report.stopped.push(id);
+            }
+        }
+        AtomicResponse::new(Box::pin(
+            async move {
+                // Old actors finish (or abandon) their deliveries before new ones for the
+                // same destination start, so a key is never delivered by two at once.
+                let abandoned: usize = futures::future::join_all(stopping).await.into_iter().sum();
+                (abandoned, routing)
+            }
+            .into_actor(self)
+            .map(move |(abandoned, routing), act, _ctx| {
+                let mut started = Vec::new();
+                let mut ids: Vec<&String> = wanted.keys().collect();
+                ids.sort();
+                for id in ids {
+                    if !act.running.contains_key(id) {
+                        act.start_destination(&routing, &wanted[id]);
+                        started.push(id.clone());
+                    }
+                }
+                report.started = started;
+                report.abandoned = abandoned;
+                tracing::info!(started = ?report.started, stopped = ?report.stopped,
+                    unchanged = report.unchanged.len(), abandoned, "routing reloaded");
+                (report, routing)
+            })
+            .then(move |(report, routing), act, _ctx| {
+                let processor = act.children.processor.clone();
+                async move {
+                    if let Err(e) = processor.send(UpdateRouting(routing)).await {
+                        tracing::error!(error = %e, "processor did not take the new routing table");
+                    }
+                    report
+                }
+                .into_actor(act)
+            }),
+        ))
+    }
+}
+
+impl Handler<DrainAll> for RootSupervisor {
+    type Result = ResponseFuture<DrainReport>;
+
+    fn handle(&mut self, msg: DrainAll, _ctx: &mut Self::Context) -> Self::Result {
+        let ids: Vec<String> = self.running.keys().cloned().collect();
+        let stopping: Vec<_> = ids
+            .iter()
+            .map(|id| self.stop_destination(id, msg.deadline))
+            .collect();
+        Box::pin(async move {
+            let abandoned = futures::future::join_all(stopping).await.into_iter().sum();
+            DrainReport { abandoned }
+        })
     }
 }

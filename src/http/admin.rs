@@ -120,7 +120,8 @@ pub async fn explain(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let message_id = path.into_inner();
-    let sources = state.sources.source_ids();
+    let index = state.sources();
+    let sources = index.source_ids();
     let doc = state
         .store
         .explain(&message_id, &sources)
@@ -174,4 +175,22 @@ pub async fn explain(
         "destinations": destinations,
         "detail": doc,
     })))
+}
+
+/// `POST /admin/reload`: re-reads the workspace file and applies it without a restart (the
+/// same as SIGHUP). 200 with what changed; 400 with every problem if the file is invalid,
+/// in which case the running configuration stays.
+pub async fn reload(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    match crate::reload::reload(&state).await {
+        Ok(report) => Ok(HttpResponse::Ok().json(json!({"status": "reloaded", "changes": report}))),
+        Err(problems) => Ok(HttpResponse::BadRequest().json(json!({
+            "error": "the workspace is invalid; the running configuration is unchanged",
+            "code": "invalid_workspace",
+            "problems": problems,
+        }))),
+    }
 }

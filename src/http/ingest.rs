@@ -125,7 +125,7 @@ async fn ingest_inner(
     let encoding = check_headers(req.headers())?;
     // Authenticate from the header before reading the body, so unauthenticated floods are cheap.
     let header_source = match auth::basic_write_key(req.headers())? {
-        Some(key) => Some(state.sources.authenticate(&key)?),
+        Some(key) => Some(state.sources().authenticate(&key)?),
         None => None,
     };
     let body = read_body(req.headers(), payload, encoding, limits.max_request_bytes).await?;
@@ -222,7 +222,7 @@ fn resolve_source(
 ) -> Result<Arc<str>, ApiError> {
     match (header_source, body_key) {
         (Some(source), _) => Ok(source),
-        (None, Some(key)) => state.sources.authenticate(&key),
+        (None, Some(key)) => state.sources().authenticate(&key),
         (None, None) => Err(ApiError::unauthorized(
             "missing_write_key",
             "no write key: send HTTP Basic auth with the write key as user, or a writeKey field",

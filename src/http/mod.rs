@@ -9,11 +9,13 @@ pub mod normalize;
 pub mod ops;
 
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+
+use actix::Addr;
 
 use actix_web::web;
 use keel_actors::store::Store;
-use keel_actors::supervisor::Children;
+use keel_actors::supervisor::{Children, RootSupervisor};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
@@ -25,8 +27,10 @@ use normalize::EventType;
 pub struct AppState {
     /// Effective configuration.
     pub config: KeelConfig,
-    /// Write key lookup.
-    pub sources: auth::SourceIndex,
+    /// Write key lookup; replaced as a whole by a reload.
+    pub sources: RwLock<Arc<auth::SourceIndex>>,
+    /// Root of the actor tree (reloads go through it).
+    pub root: Addr<RootSupervisor>,
     /// Actor addresses.
     pub children: Children,
     /// Database handle for readiness.
@@ -37,6 +41,16 @@ pub struct AppState {
     pub queue: Arc<Semaphore>,
     /// Set once shutdown began: ingest answers 503.
     pub draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// The current write-key index.
+    pub fn sources(&self) -> Arc<auth::SourceIndex> {
+        match self.sources.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
 }
 
 fn ingest_route(endpoint: Endpoint) -> actix_web::Route {
@@ -68,6 +82,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/ready", web::get().to(ops::ready))
         .route("/metrics", web::get().to(ops::metrics))
         .route("/admin/dlq", web::get().to(admin::list_dlq))
+        .route("/admin/reload", web::post().to(admin::reload))
         .route("/admin/dlq/replay", web::post().to(admin::replay_dlq))
         .route("/admin/events/{message_id}", web::get().to(admin::explain));
 }

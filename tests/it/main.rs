@@ -6,5 +6,6 @@ mod common;
 mod delivery;
 mod gateway;
 mod lifecycle;
+mod reload;
 mod sdk;
 mod warehouse;

@@ -16,7 +16,9 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::destinations::{DeliveryOutcome, Destination, Failure};
-use crate::messages::{GetRouterStatus, Heartbeat, HeartbeatReply, RouterStatus, Wake};
+use crate::messages::{
+    Drain, DrainReport, GetRouterStatus, Heartbeat, HeartbeatReply, Retire, RouterStatus, Wake,
+};
 use crate::store::{DeadLetter, RetryUpdate, RtJob, StatusBatch, Store};
 use crate::telemetry as t;
 use keys::{Finish, KeyQueues, QueuedJob};
@@ -114,6 +116,9 @@ pub struct RouterActor {
     restarts: u32,
     paused_until: Option<Instant>,
     generation: u64,
+    draining: bool,
+    drain_waiters: Vec<tokio::sync::oneshot::Sender<DrainReport>>,
+    retired: bool,
 }
 
 impl RouterActor {
@@ -146,6 +151,9 @@ impl RouterActor {
             restarts: 0,
             paused_until: None,
             generation: 0,
+            draining: false,
+            drain_waiters: Vec::new(),
+            retired: false,
         }
     }
 
@@ -164,9 +172,23 @@ impl RouterActor {
         }
     }
 
+    /// Answers drain requests once nothing is in flight and every outcome is written.
+    fn check_drained(&mut self) {
+        if self.draining
+            && self.in_flight == 0
+            && !self.flushing
+            && self.pending.is_empty()
+            && !self.drain_waiters.is_empty()
+        {
+            for w in self.drain_waiters.drain(..) {
+                let _ = w.send(DrainReport { abandoned: 0 });
+            }
+        }
+    }
+
     fn load(&mut self, ctx: &mut Context<Self>) {
         // After a restart, outcomes still held must be written before jobs are re-read.
-        if self.loading || !self.pending.is_empty() && self.max_loaded_id == 0 {
+        if self.draining || self.loading || !self.pending.is_empty() && self.max_loaded_id == 0 {
             return;
         }
         let room = self
@@ -237,7 +259,7 @@ impl RouterActor {
 
     /// Starts every delivery that may start now, and arranges to be called again.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        if self.paused_until.is_some_and(|p| Instant::now() < p) {
+        if self.draining || self.paused_until.is_some_and(|p| Instant::now() < p) {
             return;
         }
         let now = Instant::now();
@@ -312,6 +334,7 @@ impl RouterActor {
             act.complete(ctx, key, job, outcome);
             act.flush(ctx);
             act.pump(ctx);
+            act.check_drained();
         }));
     }
 
@@ -425,6 +448,7 @@ impl RouterActor {
                     }
                     act.flush(ctx);
                     act.pump(ctx);
+                    act.check_drained();
                 }
                 Err(e) => {
                     act.pending.merge_front(batch);
@@ -440,6 +464,10 @@ impl Actor for RouterActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if self.retired {
+            ctx.stop();
+            return;
+        }
         ctx.set_mailbox_capacity(1024);
         let delay = if self.restarts == 0 {
             Duration::ZERO
@@ -493,6 +521,40 @@ impl Handler<Wake> for RouterActor {
     fn handle(&mut self, _msg: Wake, ctx: &mut Self::Context) {
         self.caught_up = false;
         self.pump(ctx);
+    }
+}
+
+impl Handler<Drain> for RouterActor {
+    type Result = ResponseFuture<DrainReport>;
+
+    fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) -> Self::Result {
+        self.draining = true;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.drain_waiters.push(tx);
+        self.flush(ctx);
+        self.check_drained();
+        ctx.run_later(msg.deadline, |act, _ctx| {
+            let abandoned = act.in_flight;
+            for w in act.drain_waiters.drain(..) {
+                let _ = w.send(DrainReport { abandoned });
+            }
+        });
+        let dest = self.destination_id.clone();
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                tracing::debug!(destination = %dest, "router stopped while draining");
+                DrainReport::default()
+            })
+        })
+    }
+}
+
+impl Handler<Retire> for RouterActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Retire, ctx: &mut Self::Context) {
+        self.retired = true;
+        ctx.stop();
     }
 }
 

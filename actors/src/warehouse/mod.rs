@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde_json::{Map, Value};
 
-use crate::messages::{Heartbeat, HeartbeatReply};
+use crate::messages::{Drain, DrainReport, Heartbeat, HeartbeatReply, Retire};
 use crate::store::{Store, StoreError, WhJob};
 use crate::telemetry as t;
 pub use config::PostgresWarehouse;
@@ -70,6 +70,9 @@ pub struct WarehouseUploader {
     busy: bool,
     failures: u32,
     retry_at: Option<Instant>,
+    draining: bool,
+    drain_waiters: Vec<tokio::sync::oneshot::Sender<DrainReport>>,
+    retired: bool,
 }
 
 impl WarehouseUploader {
@@ -100,11 +103,14 @@ impl WarehouseUploader {
             busy: false,
             failures: 0,
             retry_at: None,
+            draining: false,
+            drain_waiters: Vec::new(),
+            retired: false,
         }
     }
 
     fn cycle(&mut self, ctx: &mut Context<Self>) {
-        if self.busy || self.retry_at.is_some_and(|t| Instant::now() < t) {
+        if self.draining || self.busy || self.retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
         let Some(mut loader) = self.loader.take() else {
@@ -122,6 +128,11 @@ impl WarehouseUploader {
         ctx.spawn(fut.into_actor(self).map(|(loader, result), act, _ctx| {
             act.loader = Some(loader);
             act.busy = false;
+            if act.draining {
+                for w in act.drain_waiters.drain(..) {
+                    let _ = w.send(DrainReport { abandoned: 0 });
+                }
+            }
             let dest = act.spec.id.clone();
             match result {
                 Ok(()) => {
@@ -257,6 +268,10 @@ impl Actor for WarehouseUploader {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if self.retired {
+            ctx.stop();
+            return;
+        }
         let dest = self.spec.id.clone();
         for outcome in ["loaded", "failed"] {
             metrics::counter!(t::WAREHOUSE_BATCHES_TOTAL, "destination" => dest.clone(), "outcome" => outcome)
@@ -293,6 +308,35 @@ impl Supervised for WarehouseUploader {
             .increment(1);
         self.busy = false;
         self.loader = Some(Loader::new(self.spec.conn.clone(), self.config.max_columns));
+    }
+}
+
+impl Handler<Drain> for WarehouseUploader {
+    type Result = ResponseFuture<DrainReport>;
+
+    fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) -> Self::Result {
+        self.draining = true;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.busy {
+            self.drain_waiters.push(tx);
+            ctx.run_later(msg.deadline, |act, _ctx| {
+                for w in act.drain_waiters.drain(..) {
+                    let _ = w.send(DrainReport { abandoned: 1 });
+                }
+            });
+        } else {
+            let _ = tx.send(DrainReport::default());
+        }
+        Box::pin(async move { rx.await.unwrap_or_default() })
+    }
+}
+
+impl Handler<Retire> for WarehouseUploader {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Retire, ctx: &mut Self::Context) {
+        self.retired = true;
+        ctx.stop();
     }
 }
 

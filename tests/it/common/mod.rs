@@ -140,6 +140,8 @@ pub struct Keel {
     pub base: String,
     /// Everything the process wrote to stderr so far.
     pub log: Arc<Mutex<String>>,
+    /// The workspace file it was started with (tests rewrite it to test reloads).
+    pub ws_path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -215,6 +217,7 @@ impl Keel {
             child,
             base: format!("http://{addr}"),
             log,
+            ws_path,
             _dir: dir,
         }
     }
@@ -227,6 +230,20 @@ impl Keel {
     /// Process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Replaces the workspace file (for a reload).
+    pub fn write_workspace(&self, ws: &Value) {
+        std::fs::write(&self.ws_path, serde_json::to_vec(ws).expect("json"))
+            .expect("write workspace");
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn sighup(&self) {
+        let _ = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.child.id().to_string())
+            .status();
     }
 
     /// Sends SIGKILL and reaps the process.
