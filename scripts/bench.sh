@@ -224,7 +224,7 @@ start_keel() {
     local workspace="$1" logname="$2"
     shift 2
     # Port 0: the kernel picks a free port, which keel reports in its "listening" line.
-    env DATABASE_URL="$PG_URL/$DB" KEEL_LOG="${KEEL_LOG:-info}" "$@" \
+    env DATABASE_URL="$PG_URL/$DB" KEEL_LOG="${KEEL_LOG:-info}" KEEL_ALLOW_PRIVATE_TARGETS=true "$@" \
         "$KEEL" serve --workspace "$workspace" --listen 127.0.0.1:0 --config /dev/null \
         >"$TMP/$logname.out" 2>"$TMP/$logname.log" &
     KEEL_PID=$!

@@ -89,6 +89,7 @@ pub fn pipeline_config(
     let http = HttpSettings {
         timeout: Duration::from_secs_f64(r.timeout_secs),
         connect_timeout: Duration::from_secs_f64(r.connect_timeout_secs),
+        allow_private_targets: config.allow_private_targets,
         ..HttpSettings::default()
     };
     let routing = RoutingTable::build(workspace, &http).map_err(|errors| {
@@ -165,6 +166,7 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
         prometheus,
         queue: Arc::new(Semaphore::new(queue_permits)),
         draining: draining.clone(),
+        rate_limiter: http::source_rate_limiter(&config.gateway),
         config: config.clone(),
     });
 

@@ -17,6 +17,9 @@ use serde_json::Value;
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct KeelConfig {
+    /// Let destinations point at loopback, private and link-local addresses (refused by
+    /// default; `KEEL_ALLOW_PRIVATE_TARGETS=true`).
+    pub allow_private_targets: bool,
     /// HTTP server settings.
     pub server: ServerConfig,
     /// Postgres connection settings.
@@ -192,6 +195,10 @@ pub struct GatewayConfig {
     pub max_batch: usize,
     /// Milliseconds an idle writer waits to gather a group.
     pub max_wait_ms: u64,
+    /// Events per second each source may send (0 = unlimited); more is answered 429.
+    pub rate_limit_events_per_sec: u32,
+    /// Events a source may send at once above its rate (0 = one second's worth).
+    pub rate_limit_burst: u32,
     /// Payload bytes that may wait for commit; beyond it requests get 429.
     pub queue_bytes: usize,
     /// `Retry-After` seconds sent with 429 and 503.
@@ -207,6 +214,8 @@ impl Default for GatewayConfig {
             max_request_bytes: 500 * 1024,
             max_batch: 128,
             max_wait_ms: 0,
+            rate_limit_events_per_sec: 0,
+            rate_limit_burst: 0,
             queue_bytes: 64 * 1024 * 1024,
             retry_after_secs: 1,
             dedup_window_secs: 24 * 3600,

@@ -32,6 +32,7 @@ pub async fn reload(state: &AppState) -> Result<ReloadReport, Vec<String>> {
     let http = HttpSettings {
         timeout: Duration::from_secs_f64(r.timeout_secs),
         connect_timeout: Duration::from_secs_f64(r.connect_timeout_secs),
+        allow_private_targets: state.config.allow_private_targets,
         ..HttpSettings::default()
     };
     let routing = RoutingTable::build(&ws, &http)

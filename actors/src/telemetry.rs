@@ -20,6 +20,8 @@ pub const GATEWAY_FLUSH_FAILURES_TOTAL: &str = "keel_gateway_flush_failures_tota
 pub const GATEWAY_QUEUE_DEPTH: &str = "keel_gateway_queue_depth";
 /// Bytes of request payload waiting for the GatewayWriter.
 pub const GATEWAY_QUEUE_BYTES: &str = "keel_gateway_queue_bytes";
+/// Ingest requests refused because their source exceeded its rate limit, labelled `source`.
+pub const GATEWAY_RATE_LIMITED_TOTAL: &str = "keel_gateway_rate_limited_total";
 /// Dedup rows pruned because they left the messageId window.
 pub const GATEWAY_DEDUP_PRUNED_TOTAL: &str = "keel_gateway_dedup_pruned_total";
 
@@ -40,6 +42,7 @@ pub const ALL: &[&str] = &[
     GATEWAY_QUEUE_DEPTH,
     GATEWAY_QUEUE_BYTES,
     GATEWAY_DEDUP_PRUNED_TOTAL,
+    GATEWAY_RATE_LIMITED_TOTAL,
     SUPERVISOR_RESTARTS_TOTAL,
     SUPERVISOR_HEARTBEAT_MISSES_TOTAL,
     PROCESSOR_EVENTS_TOTAL,

@@ -71,6 +71,14 @@ impl ApiError {
         }
     }
 
+    /// 429 with a retry hint: the source exceeded its rate limit.
+    pub fn rate_limited(message: impl Into<String>, retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
+    }
+
     /// Attaches the index of the offending event.
     pub fn at(mut self, index: usize) -> Self {
         self.index = Some(index);

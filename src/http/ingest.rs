@@ -238,6 +238,47 @@ fn strip_port(addr: &str) -> String {
     }
 }
 
+/// Takes `n` events from the source's budget, or answers 429 with how long to wait (413
+/// when one request holds more events than the burst allows at all).
+fn check_rate(
+    limiter: &super::SourceRateLimiter,
+    source: &Arc<str>,
+    n: usize,
+    limits: &crate::config::GatewayConfig,
+) -> Result<(), ApiError> {
+    let Some(n32) = u32::try_from(n).ok().and_then(std::num::NonZeroU32::new) else {
+        return Ok(());
+    };
+    match limiter.check_key_n(source, n32) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(not_until)) => {
+            use governor::clock::{Clock, DefaultClock};
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            metrics::counter!(t::GATEWAY_RATE_LIMITED_TOTAL, "source" => source.to_string())
+                .increment(1);
+            Err(ApiError::rate_limited(
+                format!(
+                    "source {source} is over its limit of {} events/s; retry later",
+                    limits.rate_limit_events_per_sec
+                ),
+                wait.as_secs_f64().ceil().max(1.0) as u64,
+            ))
+        }
+        Err(_) => Err(ApiError::new(
+            actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "over_rate_burst",
+            format!(
+                "{n} events in one request exceed this source's burst of {}; send smaller batches",
+                if limits.rate_limit_burst == 0 {
+                    limits.rate_limit_events_per_sec
+                } else {
+                    limits.rate_limit_burst
+                }
+            ),
+        )),
+    }
+}
+
 async fn commit(
     state: &AppState,
     source: Arc<str>,
@@ -246,6 +287,9 @@ async fn commit(
     message_ids: Vec<String>,
 ) -> Result<(), ApiError> {
     let retry_after = state.config.gateway.retry_after_secs;
+    if let Some(limiter) = &state.rate_limiter {
+        check_rate(limiter, &source, events.len(), &state.config.gateway)?;
+    }
     let payload = serde_json::to_string(&events).map_err(|e| {
         ApiError::bad_request("invalid_event", format!("event cannot be encoded: {e}"))
     })?;

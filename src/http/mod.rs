@@ -41,6 +41,22 @@ pub struct AppState {
     pub queue: Arc<Semaphore>,
     /// Set once shutdown began: ingest answers 503.
     pub draining: Arc<AtomicBool>,
+    /// Per-source event rate limiter (`gateway.rate_limit_events_per_sec`), if one is set.
+    pub rate_limiter: Option<Arc<SourceRateLimiter>>,
+}
+
+/// GCRA limiter keyed by source id.
+pub type SourceRateLimiter = governor::DefaultKeyedRateLimiter<Arc<str>>;
+
+/// The limiter `gateway` asks for, if any.
+pub fn source_rate_limiter(
+    gateway: &crate::config::GatewayConfig,
+) -> Option<Arc<SourceRateLimiter>> {
+    let rate = std::num::NonZeroU32::new(gateway.rate_limit_events_per_sec)?;
+    let burst = std::num::NonZeroU32::new(gateway.rate_limit_burst).unwrap_or(rate);
+    Some(Arc::new(governor::RateLimiter::keyed(
+        governor::Quota::per_second(rate).allow_burst(burst),
+    )))
 }
 
 impl AppState {

@@ -8,4 +8,5 @@ mod gateway;
 mod lifecycle;
 mod reload;
 mod sdk;
+mod security;
 mod warehouse;

@@ -1,6 +1,12 @@
 //! The shared HTTP sender: turns a [`DeliveryRequest`] (RudderStack's transformer response
-//! shape) into a reqwest call and classifies the answer into a [`DeliveryOutcome`].
+//! shape) into a reqwest call and classifies the answer into a [`DeliveryOutcome`]. Unless
+//! private targets are allowed, it refuses loopback, private, link-local and other
+//! non-public addresses: IP-literal URLs before sending, host names after DNS resolution
+//! (a resolver that drops such addresses), so a name pointing inside the network is refused
+//! too. A refusal is permanent (the job goes to the DLQ with the reason).
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -52,15 +58,114 @@ pub struct RequestBody {
     pub xml: Option<String>,
 }
 
+/// A pooled client for one destination, with its address policy.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: reqwest::Client,
+    allow_private: bool,
+}
+
 /// Builds the pooled client for one destination.
-pub fn client(settings: &HttpSettings) -> reqwest::Client {
-    reqwest::Client::builder()
+pub fn client(settings: &HttpSettings) -> HttpClient {
+    let mut builder = reqwest::Client::builder()
         .timeout(settings.timeout)
         .connect_timeout(settings.connect_timeout)
         .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-        .user_agent(concat!("Keel/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+        .user_agent(concat!("Keel/", env!("CARGO_PKG_VERSION")));
+    if !settings.allow_private_targets {
+        builder = builder.dns_resolver(Arc::new(PublicOnly));
+    }
+    HttpClient {
+        inner: builder.build().unwrap_or_else(|_| reqwest::Client::new()),
+        allow_private: settings.allow_private_targets,
+    }
+}
+
+/// True for addresses a destination may not point at unless private targets are allowed:
+/// unspecified, loopback, private (RFC 1918, unique-local), link-local, shared (CGNAT),
+/// multicast, broadcast, documentation and benchmarking ranges, and IPv4-mapped forms.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || (o[0] == 198 && (o[1] == 18 || o[1] == 19))
+                || o[0] >= 240
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
+            }
+            let seg = v6.segments();
+            v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || (seg[0] & 0xfe00) == 0xfc00
+                || (seg[0] & 0xffc0) == 0xfe80
+                || (seg[0] == 0x2001 && seg[1] == 0x0db8)
+        }
+    }
+}
+
+/// Why a target was refused.
+#[derive(Debug)]
+struct PrivateTarget(String);
+
+impl std::fmt::Display for PrivateTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} is not a public address; set allow_private_targets = true (KEEL_ALLOW_PRIVATE_TARGETS=true) to allow it",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for PrivateTarget {}
+
+/// DNS resolution that keeps only public addresses.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> = all
+                .iter()
+                .copied()
+                .filter(|a| !is_private(a.ip()))
+                .collect();
+            if public.is_empty() {
+                let shown = all
+                    .first()
+                    .map_or(host.clone(), |a| format!("{host} ({})", a.ip()));
+                return Err(
+                    Box::new(PrivateTarget(shown)) as Box<dyn std::error::Error + Send + Sync>
+                );
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+fn refused_private(e: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(p) = s.downcast_ref::<PrivateTarget>() {
+            return Some(p.to_string());
+        }
+        source = s.source();
+    }
+    None
 }
 
 fn value_str(v: &Value) -> String {
@@ -73,7 +178,7 @@ fn value_str(v: &Value) -> String {
 const BODY_KEEP: usize = 1024;
 
 /// Sends `payload` (a serialised [`DeliveryRequest`]) and classifies the result.
-pub async fn send(client: &reqwest::Client, payload: &Value) -> DeliveryOutcome {
+pub async fn send(client: &HttpClient, payload: &Value) -> DeliveryOutcome {
     let req: DeliveryRequest = match DeliveryRequest::deserialize(payload) {
         Ok(r) => r,
         Err(e) => {
@@ -92,7 +197,23 @@ pub async fn send(client: &reqwest::Client, payload: &Value) -> DeliveryOutcome 
             })
         }
     };
-    let mut builder = client.request(method, &req.endpoint);
+    if !client.allow_private {
+        if let Ok(url) = reqwest::Url::parse(&req.endpoint) {
+            let literal = url.host_str().and_then(|h| {
+                h.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .ok()
+            });
+            if let Some(ip) = literal.filter(|ip| is_private(*ip)) {
+                return DeliveryOutcome::Abort(Failure {
+                    error: format!("refused: {}", PrivateTarget(ip.to_string())),
+                    ..Failure::default()
+                });
+            }
+        }
+    }
+    let mut builder = client.inner.request(method, &req.endpoint);
     for (k, v) in &req.headers {
         builder = builder.header(k.as_str(), value_str(v));
     }
@@ -124,6 +245,12 @@ pub async fn send(client: &reqwest::Client, payload: &Value) -> DeliveryOutcome 
     };
     match builder.send().await {
         Err(e) => {
+            if let Some(why) = refused_private(&e) {
+                return DeliveryOutcome::Abort(Failure {
+                    error: format!("refused: {why}"),
+                    ..Failure::default()
+                });
+            }
             let error = if e.is_timeout() {
                 format!("timed out: {e}")
             } else if e.is_connect() {
@@ -189,6 +316,29 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_addresses() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "224.0.0.1",
+        ] {
+            assert!(is_private(ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "172.32.0.1"] {
+            assert!(!is_private(ip.parse().expect("ip")), "{ip}");
+        }
+    }
 
     #[test]
     fn parses_retry_after_seconds_and_dates() {

@@ -81,6 +81,8 @@ pub struct HttpSettings {
     pub connect_timeout: Duration,
     /// Idle pooled connections kept per host.
     pub pool_max_idle_per_host: usize,
+    /// Allow loopback, private and link-local targets (refused by default).
+    pub allow_private_targets: bool,
 }
 
 impl Default for HttpSettings {
@@ -89,6 +91,7 @@ impl Default for HttpSettings {
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             pool_max_idle_per_host: 64,
+            allow_private_targets: false,
         }
     }
 }

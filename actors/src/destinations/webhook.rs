@@ -39,7 +39,7 @@ pub struct WebhookConfig {
 /// A configured webhook.
 pub struct Webhook {
     config: WebhookConfig,
-    client: reqwest::Client,
+    client: http::HttpClient,
 }
 
 impl Webhook {

@@ -121,7 +121,11 @@ impl KeelOptions {
         Self {
             workspace: workspace(),
             database_url: Some(db.url.clone()),
-            env: vec![("KEEL_PROCESSOR__ENABLED".into(), "false".into())],
+            env: vec![
+                ("KEEL_PROCESSOR__ENABLED".into(), "false".into()),
+                // Test destinations are local servers.
+                ("KEEL_ALLOW_PRIVATE_TARGETS".into(), "true".into()),
+            ],
             cwd: None,
         }
     }
