@@ -167,6 +167,7 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
         queue: Arc::new(Semaphore::new(queue_permits)),
         draining: draining.clone(),
         rate_limiter: http::source_rate_limiter(&config.gateway),
+        test_hooks: std::env::var("KEEL_TEST_HOOKS").is_ok_and(|v| v == "1"),
         config: config.clone(),
     });
 

@@ -271,10 +271,11 @@ impl KeelConfig {
         if path.exists() {
             figment = figment.merge(Toml::file(path));
         }
-        // KEEL_CONFIG / KEEL_WORKSPACE / KEEL_LISTEN are CLI-level variables handled by clap.
+        // KEEL_CONFIG / KEEL_WORKSPACE / KEEL_LISTEN are CLI-level variables handled by clap;
+        // KEEL_LOG and KEEL_TEST_HOOKS are read by the process, not the configuration.
         figment = figment.merge(
             Env::prefixed("KEEL_")
-                .ignore(&["CONFIG", "WORKSPACE", "LISTEN", "LOG"])
+                .ignore(&["CONFIG", "WORKSPACE", "LISTEN", "LOG", "TEST_HOOKS"])
                 .split("__"),
         );
         let config: KeelConfig = figment

@@ -103,3 +103,9 @@ pub struct Retire;
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct UpdateRouting(pub std::sync::Arc<crate::processor::RoutingTable>);
+
+/// Test hook, reachable only when Keel runs with `KEEL_TEST_HOOKS=1`: the receiving actor
+/// panics, to prove that supervision revives it and nothing is lost.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct InjectPanic;

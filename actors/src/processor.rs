@@ -14,7 +14,7 @@ use actix::prelude::*;
 use serde_json::{Map, Value};
 
 use crate::destinations::{self, Destination, HttpSettings};
-use crate::messages::{Heartbeat, HeartbeatReply, UpdateRouting, Wake};
+use crate::messages::{Heartbeat, HeartbeatReply, InjectPanic, UpdateRouting, Wake};
 use crate::router::RouterActor;
 use crate::store::{dedup_key, RoutingRecord, RtJobInsert, Store, StoreError, WhJobInsert};
 use crate::telemetry as t;
@@ -427,6 +427,14 @@ impl Handler<UpdateRouting> for Processor {
         Box::pin(async move {
             let _ = rx.await;
         })
+    }
+}
+
+impl Handler<InjectPanic> for Processor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: InjectPanic, _ctx: &mut Self::Context) {
+        panic!("injected panic (test hook)");
     }
 }
 

@@ -67,8 +67,8 @@ pub type UploaderRegistry = Arc<RwLock<HashMap<String, Addr<WarehouseUploader>>>
 pub struct Children {
     /// The group-commit writer behind the ingest endpoints.
     pub gateway_writer: Addr<GatewayWriter>,
-    /// The processor.
-    pub processor: Addr<Processor>,
+    /// The processor (replaced if it dies).
+    pub processor: Arc<RwLock<Addr<Processor>>>,
     /// Routers by destination id.
     pub routers: RouterRegistry,
     /// Warehouse uploaders by destination id.
@@ -120,8 +120,14 @@ pub struct RootSupervisor {
     warehouse_config: UploaderConfig,
     router_arbiter: ArbiterHandle,
     warehouse_arbiter: ArbiterHandle,
+    processor_arbiter: ArbiterHandle,
+    processor_config: ProcessorConfig,
+    /// The routing table in force.
+    routing: Arc<RoutingTable>,
     /// Destination id → fingerprint of the settings its running actor was built from.
     running: HashMap<String, String>,
+    /// Destination id → the route its running actor serves (to revive it).
+    routes: HashMap<String, Route>,
     _arbiters: Vec<Arbiter>,
 }
 
@@ -167,6 +173,22 @@ fn fingerprint(routing: &RoutingTable, route: &Route) -> String {
     .to_string()
 }
 
+fn start_processor(
+    arbiter: &ArbiterHandle,
+    store: &Store,
+    routing: &Arc<RoutingTable>,
+    routers: &RouterRegistry,
+    config: &ProcessorConfig,
+) -> Addr<Processor> {
+    let (s, r, reg, c) = (
+        store.clone(),
+        routing.clone(),
+        routers.clone(),
+        config.clone(),
+    );
+    actix::Supervisor::start_in_arbiter(arbiter, move |_| Processor::new(s, r, reg, c))
+}
+
 impl RootSupervisor {
     /// Starts the tree and returns the children's addresses.
     pub fn start(store: Store, config: PipelineConfig) -> (Addr<RootSupervisor>, Children) {
@@ -179,19 +201,16 @@ impl RootSupervisor {
         let processor_arbiter = Arbiter::new();
         let routers: RouterRegistry = Arc::new(RwLock::new(HashMap::new()));
         let warehouses: UploaderRegistry = Arc::new(RwLock::new(HashMap::new()));
-        let (ps, pr, pc, preg) = (
-            store.clone(),
-            config.routing.clone(),
-            config.processor,
-            routers.clone(),
+        let processor = start_processor(
+            &processor_arbiter.handle(),
+            &store,
+            &config.routing,
+            &routers,
+            &config.processor,
         );
-        let processor =
-            actix::Supervisor::start_in_arbiter(&processor_arbiter.handle(), move |_| {
-                Processor::new(ps, pr, preg, pc)
-            });
         let children = Children {
             gateway_writer,
-            processor,
+            processor: Arc::new(RwLock::new(processor)),
             routers,
             warehouses,
             healthy: Arc::new(AtomicBool::new(true)),
@@ -204,7 +223,11 @@ impl RootSupervisor {
             warehouse_config: config.warehouse,
             router_arbiter: router_arbiter.handle(),
             warehouse_arbiter: warehouse_arbiter.handle(),
+            processor_arbiter: processor_arbiter.handle(),
+            processor_config: config.processor,
+            routing: config.routing.clone(),
             running: HashMap::new(),
+            routes: HashMap::new(),
             _arbiters: vec![router_arbiter, processor_arbiter, warehouse_arbiter],
         };
         for route in config.routing.enabled_destinations() {
@@ -236,7 +259,8 @@ impl RootSupervisor {
                 r.insert(id.clone(), addr);
             }
         }
-        self.running.insert(id, fingerprint(routing, route));
+        self.running.insert(id.clone(), fingerprint(routing, route));
+        self.routes.insert(id, route.clone());
     }
 
     /// Takes a destination's actor out of the registries and drains it; the returned
@@ -247,6 +271,7 @@ impl RootSupervisor {
         deadline: Duration,
     ) -> futures::future::BoxFuture<'static, usize> {
         self.running.remove(id);
+        self.routes.remove(id);
         let router = self
             .children
             .routers
@@ -290,14 +315,19 @@ impl RootSupervisor {
             .gateway_writer
             .send(Heartbeat)
             .timeout(timeout);
-        let processor = self.children.processor.send(Heartbeat).timeout(timeout);
+        let processor = self
+            .children
+            .processor
+            .read()
+            .map(|p| p.send(Heartbeat).timeout(timeout))
+            .ok();
         let routers: Vec<_> = self
             .children
             .routers
             .read()
             .map(|r| {
-                r.values()
-                    .map(|a| a.send(Heartbeat).timeout(timeout))
+                r.iter()
+                    .map(|(id, a)| (id.clone(), a.send(Heartbeat).timeout(timeout)))
                     .collect()
             })
             .unwrap_or_default();
@@ -306,8 +336,8 @@ impl RootSupervisor {
             .warehouses
             .read()
             .map(|w| {
-                w.values()
-                    .map(|a| a.send(Heartbeat).timeout(timeout))
+                w.iter()
+                    .map(|(id, a)| (id.clone(), a.send(Heartbeat).timeout(timeout)))
                     .collect()
             })
             .unwrap_or_default();
@@ -315,25 +345,73 @@ impl RootSupervisor {
         ctx.spawn(
             async move {
                 let mut ok = true;
-                let mut check = |actor: &'static str, r: Result<crate::messages::HeartbeatReply, MailboxError>| {
-                    if let Err(e) = r {
-                        metrics::counter!(t::SUPERVISOR_HEARTBEAT_MISSES_TOTAL, "actor" => actor).increment(1);
-                        tracing::error!(error = %e, actor, "heartbeat not answered");
-                        ok = false;
+                // A closed mailbox means the actor is gone (a panic ends its task, and
+                // with it actix's restarting wrapper): those are revived below.
+                let mut check = |actor: &'static str, r: Result<crate::messages::HeartbeatReply, MailboxError>| -> bool {
+                    match r {
+                        Ok(_) => false,
+                        Err(e) => {
+                            metrics::counter!(t::SUPERVISOR_HEARTBEAT_MISSES_TOTAL, "actor" => actor).increment(1);
+                            tracing::error!(error = %e, actor, "heartbeat not answered");
+                            ok = false;
+                            matches!(e, MailboxError::Closed)
+                        }
                     }
                 };
                 check("gateway_writer", writer.await);
-                check("processor", processor.await);
-                for r in routers {
-                    check("router", r.await);
+                let processor_dead = match processor {
+                    Some(p) => check("processor", p.await),
+                    None => false,
+                };
+                let mut dead = Vec::new();
+                for (id, r) in routers {
+                    if check("router", r.await) {
+                        dead.push(id);
+                    }
                 }
-                for w in warehouses {
-                    check("warehouse_uploader", w.await);
+                for (id, w) in warehouses {
+                    if check("warehouse_uploader", w.await) {
+                        dead.push(id);
+                    }
                 }
                 healthy.store(ok, Ordering::Relaxed);
+                (processor_dead, dead)
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(|(processor_dead, dead), act, _ctx| act.revive(processor_dead, dead)),
         );
+    }
+
+    /// Starts fresh actors in place of dead ones; they resume from Postgres.
+    fn revive(&mut self, processor_dead: bool, dead: Vec<String>) {
+        if processor_dead {
+            metrics::counter!(t::SUPERVISOR_RESTARTS_TOTAL, "actor" => "processor").increment(1);
+            tracing::warn!("processor died; starting a new one");
+            let addr = start_processor(
+                &self.processor_arbiter,
+                &self.store,
+                &self.routing,
+                &self.children.routers,
+                &self.processor_config,
+            );
+            if let Ok(mut p) = self.children.processor.write() {
+                *p = addr;
+            }
+        }
+        for id in dead {
+            let Some(route) = self.routes.get(&id).cloned() else {
+                continue;
+            };
+            let actor = if route.kind.warehouse().is_some() {
+                "warehouse_uploader"
+            } else {
+                "router"
+            };
+            metrics::counter!(t::SUPERVISOR_RESTARTS_TOTAL, "actor" => actor).increment(1);
+            tracing::warn!(destination = %id, actor, "actor died; starting a new one");
+            let routing = self.routing.clone();
+            self.start_destination(&routing, &route);
+        }
     }
 }
 
@@ -379,6 +457,7 @@ impl Handler<Reconfigure> for RootSupervisor {
             }
             .into_actor(self)
             .map(move |(abandoned, routing), act, _ctx| {
+                act.routing = routing.clone();
                 let mut started = Vec::new();
                 let mut ids: Vec<&String> = wanted.keys().collect();
                 ids.sort();
@@ -395,8 +474,11 @@ impl Handler<Reconfigure> for RootSupervisor {
                 (report, routing)
             })
             .then(move |(report, routing), act, _ctx| {
-                let processor = act.children.processor.clone();
+                let processor = act.children.processor.read().map(|p| p.clone()).ok();
                 async move {
+                    let Some(processor) = processor else {
+                        return report;
+                    };
                     if let Err(e) = processor.send(UpdateRouting(routing)).await {
                         tracing::error!(error = %e, "processor did not take the new routing table");
                     }

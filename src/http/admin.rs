@@ -194,3 +194,66 @@ pub async fn reload(
         }))),
     }
 }
+
+/// Body of `POST /admin/test/panic`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PanicRequest {
+    actor: String,
+    destination: Option<String>,
+}
+
+/// `POST /admin/test/panic` with `{"actor": "processor" | "router" | "warehouse_uploader",
+/// "destination": "…"}`: makes that actor panic (fault-injection tests). Exists only when
+/// Keel was started with `KEEL_TEST_HOOKS=1`; 404 otherwise.
+pub async fn inject_panic(
+    req: HttpRequest,
+    body: web::Json<PanicRequest>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    use keel_actors::messages::InjectPanic;
+    let not_found =
+        |what: String| ApiError::new(actix_web::http::StatusCode::NOT_FOUND, "not_found", what);
+    if !state.test_hooks {
+        return Err(not_found(
+            "test hooks are off (start with KEEL_TEST_HOOKS=1)".into(),
+        ));
+    }
+    authorize(&req, &state)?;
+    let dest = body.destination.clone().unwrap_or_default();
+    let sent = match body.actor.as_str() {
+        "processor" => state
+            .children
+            .processor
+            .read()
+            .map(|p| p.do_send(InjectPanic))
+            .is_ok(),
+        "router" => state
+            .children
+            .routers
+            .read()
+            .ok()
+            .and_then(|r| r.get(&dest).map(|a| a.do_send(InjectPanic)))
+            .is_some(),
+        "warehouse_uploader" => state
+            .children
+            .warehouses
+            .read()
+            .ok()
+            .and_then(|w| w.get(&dest).map(|a| a.do_send(InjectPanic)))
+            .is_some(),
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_actor",
+                format!("actor {other:?} is not processor, router or warehouse_uploader"),
+            ))
+        }
+    };
+    if !sent {
+        return Err(not_found(format!(
+            "no running {} for destination {dest:?}",
+            body.actor
+        )));
+    }
+    Ok(HttpResponse::Ok().json(json!({"panicked": body.actor, "destination": body.destination})))
+}

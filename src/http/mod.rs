@@ -41,6 +41,8 @@ pub struct AppState {
     pub queue: Arc<Semaphore>,
     /// Set once shutdown began: ingest answers 503.
     pub draining: Arc<AtomicBool>,
+    /// `KEEL_TEST_HOOKS=1` at start-up: enables `POST /admin/test/panic`.
+    pub test_hooks: bool,
     /// Per-source event rate limiter (`gateway.rate_limit_events_per_sec`), if one is set.
     pub rate_limiter: Option<Arc<SourceRateLimiter>>,
 }
@@ -99,6 +101,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(ops::metrics))
         .route("/admin/dlq", web::get().to(admin::list_dlq))
         .route("/admin/reload", web::post().to(admin::reload))
+        .route("/admin/test/panic", web::post().to(admin::inject_panic))
         .route("/admin/dlq/replay", web::post().to(admin::replay_dlq))
         .route("/admin/events/{message_id}", web::get().to(admin::explain));
 }

@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod delivery;
+mod faults;
 mod gateway;
 mod lifecycle;
 mod reload;

@@ -17,7 +17,8 @@ use serde_json::Value;
 
 use crate::destinations::{DeliveryOutcome, Destination, Failure};
 use crate::messages::{
-    Drain, DrainReport, GetRouterStatus, Heartbeat, HeartbeatReply, Retire, RouterStatus, Wake,
+    Drain, DrainReport, GetRouterStatus, Heartbeat, HeartbeatReply, InjectPanic, Retire,
+    RouterStatus, Wake,
 };
 use crate::store::{DeadLetter, RetryUpdate, RtJob, StatusBatch, Store};
 use crate::telemetry as t;
@@ -555,6 +556,14 @@ impl Handler<Retire> for RouterActor {
     fn handle(&mut self, _msg: Retire, ctx: &mut Self::Context) {
         self.retired = true;
         ctx.stop();
+    }
+}
+
+impl Handler<InjectPanic> for RouterActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: InjectPanic, _ctx: &mut Self::Context) {
+        panic!("injected panic (test hook)");
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde_json::{Map, Value};
 
-use crate::messages::{Drain, DrainReport, Heartbeat, HeartbeatReply, Retire};
+use crate::messages::{Drain, DrainReport, Heartbeat, HeartbeatReply, InjectPanic, Retire};
 use crate::store::{Store, StoreError, WhJob};
 use crate::telemetry as t;
 pub use config::PostgresWarehouse;
@@ -337,6 +337,14 @@ impl Handler<Retire> for WarehouseUploader {
     fn handle(&mut self, _msg: Retire, ctx: &mut Self::Context) {
         self.retired = true;
         ctx.stop();
+    }
+}
+
+impl Handler<InjectPanic> for WarehouseUploader {
+    type Result = ();
+
+    fn handle(&mut self, _msg: InjectPanic, _ctx: &mut Self::Context) {
+        panic!("injected panic (test hook)");
     }
 }
 
