@@ -6,3 +6,4 @@ pub mod boot;
 pub mod config;
 pub mod embedded_pg;
 pub mod http;
+pub mod process_stats;

@@ -1,0 +1,123 @@
+//! TelemetrySampler: every few seconds, measures the backlog that only Postgres knows —
+//! processor lag (age of the oldest unconsumed `gw_jobs` row) and, per destination, waiting
+//! jobs, the age of the oldest one and the DLQ size — and sets those gauges. It also
+//! registers the series that must exist before any traffic (restarts per actor, each
+//! destination's retries, circuit state, …) so dashboards and alerts see zeros, not gaps.
+//! One sample at a time; a failed sample is counted and logged, never retried in a loop.
+//! It only reads: it never writes to Postgres and never messages another actor.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::processor::RouterRegistry;
+use crate::store::Store;
+use crate::telemetry as t;
+
+/// Sampler settings.
+#[derive(Debug, Clone)]
+pub struct TelemetrySamplerConfig {
+    /// Time between two backlog samples.
+    pub interval: Duration,
+}
+
+impl Default for TelemetrySamplerConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The sampler actor (see the module comment).
+pub struct TelemetrySampler {
+    store: Store,
+    routers: RouterRegistry,
+    config: TelemetrySamplerConfig,
+    sampling: bool,
+}
+
+impl TelemetrySampler {
+    /// A sampler over `store` for the destinations that have a router in `routers` (read
+    /// at every sample, so destinations added or removed later are followed).
+    pub fn new(store: Store, routers: RouterRegistry, config: TelemetrySamplerConfig) -> Self {
+        Self {
+            store,
+            routers,
+            config,
+            sampling: false,
+        }
+    }
+
+    fn destinations(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .routers
+            .read()
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    fn sample(&mut self, ctx: &mut Context<Self>) {
+        if self.sampling {
+            return;
+        }
+        self.sampling = true;
+        let destinations = self.destinations();
+        for d in &destinations {
+            t::register_destination_series(d);
+        }
+        let store = self.store.clone();
+        let started = Instant::now();
+        let fut = async move {
+            let lag = store.processor_lag_seconds().await?;
+            let backlog = store.destination_backlog(&destinations).await?;
+            Ok::<_, crate::store::StoreError>((lag, backlog))
+        };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, _ctx| {
+            act.sampling = false;
+            metrics::histogram!(t::TELEMETRY_SAMPLE_DURATION_SECONDS)
+                .record(started.elapsed().as_secs_f64());
+            match result {
+                Ok((lag, backlog)) => {
+                    metrics::counter!(t::TELEMETRY_SAMPLES_TOTAL, "outcome" => "ok").increment(1);
+                    metrics::gauge!(t::PROCESSOR_LAG_SECONDS).set(lag);
+                    for b in backlog {
+                        let d = b.destination_id;
+                        metrics::gauge!(t::ROUTER_PENDING_JOBS, "destination" => d.clone())
+                            .set(b.pending as f64);
+                        metrics::gauge!(t::ROUTER_LAG_SECONDS, "destination" => d.clone())
+                            .set(b.oldest_pending_seconds.max(0.0));
+                        metrics::gauge!(t::ROUTER_DLQ_JOBS, "destination" => d)
+                            .set(b.dead_lettered as f64);
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!(t::TELEMETRY_SAMPLES_TOTAL, "outcome" => "failed")
+                        .increment(1);
+                    tracing::warn!(error = %e, "backlog sample failed; gauges keep their last values");
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for TelemetrySampler {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(16);
+        t::register_static_series();
+        let _ = metrics::counter!(t::TELEMETRY_SAMPLES_TOTAL, "outcome" => "ok");
+        let _ = metrics::counter!(t::TELEMETRY_SAMPLES_TOTAL, "outcome" => "failed");
+        self.sample(ctx);
+        ctx.run_interval(self.config.interval, |act, ctx| act.sample(ctx));
+    }
+}
+
+impl Supervised for TelemetrySampler {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.sampling = false;
+    }
+}
