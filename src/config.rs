@@ -234,10 +234,11 @@ impl KeelConfig {
         if path.exists() {
             figment = figment.merge(Toml::file(path));
         }
-        // KEEL_CONFIG / KEEL_WORKSPACE / KEEL_LISTEN are CLI-level variables handled by clap.
+        // KEEL_CONFIG / KEEL_WORKSPACE / KEEL_LISTEN / KEEL_LOG_FORMAT are CLI-level variables
+        // handled by clap.
         figment = figment.merge(
             Env::prefixed("KEEL_")
-                .ignore(&["CONFIG", "WORKSPACE", "LISTEN", "LOG"])
+                .ignore(&["CONFIG", "WORKSPACE", "LISTEN", "LOG", "LOG_FORMAT"])
                 .split("__"),
         );
         let config: KeelConfig = figment
