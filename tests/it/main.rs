@@ -6,4 +6,5 @@ mod common;
 mod delivery;
 mod gateway;
 mod lifecycle;
+mod ops;
 mod sdk;
