@@ -28,7 +28,7 @@ pub const SUPERVISOR_RESTARTS_TOTAL: &str = "keel_supervisor_restarts_total";
 /// Heartbeats a child did not answer in time, labelled `actor`.
 pub const SUPERVISOR_HEARTBEAT_MISSES_TOTAL: &str = "keel_supervisor_heartbeat_misses_total";
 
-/// Every name above, for the dashboard contract test and for `describe_all`.
+/// Every name in this file, for the dashboard contract test and for `describe_all`.
 pub const ALL: &[&str] = &[
     GATEWAY_REQUESTS_TOTAL,
     GATEWAY_EVENTS_ACCEPTED_TOTAL,
