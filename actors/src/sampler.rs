@@ -7,7 +7,7 @@
 //! sampling is slow: it waits at least `cost_factor` times the last sample's duration, so
 //! the probes never take more than 1/`cost_factor` of a Postgres core even with a backlog of
 //! millions of jobs (the counts walk the backlog's index range: ~130 ms per million rows
-//! here). A failed sample is counted and logged, never retried in a loop.
+//! here). A failed sample is counted and logged and the next one comes after `interval`.
 //! It only reads: it never writes to Postgres and never messages another actor.
 
 use std::time::{Duration, Instant};
@@ -86,10 +86,13 @@ impl TelemetrySampler {
             act.sampling = false;
             let took = started.elapsed();
             metrics::histogram!(t::TELEMETRY_SAMPLE_DURATION_SECONDS).record(took.as_secs_f64());
-            let wait = act
-                .config
-                .interval
-                .max(took.saturating_mul(act.config.cost_factor));
+            // A failed sample's duration is waiting for Postgres, not load on it: retry at
+            // the normal pace so the gauges recover soon after Postgres does.
+            let wait = match &result {
+                Ok(_) => took.saturating_mul(act.config.cost_factor),
+                Err(_) => Duration::ZERO,
+            }
+            .max(act.config.interval);
             ctx.run_later(wait, |act, ctx| act.sample(ctx));
             match result {
                 Ok((lag, backlog)) => {

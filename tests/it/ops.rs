@@ -1,7 +1,8 @@
 //! Operations surface: the telemetry contract (every metric a Grafana dashboard queries is
 //! exported by a running Keel, named in `telemetry.rs` and documented in the README), the
 //! alert rules (promtool), a real Prometheus scraping a real Keel and parsing every dashboard
-//! query, the docker-compose stack definition, and JSON logs that leak no secret.
+//! query, the backlog sampler through a Postgres outage, the docker-compose stack definition,
+//! and JSON logs that leak no secret.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
@@ -774,4 +775,33 @@ async fn log_format_env_var_selects_json() {
     let v: Value =
         serde_json::from_str(&first).unwrap_or_else(|e| panic!("not JSON ({e}): {first}"));
     assert_eq!(v["level"], "INFO", "{v}");
+}
+
+#[tokio::test]
+async fn backlog_sampler_counts_failed_samples_during_an_outage_and_recovers() {
+    use crate::common::proxy::{Mode, Proxy};
+    let db = TestDb::create().await;
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let mut opts = KeelOptions::new(&db).env("KEEL_DATABASE__TIMEOUT_SECS", "1");
+    opts.database_url = Some(db.url_via(&proxy.addr));
+    let keel = Keel::start(opts).await;
+    let samples = |text: &str, outcome: &str| {
+        sample(
+            text,
+            &format!("keel_telemetry_samples_total{{outcome=\"{outcome}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let text = wait_for_metrics(&keel, "a first sample", |t| samples(t, "ok") >= 1.0).await;
+    assert_eq!(samples(&text, "failed"), 0.0, "{text}");
+
+    proxy.set(Mode::Refuse);
+    let text = wait_for_metrics(&keel, "a failed sample", |t| samples(t, "failed") >= 1.0).await;
+    let ok_before = samples(&text, "ok");
+    proxy.set(Mode::Pass);
+    // The next sample comes at the normal pace (not slowed by the failed one's wait).
+    wait_for_metrics(&keel, "a sample after the outage", |t| {
+        samples(t, "ok") > ok_before
+    })
+    .await;
 }
