@@ -24,6 +24,24 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
     for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
 fi
 
+# The monitoring tests run the real Prometheus and promtool (Debian package `prometheus`;
+# the tests start their own server, none is needed as a service) and validate
+# docker-compose.yml with Compose (`docker-compose` when the docker client has no plugin).
+monitoring_pkgs=()
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    monitoring_pkgs+=(prometheus)
+fi
+if command -v docker >/dev/null && ! docker compose version >/dev/null 2>&1 \
+    && ! command -v docker-compose >/dev/null; then
+    monitoring_pkgs+=(docker-compose)
+fi
+if ((${#monitoring_pkgs[@]})); then
+    log "installing ${monitoring_pkgs[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${monitoring_pkgs[@]}" >/dev/null
+fi
+
 for tool in python3 node npm; do
     if ! command -v "$tool" >/dev/null; then
         log "installing $tool"

@@ -17,6 +17,7 @@ use keel_actors::messages::FlushNow;
 use keel_actors::processor::{ProcessorConfig, RoutingTable};
 use keel_actors::router::policy::RetryPolicy;
 use keel_actors::router::RouterConfig;
+use keel_actors::sampler::{TelemetrySampler, TelemetrySamplerConfig};
 use keel_actors::store::{run_migrations, PoolSettings, Store};
 use keel_actors::supervisor::{DrainAll, PipelineConfig, RootSupervisor, SupervisorConfig};
 use keel_actors::telemetry;
@@ -155,6 +156,15 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
     )?;
     let (root, children) =
         RootSupervisor::start(store.clone(), pipeline_config(&config, &workspace)?);
+    // Backlog gauges (processor lag, pending and dead-lettered jobs) sampled from Postgres.
+    let (sampler_store, sampler_routers) = (store.clone(), children.routers.clone());
+    let _sampler = actix::Supervisor::start(move |_| {
+        TelemetrySampler::new(
+            sampler_store,
+            sampler_routers,
+            TelemetrySamplerConfig::default(),
+        )
+    });
 
     let draining = Arc::new(AtomicBool::new(false));
     let queue_permits = (config.gateway.queue_bytes / 1024).max(1);

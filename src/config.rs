@@ -271,11 +271,19 @@ impl KeelConfig {
         if path.exists() {
             figment = figment.merge(Toml::file(path));
         }
-        // KEEL_CONFIG / KEEL_WORKSPACE / KEEL_LISTEN are CLI-level variables handled by clap;
-        // KEEL_LOG and KEEL_TEST_HOOKS are read by the process, not the configuration.
+        // KEEL_CONFIG / KEEL_WORKSPACE / KEEL_LISTEN / KEEL_LOG_FORMAT are CLI-level variables
+        // handled by clap; KEEL_LOG and KEEL_TEST_HOOKS are read by the process, not the
+        // configuration.
         figment = figment.merge(
             Env::prefixed("KEEL_")
-                .ignore(&["CONFIG", "WORKSPACE", "LISTEN", "LOG", "TEST_HOOKS"])
+                .ignore(&[
+                    "CONFIG",
+                    "WORKSPACE",
+                    "LISTEN",
+                    "LOG",
+                    "LOG_FORMAT",
+                    "TEST_HOOKS",
+                ])
                 .split("__"),
         );
         let config: KeelConfig = figment

@@ -63,6 +63,21 @@ impl Drop for EmbeddedCluster {
     }
 }
 
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for logs and errors.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// Picks the database: returns the URL to use and the cluster to keep alive, if one was started.
 pub async fn resolve(
     db: &DatabaseConfig,
@@ -70,11 +85,11 @@ pub async fn resolve(
     let local = db.local_url.trim_end_matches('/');
     if probe(&format!("{local}/postgres")).await {
         ensure_database(&format!("{local}/postgres"), "keel").await?;
-        tracing::info!(url = %local, "using the local PostgreSQL server, database keel");
+        tracing::info!(url = %redact_password(local), "using the local PostgreSQL server, database keel");
         return Ok((format!("{local}/keel"), None));
     }
     let (initdb, pg_ctl) = find_binaries().ok_or_else(|| EmbeddedError::NothingFound {
-        local_url: local.to_owned(),
+        local_url: redact_password(local),
     })?;
     let dir = absolute(Path::new(&db.embedded_dir));
     let cluster = start_cluster(&dir, &initdb, &pg_ctl)?;
@@ -252,4 +267,22 @@ fn start_cluster(
         ));
     run(cmd, dir, "pg_ctl start")?;
     Ok(cluster)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_password;
+
+    #[test]
+    fn redacts_only_the_password_of_a_url() {
+        assert_eq!(
+            redact_password("postgres://keel:s3cret@db:5432/keel"),
+            "postgres://keel:***@db:5432/keel"
+        );
+        assert_eq!(
+            redact_password("postgres://postgres@127.0.0.1:5432"),
+            "postgres://postgres@127.0.0.1:5432"
+        );
+        assert_eq!(redact_password("host=/tmp user=x"), "host=/tmp user=x");
+    }
 }

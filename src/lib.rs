@@ -6,4 +6,5 @@ pub mod boot;
 pub mod config;
 pub mod embedded_pg;
 pub mod http;
+pub mod process_stats;
 pub mod reload;

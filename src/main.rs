@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use keel::boot;
 
@@ -47,6 +47,9 @@ enum Command {
         /// Listen address (default 127.0.0.1:8080; port 0 picks a free one).
         #[arg(long, env = "KEEL_LISTEN")]
         listen: Option<String>,
+        /// Log line format on stderr: `human` (default) or `json` (one JSON object a line).
+        #[arg(long = "log-format", env = "KEEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+        log_format: LogFormat,
     },
     /// Apply pending database migrations and exit.
     Migrate {
@@ -61,6 +64,15 @@ enum Command {
 }
 
 const DEFAULT_CONFIG: &str = "config/keel.toml";
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// `2026-11-23T10:00:00Z  INFO keel::boot: listening addr=… workers=2`.
+    Human,
+    /// `{"timestamp":…,"level":"INFO","message":"listening","addr":…,"target":…}`.
+    Json,
+}
 
 fn load_config(common: &Common, listen: Option<String>) -> anyhow::Result<KeelConfig> {
     let (path, explicit) = match &common.config {
@@ -85,19 +97,31 @@ fn load_config(common: &Common, listen: Option<String>) -> anyhow::Result<KeelCo
     Ok(config)
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // Event fields at the top level next to `message`, so log pipelines index them.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(match &cli.command {
+        Command::Serve { log_format, .. } => *log_format,
+        _ => LogFormat::Human,
+    });
     let result = match cli.command {
         Command::CheckConfig { common } => check_config(&common),
         Command::Migrate { common } => actix_web::rt::System::new().block_on(async move {
@@ -105,7 +129,7 @@ fn main() -> ExitCode {
             let db = boot::database(&config).await?;
             boot::migrate(&db.url).await.map(|_| ())
         }),
-        Command::Serve { common, listen } => {
+        Command::Serve { common, listen, .. } => {
             let loaded = load_config(&common, listen).and_then(|config| {
                 let ws = load_workspace(std::path::Path::new(&config.server.workspace))?;
                 Ok((config, ws))

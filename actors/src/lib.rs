@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod messages;
 pub mod processor;
 pub mod router;
+pub mod sampler;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;

@@ -30,7 +30,7 @@ pub const SUPERVISOR_RESTARTS_TOTAL: &str = "keel_supervisor_restarts_total";
 /// Heartbeats a child did not answer in time, labelled `actor`.
 pub const SUPERVISOR_HEARTBEAT_MISSES_TOTAL: &str = "keel_supervisor_heartbeat_misses_total";
 
-/// Every name above, for the dashboard contract test and for `describe_all`.
+/// Every name in this file, for the dashboard contract test and for `describe_all`.
 pub const ALL: &[&str] = &[
     GATEWAY_REQUESTS_TOTAL,
     GATEWAY_EVENTS_ACCEPTED_TOTAL,
@@ -66,6 +66,20 @@ pub const ALL: &[&str] = &[
     WAREHOUSE_LOAD_DURATION_SECONDS,
     WAREHOUSE_LAG_SECONDS,
     WAREHOUSE_PENDING_EVENTS,
+    PROCESSOR_LAG_SECONDS,
+    ROUTER_PENDING_JOBS,
+    ROUTER_LAG_SECONDS,
+    ROUTER_DLQ_JOBS,
+    STORE_POOL_MAX_CONNECTIONS,
+    STORE_POOL_OPEN_CONNECTIONS,
+    STORE_POOL_IN_USE_CONNECTIONS,
+    STORE_POOL_WAITING_TASKS,
+    PROCESS_RESIDENT_MEMORY_BYTES,
+    PROCESS_CPU_SECONDS_TOTAL,
+    PROCESS_OPEN_FDS,
+    PROCESS_THREADS,
+    TELEMETRY_SAMPLES_TOTAL,
+    TELEMETRY_SAMPLE_DURATION_SECONDS,
 ];
 
 /// Registers help text for every metric so `/metrics` documents itself.
@@ -107,6 +121,7 @@ pub fn describe_all() {
         SUPERVISOR_HEARTBEAT_MISSES_TOTAL,
         "Heartbeats not answered in time"
     );
+    describe_backlog_and_process();
 }
 
 /// Events the processor handled, labelled `outcome` (`routed`, `duplicate`, `no_route`).
@@ -153,3 +168,127 @@ pub const WAREHOUSE_LOAD_DURATION_SECONDS: &str = "keel_warehouse_load_duration_
 pub const WAREHOUSE_LAG_SECONDS: &str = "keel_warehouse_lag_seconds";
 /// Events waiting in `wh_jobs`, labelled `destination`.
 pub const WAREHOUSE_PENDING_EVENTS: &str = "keel_warehouse_pending_events";
+/// Age in seconds of the oldest `gw_jobs` row the processor has not consumed (0 = caught up).
+pub const PROCESSOR_LAG_SECONDS: &str = "keel_processor_lag_seconds";
+/// `rt_jobs` rows waiting for delivery (due or waiting to retry), labelled `destination`.
+pub const ROUTER_PENDING_JOBS: &str = "keel_router_pending_jobs";
+/// Age in seconds of the destination's oldest waiting job (0 = none waits), labelled `destination`.
+pub const ROUTER_LAG_SECONDS: &str = "keel_router_lag_seconds";
+/// Dead-lettered jobs in `dlq_jobs`, labelled `destination`.
+pub const ROUTER_DLQ_JOBS: &str = "keel_router_dlq_jobs";
+/// Connections the Postgres pool may open at most.
+pub const STORE_POOL_MAX_CONNECTIONS: &str = "keel_store_pool_max_connections";
+/// Connections the Postgres pool holds open (in use or idle).
+pub const STORE_POOL_OPEN_CONNECTIONS: &str = "keel_store_pool_open_connections";
+/// Pool connections checked out by a task.
+pub const STORE_POOL_IN_USE_CONNECTIONS: &str = "keel_store_pool_in_use_connections";
+/// Tasks waiting for a pool connection.
+pub const STORE_POOL_WAITING_TASKS: &str = "keel_store_pool_waiting_tasks";
+/// Resident set size of the Keel process.
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "keel_process_resident_memory_bytes";
+/// CPU time (user + system) the Keel process used since it started.
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "keel_process_cpu_seconds_total";
+/// File descriptors the Keel process holds open.
+pub const PROCESS_OPEN_FDS: &str = "keel_process_open_fds";
+/// Threads of the Keel process.
+pub const PROCESS_THREADS: &str = "keel_process_threads";
+/// Backlog samples taken by the telemetry sampler, labelled `outcome` (`ok`, `failed`).
+pub const TELEMETRY_SAMPLES_TOTAL: &str = "keel_telemetry_samples_total";
+/// Duration of one backlog sample (its SQL probes).
+pub const TELEMETRY_SAMPLE_DURATION_SECONDS: &str = "keel_telemetry_sample_duration_seconds";
+
+/// Actors whose restarts and heartbeat misses are counted (the `actor` label's values).
+pub const SUPERVISED_ACTORS: &[&str] = &[
+    "gateway_writer",
+    "processor",
+    "router",
+    "warehouse_uploader",
+];
+
+fn describe_backlog_and_process() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        PROCESSOR_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest gw_jobs row the processor has not consumed"
+    );
+    describe_gauge!(ROUTER_PENDING_JOBS, "rt_jobs rows waiting per destination");
+    describe_gauge!(
+        ROUTER_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest waiting rt_jobs row per destination"
+    );
+    describe_gauge!(ROUTER_DLQ_JOBS, "dlq_jobs rows per destination");
+    describe_gauge!(STORE_POOL_MAX_CONNECTIONS, "Postgres pool size limit");
+    describe_gauge!(
+        STORE_POOL_OPEN_CONNECTIONS,
+        "Postgres pool connections open"
+    );
+    describe_gauge!(
+        STORE_POOL_IN_USE_CONNECTIONS,
+        "Postgres pool connections in use"
+    );
+    describe_gauge!(
+        STORE_POOL_WAITING_TASKS,
+        "Tasks waiting for a pool connection"
+    );
+    describe_gauge!(
+        PROCESS_RESIDENT_MEMORY_BYTES,
+        Unit::Bytes,
+        "Resident set size of the process"
+    );
+    describe_counter!(
+        PROCESS_CPU_SECONDS_TOTAL,
+        Unit::Seconds,
+        "User and system CPU time of the process"
+    );
+    describe_gauge!(PROCESS_OPEN_FDS, "Open file descriptors of the process");
+    describe_gauge!(PROCESS_THREADS, "Threads of the process");
+    describe_counter!(TELEMETRY_SAMPLES_TOTAL, "Backlog samples by outcome");
+    describe_histogram!(
+        TELEMETRY_SAMPLE_DURATION_SECONDS,
+        Unit::Seconds,
+        "Duration of one backlog sample"
+    );
+}
+
+/// Registers the series that exist whatever the traffic (unlabelled gateway and processor
+/// series, restarts per actor), so `/metrics` shows them at 0 from start-up and dashboards
+/// and alerts see zero rather than no data. Registering (a handle that is dropped unused)
+/// never changes a value.
+pub fn register_static_series() {
+    let _ = metrics::counter!(GATEWAY_FLUSH_FAILURES_TOTAL);
+    let _ = metrics::counter!(GATEWAY_DEDUP_PRUNED_TOTAL);
+    let _ = metrics::gauge!(GATEWAY_QUEUE_DEPTH);
+    let _ = metrics::gauge!(GATEWAY_QUEUE_BYTES);
+    let _ = metrics::histogram!(GATEWAY_COMMIT_DURATION_SECONDS);
+    let _ = metrics::histogram!(GATEWAY_FLUSH_REQUESTS);
+    let _ = metrics::histogram!(GATEWAY_FLUSH_EVENTS);
+    let _ = metrics::counter!(PROCESSOR_FAILURES_TOTAL);
+    let _ = metrics::histogram!(PROCESSOR_BATCH_DURATION_SECONDS);
+    for outcome in ["routed", "duplicate", "no_route"] {
+        let _ = metrics::counter!(PROCESSOR_EVENTS_TOTAL, "outcome" => outcome);
+    }
+    let _ = metrics::histogram!(ROUTER_STATUS_FLUSH_DURATION_SECONDS);
+    for actor in SUPERVISED_ACTORS {
+        let _ = metrics::counter!(SUPERVISOR_RESTARTS_TOTAL, "actor" => *actor);
+        let _ = metrics::counter!(SUPERVISOR_HEARTBEAT_MISSES_TOTAL, "actor" => *actor);
+    }
+}
+
+/// Registers every per-destination series of `destination` (deliveries by outcome, latency,
+/// in flight, circuit state, throttle waits, store failures, jobs written) without changing
+/// any value, so a destination that never failed still shows its retries and circuit at 0.
+pub fn register_destination_series(destination: &str) {
+    let d = destination.to_owned();
+    for outcome in ["delivered", "retry", "dead"] {
+        let _ = metrics::counter!(ROUTER_DELIVERIES_TOTAL, "destination" => d.clone(), "outcome" => outcome);
+    }
+    let _ = metrics::histogram!(ROUTER_DELIVERY_DURATION_SECONDS, "destination" => d.clone());
+    let _ = metrics::gauge!(ROUTER_IN_FLIGHT, "destination" => d.clone());
+    let _ = metrics::gauge!(ROUTER_LOADED_JOBS, "destination" => d.clone());
+    let _ = metrics::gauge!(ROUTER_CIRCUIT_OPEN, "destination" => d.clone());
+    let _ = metrics::counter!(ROUTER_THROTTLED_TOTAL, "destination" => d.clone());
+    let _ = metrics::counter!(ROUTER_STORE_FAILURES_TOTAL, "destination" => d.clone());
+    let _ = metrics::counter!(PROCESSOR_JOBS_WRITTEN_TOTAL, "destination" => d);
+}

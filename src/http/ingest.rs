@@ -66,12 +66,15 @@ pub async fn ingest(
     endpoint: Endpoint,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let result = ingest_inner(&req, payload, &state, endpoint).await;
+    let mut source = None;
+    let result = ingest_inner(&req, payload, &state, endpoint, &mut source).await;
     let status = match &result {
         Ok(_) => "200".to_string(),
         Err(e) => e.status.as_u16().to_string(),
     };
-    metrics::counter!(t::GATEWAY_REQUESTS_TOTAL, "endpoint" => endpoint.label(), "outcome" => status)
+    // `none` when the request was not authenticated (never the write key itself).
+    let source = source.map_or_else(|| "none".to_owned(), |s: Arc<str>| s.to_string());
+    metrics::counter!(t::GATEWAY_REQUESTS_TOTAL, "endpoint" => endpoint.label(), "outcome" => status, "source" => source)
         .increment(1);
     metrics::histogram!(t::GATEWAY_REQUEST_DURATION_SECONDS, "endpoint" => endpoint.label())
         .record(started.elapsed().as_secs_f64());
@@ -113,6 +116,7 @@ async fn ingest_inner(
     payload: web::Payload,
     state: &AppState,
     endpoint: Endpoint,
+    source_seen: &mut Option<Arc<str>>,
 ) -> Result<(), ApiError> {
     let limits = &state.config.gateway;
     if state.draining.load(Ordering::Relaxed) {
@@ -157,6 +161,7 @@ async fn ingest_inner(
             };
             body_key = write_key_field(event.get("writeKey"));
             let source = resolve_source(header_source, body_key, state)?;
+            *source_seen = Some(source.clone());
             message_ids.push(normalize_event(
                 &mut event,
                 0,
@@ -180,6 +185,7 @@ async fn ingest_inner(
             })?;
             body_key = write_key_field(parsed.write_key.as_ref());
             let source = resolve_source(header_source, body_key, state)?;
+            *source_seen = Some(source.clone());
             if parsed.batch.is_empty() {
                 return Err(ApiError::bad_request("empty_batch", "batch has no events"));
             }

@@ -32,8 +32,10 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ready"}))
 }
 
-/// `GET /metrics`: every Keel metric in Prometheus text format.
+/// `GET /metrics`: every Keel metric in Prometheus text format (process and pool gauges
+/// are read just before rendering).
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    crate::process_stats::record(&state.store);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.prometheus.render())

@@ -625,9 +625,9 @@ async fn health_ready_and_metrics_report_traffic() {
     .await;
     let text = keel.metrics().await;
     for needle in [
-        "keel_gateway_requests_total{endpoint=\"track\",outcome=\"200\"} 1",
-        "keel_gateway_requests_total{endpoint=\"track\",outcome=\"401\"} 1",
-        "keel_gateway_requests_total{endpoint=\"batch\",outcome=\"200\"} 1",
+        "keel_gateway_requests_total{endpoint=\"track\",outcome=\"200\",source=\"src_test\"} 1",
+        "keel_gateway_requests_total{endpoint=\"track\",outcome=\"401\",source=\"none\"} 1",
+        "keel_gateway_requests_total{endpoint=\"batch\",outcome=\"200\",source=\"src_test\"} 1",
         "keel_gateway_events_accepted_total{source=\"src_test\"} 3",
         "keel_gateway_commit_duration_seconds_bucket",
         "keel_gateway_flush_requests_bucket",

@@ -7,6 +7,7 @@ mod delivery;
 mod faults;
 mod gateway;
 mod lifecycle;
+mod ops;
 mod reload;
 mod sdk;
 mod security;

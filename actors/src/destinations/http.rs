@@ -251,6 +251,9 @@ pub async fn send(client: &HttpClient, payload: &Value) -> DeliveryOutcome {
                     ..Failure::default()
                 });
             }
+            // The URL may carry credentials (userinfo, tokens in the query); the error is
+            // stored with the job and logged when it is dead-lettered.
+            let e = e.without_url();
             let error = if e.is_timeout() {
                 format!("timed out: {e}")
             } else if e.is_connect() {

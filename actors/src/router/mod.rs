@@ -167,7 +167,15 @@ impl RouterActor {
             .increment(1);
         self.store_failures += 1;
         tracing::warn!(destination = %self.destination_id, error = %e, failures = self.store_failures, "router {what} failed");
-        if self.store_failures >= self.config.store_failure_limit {
+        // A stop drops the context's futures: a status write under way (its outcomes live
+        // only in its future) and deliveries under way (the destination may have them
+        // already), and every one of those jobs is delivered again after the restart. So
+        // stop only when neither runs; both end within their timeouts and their failures
+        // come back here.
+        if self.store_failures >= self.config.store_failure_limit
+            && !self.flushing
+            && self.in_flight == 0
+        {
             tracing::error!(destination = %self.destination_id, "router stopping after repeated store failures; supervisor restarts it");
             ctx.stop();
         }
@@ -188,8 +196,12 @@ impl RouterActor {
     }
 
     fn load(&mut self, ctx: &mut Context<Self>) {
-        // After a restart, outcomes still held must be written before jobs are re-read.
-        if self.draining || self.loading || !self.pending.is_empty() && self.max_loaded_id == 0 {
+        // After a restart, outcomes still held must be written before jobs are re-read,
+        // including those of a status write under way (taken out of `pending`).
+        if self.draining
+            || self.loading
+            || self.max_loaded_id == 0 && (self.flushing || !self.pending.is_empty())
+        {
             return;
         }
         let room = self

@@ -6,6 +6,7 @@ mod gateway;
 mod migrate;
 mod processor;
 mod router;
+mod telemetry;
 mod warehouse;
 
 use std::time::Duration;
@@ -20,6 +21,7 @@ pub use gateway::GwJobInsert;
 pub use migrate::{run_migrations, MIGRATIONS};
 pub use processor::{GwJob, RoutingRecord, RtJobInsert, PROCESSOR_STAGE};
 pub use router::{DeadLetter, DlqJob, RetryUpdate, RtJob, StatusBatch};
+pub use telemetry::{DestinationBacklog, PoolUsage};
 pub use warehouse::{WhBacklog, WhJob, WhJobInsert};
 
 /// The dedup-table key of a (source, messageId): a 128-bit xxh3 hash of both, as a UUID.
