@@ -228,9 +228,10 @@ async fn wait_for_metrics(keel: &Keel, what: &str, ok: impl Fn(&str) -> bool) ->
 }
 
 /// A pipeline with three webhook destinations — one healthy, one that fails with 503 and
-/// then recovers (retries), one that refuses user `bad` (DLQ) — fed 21 events, 5 of them
-/// from `bad` and one that `hook` filters out; returns once every sink has what it should.
-async fn keel_with_retries_and_dlq(db: &TestDb) -> (Keel, [Sink; 3]) {
+/// then recovers (retries), one that refuses user `bad` (DLQ) — and a POSTGRES warehouse
+/// (database `wh`), fed 21 events, 5 of them from `bad` and one that `hook` filters out;
+/// returns once every sink has what it should.
+async fn keel_with_retries_and_dlq(db: &TestDb, wh: &TestDb) -> (Keel, [Sink; 3]) {
     let ok = Sink::start(SinkMode::Ok).await;
     let flaky = Sink::start(SinkMode::Status(503)).await;
     let reject = Sink::start(SinkMode::RejectUser("bad".into())).await;
@@ -240,6 +241,13 @@ async fn keel_with_retries_and_dlq(db: &TestDb) -> (Keel, [Sink; 3]) {
         ("flaky", &flaky.url, json!({})),
         ("reject", &reject.url, json!({})),
     ]);
+    opts.workspace["sources"][0]["destinations"]
+        .as_array_mut()
+        .expect("destinations")
+        .push(json!({"id": "wh", "name": "Warehouse", "enabled": true,
+            "config": {"host": "127.0.0.1", "port": 5432, "database": wh.name, "user": "postgres",
+                       "uploadInterval": 1},
+            "destinationDefinition": {"name": "POSTGRES"}}));
     let keel = Keel::start(opts).await;
     let mut events: Vec<Value> = (0..20)
         .map(|i| {
@@ -271,10 +279,12 @@ async fn keel_with_retries_and_dlq(db: &TestDb) -> (Keel, [Sink; 3]) {
 #[tokio::test]
 async fn dashboards_query_only_metrics_a_running_keel_exports() {
     let db = TestDb::create().await;
-    let (keel, _sinks) = keel_with_retries_and_dlq(&db).await;
+    let wh = TestDb::create().await;
+    let (keel, _sinks) = keel_with_retries_and_dlq(&db, &wh).await;
     // The backlog sampler runs every 5 s: wait until it saw the dead-lettered jobs.
-    let text = wait_for_metrics(&keel, "the DLQ gauge", |t| {
+    let text = wait_for_metrics(&keel, "the DLQ gauge and the warehouse load", |t| {
         sample(t, r#"keel_router_dlq_jobs{destination="reject"}"#) == Some(5.0)
+            && sample(t, r#"keel_warehouse_events_loaded_total{destination="wh"}"#) == Some(21.0)
     })
     .await;
     // The workload really produced what the dashboards show.
@@ -418,7 +428,7 @@ fn alert_rules_and_scrape_config_pass_promtool() {
             .args(["check", "rules"])
             .arg(root.join("rules/keel-alerts.yml")),
     );
-    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
     run_ok(
         Command::new(&promtool)
             .args(["check", "config", "--syntax-only"])
@@ -557,7 +567,7 @@ async fn prometheus_scrapes_keel_and_parses_every_dashboard_query() {
             .flatten()
             .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
             .collect();
-        assert_eq!(rules.len(), 9, "{doc}");
+        assert_eq!(rules.len(), 10, "{doc}");
         let bad: Vec<&Value> = rules.iter().filter(|r| r["health"] != "ok").collect();
         if bad.is_empty() {
             break;
