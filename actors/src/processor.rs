@@ -278,6 +278,14 @@ async fn process_batch(
                     continue;
                 }
                 match route.kind.transform(&event) {
+                    Ok(payloads) if payloads.is_empty() => {
+                        // The kind sends nothing for this event (e.g. REDIS hash mode and a
+                        // track): say so instead of counting it as routed.
+                        filtered.insert(
+                            d.id.clone(),
+                            Value::String(format!("{} sends nothing for this event", route.kind.kind())),
+                        );
+                    }
                     Ok(payloads) => {
                         for p in payloads {
                             rt.push(RtJobInsert {
