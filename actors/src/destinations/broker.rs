@@ -79,10 +79,7 @@ impl<'a> ConfigReader<'a> {
             None | Some(Value::Null) => return Ok(Vec::new()),
             Some(Value::Array(items)) => items,
             Some(other) => {
-                return Err(self.error(
-                    key,
-                    format!("must be a list of field names, not {other}"),
-                ))
+                return Err(self.error(key, format!("must be a list of field names, not {other}")))
             }
         };
         let mut out = Vec::new();
@@ -325,8 +322,10 @@ mod tests {
 
     #[test]
     fn selects_a_subset_of_fields_by_dotted_path() {
-        let e = obj(json!({"type": "track", "event": "Buy", "context": {"ip": "1.2.3.4", "x": 1},
-                           "properties": {"a": 1}}));
+        let e = obj(
+            json!({"type": "track", "event": "Buy", "context": {"ip": "1.2.3.4", "x": 1},
+                           "properties": {"a": 1}}),
+        );
         assert_eq!(body(&e, &[]), Value::Object(e.clone()));
         let fields = vec!["event".to_string(), "context.ip".into(), "missing.x".into()];
         assert_eq!(

@@ -160,9 +160,7 @@ impl Nats {
             Ok(Err(e)) => {
                 let text = format!("NATS JetStream publish to {subject:?}: {e}");
                 match e.kind() {
-                    jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
-                        broker::abort(text)
-                    }
+                    jetstream::context::PublishErrorKind::MaxPayloadExceeded => broker::abort(text),
                     jetstream::context::PublishErrorKind::BrokenPipe => {
                         self.client.invalidate(generation).await;
                         broker::retry(text)
@@ -197,7 +195,10 @@ impl Destination for Nats {
                 (Ok(s), Ok(i)) => (s, i),
                 (Err(o), _) | (_, Err(o)) => return o,
             };
-            let body = payload.get("body").map(Value::to_string).unwrap_or_default();
+            let body = payload
+                .get("body")
+                .map(Value::to_string)
+                .unwrap_or_default();
             self.publish(subject, message_id, body.into_bytes()).await
         })
     }
@@ -208,8 +209,10 @@ mod tests {
     use super::*;
 
     fn dest(config: Value) -> workspace::Destination {
-        serde_json::from_value(json!({"id": "n", "name": "n", "enabled": true, "config": config,
-                                      "destinationDefinition": {"name": KIND}}))
+        serde_json::from_value(
+            json!({"id": "n", "name": "n", "enabled": true, "config": config,
+                                      "destinationDefinition": {"name": KIND}}),
+        )
         .expect("destination")
     }
 
@@ -222,8 +225,14 @@ mod tests {
                 .unwrap_or_default()
         };
         assert_eq!(err(json!({})), "url");
-        assert_eq!(err(json!({"url": "nats://h:4222", "subject": "a b"})), "subject");
-        assert_eq!(err(json!({"url": "nats://h:4222", "subject": "a.{x}"})), "subject");
+        assert_eq!(
+            err(json!({"url": "nats://h:4222", "subject": "a b"})),
+            "subject"
+        );
+        assert_eq!(
+            err(json!({"url": "nats://h:4222", "subject": "a.{x}"})),
+            "subject"
+        );
         assert_eq!(err(json!({"url": "nats://h:4222", "fields": 3})), "fields");
     }
 

@@ -48,7 +48,10 @@ impl RabbitMqConfig {
         let url: AMQPUri = raw.parse().map_err(|e| {
             r.error(
                 "url",
-                format!("{:?} is not an AMQP URI (amqp://user:pass@host:5672/vhost): {e}", redact(&raw)),
+                format!(
+                    "{:?} is not an AMQP URI (amqp://user:pass@host:5672/vhost): {e}",
+                    redact(&raw)
+                ),
             )
         })?;
         let routing_key = r.string("routingKey")?.unwrap_or_else(|| "{type}".into());
@@ -132,8 +135,7 @@ impl RabbitMq {
     }
 
     async fn publish(&self, routing_key: &str, message_id: &str, body: &[u8]) -> DeliveryOutcome {
-        let usable =
-            |l: &Link| l.connection.status().connected() && l.channel.status().connected();
+        let usable = |l: &Link| l.connection.status().connected() && l.channel.status().connected();
         let (generation, link) = match self.link.get(usable, || self.connect()).await {
             Ok(l) => l,
             Err(outcome) => return outcome,
@@ -231,7 +233,10 @@ impl Destination for RabbitMq {
                 (Ok(k), Ok(i)) => (k, i),
                 (Err(o), _) | (_, Err(o)) => return o,
             };
-            let body = payload.get("body").map(Value::to_string).unwrap_or_default();
+            let body = payload
+                .get("body")
+                .map(Value::to_string)
+                .unwrap_or_default();
             self.publish(routing_key, message_id, body.as_bytes()).await
         })
     }
@@ -242,8 +247,10 @@ mod tests {
     use super::*;
 
     fn dest(config: Value) -> workspace::Destination {
-        serde_json::from_value(json!({"id": "q", "name": "q", "enabled": true, "config": config,
-                                      "destinationDefinition": {"name": KIND}}))
+        serde_json::from_value(
+            json!({"id": "q", "name": "q", "enabled": true, "config": config,
+                                      "destinationDefinition": {"name": KIND}}),
+        )
         .expect("destination")
     }
 
@@ -261,7 +268,10 @@ mod tests {
             err(json!({"url": "amqp://127.0.0.1", "routingKey": "{user}"})),
             "routingKey"
         );
-        assert_eq!(err(json!({"url": "amqp://127.0.0.1", "exchange": 3})), "exchange");
+        assert_eq!(
+            err(json!({"url": "amqp://127.0.0.1", "exchange": 3})),
+            "exchange"
+        );
     }
 
     #[test]

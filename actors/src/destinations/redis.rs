@@ -117,14 +117,9 @@ impl RedisConfig {
                 .into_connection_info()
                 .map_err(|e| e.to_string())?
         };
-        let mut settings = info.redis_settings().clone();
-        if let Some(p) = &self.password {
-            settings = settings.set_password(p);
-        }
-        if self.database != 0 || !self.address.contains("://") {
-            settings = settings.set_db(self.database);
-        }
-        Ok(info.set_redis_settings(settings))
+        // `password` and `database` are sent by `Redis::connect` itself (AUTH, SELECT), so a
+        // refusal carries the server's own text (the crate replaces it with its own).
+        Ok(info)
     }
 
     fn key(&self, rest: &str) -> String {
@@ -172,16 +167,30 @@ impl Redis {
             let config = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(self.connect_timeout))
                 .set_response_timeout(Some(self.timeout));
-            match broker::bounded(
-                self.timeout,
-                "connecting to Redis",
-                self.client
-                    .get_multiplexed_async_connection_with_config(&config),
-            )
-            .await
-            {
-                Ok(Ok(c)) => Ok(c),
-                Ok(Err(e)) => Err(classify(&e, "connecting to Redis")),
+            let open = async {
+                let mut conn = self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map_err(|e| classify(&e, "connecting to Redis"))?;
+                if let Some(password) = &self.config.password {
+                    redis::cmd("AUTH")
+                        .arg(password)
+                        .query_async::<()>(&mut conn)
+                        .await
+                        .map_err(|e| classify(&e, "Redis AUTH"))?;
+                }
+                if self.config.database != 0 {
+                    redis::cmd("SELECT")
+                        .arg(self.config.database)
+                        .query_async::<()>(&mut conn)
+                        .await
+                        .map_err(|e| classify(&e, "Redis SELECT"))?;
+                }
+                Ok(conn)
+            };
+            match broker::bounded(self.timeout, "connecting to Redis", open).await {
+                Ok(result) => result,
                 Err(timeout) => Err(broker::retry(timeout)),
             }
         };
@@ -334,7 +343,10 @@ impl Destination for Redis {
                         (Ok(s), Ok(i)) => (s, i),
                         (Err(o), _) | (_, Err(o)) => return o,
                     };
-                    let body = payload.get("body").map(Value::to_string).unwrap_or_default();
+                    let body = payload
+                        .get("body")
+                        .map(Value::to_string)
+                        .unwrap_or_default();
                     let mut cmd = redis::cmd("XADD");
                     cmd.arg(stream)
                         .arg("MAXLEN")
@@ -378,8 +390,10 @@ mod tests {
     use super::*;
 
     fn dest(config: Value) -> workspace::Destination {
-        serde_json::from_value(json!({"id": "r", "name": "r", "enabled": true, "config": config,
-                                      "destinationDefinition": {"name": KIND}}))
+        serde_json::from_value(
+            json!({"id": "r", "name": "r", "enabled": true, "config": config,
+                                      "destinationDefinition": {"name": KIND}}),
+        )
         .expect("destination")
     }
 
@@ -395,8 +409,14 @@ mod tests {
         assert_eq!(err(json!({"address": "nohostport"})), "address");
         assert_eq!(err(json!({"address": "h:6379", "mode": "list"})), "mode");
         assert_eq!(err(json!({"address": "h:6379", "maxLen": 0})), "maxLen");
-        assert_eq!(err(json!({"address": "h:6379", "database": "x"})), "database");
-        assert_eq!(err(json!({"address": "h:6379", "fields": [""]})), "fields[0]");
+        assert_eq!(
+            err(json!({"address": "h:6379", "database": "x"})),
+            "database"
+        );
+        assert_eq!(
+            err(json!({"address": "h:6379", "fields": [""]})),
+            "fields[0]"
+        );
         assert!(RedisConfig::parse(&dest(json!({"address": "h:6379", "maxLen": "50"}))).is_ok());
     }
 
