@@ -283,7 +283,10 @@ async fn process_batch(
                         // track): say so instead of counting it as routed.
                         filtered.insert(
                             d.id.clone(),
-                            Value::String(format!("{} sends nothing for this event", route.kind.kind())),
+                            Value::String(format!(
+                                "{} sends nothing for this event",
+                                route.kind.kind()
+                            )),
                         );
                     }
                     Ok(payloads) => {
