@@ -479,6 +479,21 @@ async fn sdk_events_arrive_complete_and_in_order(kind: Kind, sdk: &str) {
             "{key}: {hash:?}"
         );
         assert_eq!(hash.get("plan").map(String::as_str), Some("pro"));
+        // Hash mode sends only identifies: a track is explained as filtered there.
+        let doc: Value = http()
+            .get(keel.url(&format!("/admin/events/{run_id}-{sdk}-burst-7")))
+            .bearer_auth("admin-secret")
+            .send()
+            .await
+            .expect("explain")
+            .json()
+            .await
+            .expect("explain JSON");
+        assert_eq!(
+            doc["destinations"]["broker"]["status"], "delivered",
+            "{doc}"
+        );
+        assert_eq!(doc["destinations"]["traits"]["status"], "filtered", "{doc}");
     }
     target.cleanup().await;
 }
