@@ -243,27 +243,35 @@ impl<T: Clone> Default for SharedConnection<T> {
 
 impl<T: Clone> SharedConnection<T> {
     /// The current connection (with its generation), connecting with `connect` if there is
-    /// none or `usable` says the held one is broken.
-    pub async fn get<F, Fut, E>(
+    /// none or `usable` says the held one is broken. Waiting for another delivery's connect
+    /// and connecting together take at most `limit` (then: retry).
+    pub async fn get<F, Fut>(
         &self,
+        limit: Duration,
         usable: impl Fn(&T) -> bool,
         connect: F,
-    ) -> Result<(u64, T), E>
+    ) -> Result<(u64, T), DeliveryOutcome>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        Fut: Future<Output = Result<T, DeliveryOutcome>>,
     {
-        let mut slot = self.slot.lock().await;
-        if let Some((generation, conn)) = slot.as_ref() {
-            if usable(conn) {
-                return Ok((*generation, conn.clone()));
+        let attempt = async {
+            let mut slot = self.slot.lock().await;
+            if let Some((generation, conn)) = slot.as_ref() {
+                if usable(conn) {
+                    return Ok((*generation, conn.clone()));
+                }
             }
+            *slot = None;
+            let conn = connect().await?;
+            let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+            *slot = Some((generation, conn.clone()));
+            Ok((generation, conn))
+        };
+        match bounded(limit, "waiting for the broker connection", attempt).await {
+            Ok(result) => result,
+            Err(timeout) => Err(retry(timeout)),
         }
-        *slot = None;
-        let conn = connect().await?;
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        *slot = Some((generation, conn.clone()));
-        Ok((generation, conn))
     }
 
     /// Drops the connection of `generation` (if it is still the current one) after a

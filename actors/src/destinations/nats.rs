@@ -143,7 +143,13 @@ impl Nats {
         let usable = |(c, _): &(async_nats::Client, jetstream::Context)| {
             c.connection_state() == async_nats::connection::State::Connected
         };
-        let (generation, (_, js)) = match self.client.get(usable, || self.connect()).await {
+        let (generation, (_, js)) = match self
+            .client
+            .get(self.connect_timeout + self.timeout, usable, || {
+                self.connect()
+            })
+            .await
+        {
             Ok(c) => c,
             Err(outcome) => return outcome,
         };

@@ -136,7 +136,13 @@ impl RabbitMq {
 
     async fn publish(&self, routing_key: &str, message_id: &str, body: &[u8]) -> DeliveryOutcome {
         let usable = |l: &Link| l.connection.status().connected() && l.channel.status().connected();
-        let (generation, link) = match self.link.get(usable, || self.connect()).await {
+        let (generation, link) = match self
+            .link
+            .get(self.connect_timeout + self.timeout, usable, || {
+                self.connect()
+            })
+            .await
+        {
             Ok(l) => l,
             Err(outcome) => return outcome,
         };

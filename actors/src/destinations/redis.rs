@@ -194,7 +194,11 @@ impl Redis {
                 Err(timeout) => Err(broker::retry(timeout)),
             }
         };
-        let (generation, mut conn) = match self.connection.get(|_| true, connect).await {
+        let (generation, mut conn) = match self
+            .connection
+            .get(self.connect_timeout + self.timeout, |_| true, connect)
+            .await
+        {
             Ok(c) => c,
             Err(outcome) => return outcome,
         };
