@@ -134,13 +134,15 @@ impl Target {
                 .await
                 .expect("connect to RabbitMQ as guest");
                 let ch = conn.create_channel().await.expect("channel");
-                ch.queue_declare(
-                    t.name.as_str().into(),
-                    QueueDeclareOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .expect("declare queue");
+                // A queue a failed test leaves behind expires after 10 idle minutes.
+                let mut args = FieldTable::default();
+                args.insert(
+                    "x-expires".into(),
+                    lapin::types::AMQPValue::LongInt(600_000),
+                );
+                ch.queue_declare(t.name.as_str().into(), QueueDeclareOptions::default(), args)
+                    .await
+                    .expect("declare queue");
                 ch.queue_bind(
                     t.name.as_str().into(),
                     "amq.topic".into(),
