@@ -1,7 +1,7 @@
 //! Message-broker destinations (`REDIS`, `RABBITMQ`, `NATS`) against the real brokers on this
 //! machine: events from a real SDK arrive complete and in per-user order; a 10 s outage
-//! (a TCP proxy between Keel and the broker, cut and restored; the shared brokers are never
-//! stopped) loses nothing and keeps order; bad credentials dead-letter every job with the
+//! (a TCP proxy between Keel and the broker: 5 s unresponsive, 5 s refusing, then restored;
+//! the shared brokers are never stopped) loses nothing and keeps order; bad credentials dead-letter every job with the
 //! broker's error. Each test uses its own keys / queue / stream and removes them. A broker
 //! that is not running is started with its Debian package's command, or the test fails
 //! naming it.
@@ -542,9 +542,13 @@ async fn outage_loses_nothing_and_keeps_order(kind: Kind) {
         keel.log_text()
     );
 
-    proxy.set(Mode::Refuse);
+    // 10 s outage: first 5 s unresponsive (connections stay open, nothing passes: every
+    // broker call must time out), then 5 s refused (connections dropped, connects fail).
+    proxy.set(Mode::Hang);
     let cut = Instant::now();
     send_batches(&keel, &events[100..200], 20).await;
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(cut.elapsed())).await;
+    proxy.set(Mode::Refuse);
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed())).await;
     target.read(&mut got).await;
     assert_eq!(
