@@ -10,7 +10,7 @@
 //!   processor records them as filtered).
 //!
 //! Config: `address` (`host:port` or a `redis://` URL, required), `password`, `database`
-//! (0–15… any index the server has, default 0), `mode`, `keyPrefix`, `stream`, `maxLen`
+//! (index, default 0), `mode`, `keyPrefix`, `stream`, `maxLen`
 //! (default 100000), `fields`. One multiplexed connection per destination, opened on first
 //! delivery and re-opened after a connection error. Connection errors and timeouts retry;
 //! authentication and permission errors and other refusals abort with Redis's error text.
