@@ -6,9 +6,11 @@
 #   BENCH_DURATION=5 bash scripts/bench.sh             # smoke run
 #   BENCH_DURATION=10 BENCH_ONLY=e2e bash scripts/bench.sh   # end-to-end scenario only
 #   BENCH_DURATION=10 BENCH_ONLY=warehouse bash scripts/bench.sh   # warehouse loading only
+#   BENCH_DURATION=10 BENCH_ONLY=redis bash scripts/bench.sh # end to end into Redis
+#                     (or rabbitmq, nats; `brokers` runs all three)
 #
 # What it does: makes sure PostgreSQL answers on 127.0.0.1:5432 and builds keel,
-# benches/loadgen and benches/sink in release mode. Then three phases (the third, warehouse loading, is described at its code), each with its own
+# benches/loadgen and benches/sink in release mode. Then the phases below (warehouse loading, phase 3, is described at its code), each with its own
 # fresh database keel_bench_<random> and its own keel process on a free loopback port:
 #
 # 1. Ingest. keel runs as a gateway-only node (KEEL_PROCESSOR__ENABLED=false) with a
@@ -35,14 +37,26 @@
 #    never delivered; must be 0), repeats, peak RSS of keel and the sink, and the backlog
 #    left in gw_jobs / rt_jobs / dlq_jobs.
 #
+# 4. Brokers (only with BENCH_ONLY=redis|rabbitmq|nats|brokers). Like end to end, but the
+#    single destination is a broker on this machine (Redis 127.0.0.1:6379, RabbitMQ
+#    127.0.0.1:5672 guest/guest, NATS JetStream 127.0.0.1:4222): REDIS stream mode into a
+#    fixed stream, RABBITMQ to the default exchange with a queue as routing key, NATS
+#    JetStream into a stream made for the run. benches/brokerctl prepares that
+#    stream/queue, counts what arrived (XLEN / queue depth / stream messages, polled every
+#    0.5 s from the start of the load) and removes it afterwards. delivered/s = messages
+#    that arrived / (time the last one was first seen - time the first one was seen); each
+#    was confirmed by the broker (XADD reply, publisher confirm, JetStream ack) before Keel
+#    counted it delivered.
+#
 # Each keel is stopped with SIGTERM and its database dropped; the trap cleans up on any
 # exit.
 #
 # Environment: BENCH_DURATION (measured seconds per scenario, default 20),
 # BENCH_WARMUP (seconds per scenario not counted, default 3), BENCH_PG_URL (server URL
-# without a database, default postgres://postgres@127.0.0.1:5432), BENCH_ONLY (`ingest`
-# `e2e` or `warehouse` to run one phase; default all three), BENCH_WH_BATCH_ROWS and
-# BENCH_WH_CONNECTIONS (warehouse phase: maxBatchRows, loadgen connections), BENCH_DRAIN_SECS (longest wait for delivery
+# without a database, default postgres://postgres@127.0.0.1:5432), BENCH_ONLY (`ingest`,
+# `e2e` or `warehouse` to run one phase, default those three; `redis`, `rabbitmq`, `nats` or
+# `brokers` for the broker phase alone), BENCH_WH_BATCH_ROWS and BENCH_WH_CONNECTIONS
+# (warehouse phase: maxBatchRows, loadgen connections), BENCH_DRAIN_SECS (longest wait for delivery
 # after the load, default 120), BENCH_DRAIN_STALL_SECS (give up when the sink got nothing
 # for this long, default 15), BENCH_E2E_ENV (extra KEEL_* settings for the end-to-end
 # keel, space-separated NAME=VALUE, added to the scenario's own), BENCH_E2E_CONNECTIONS
@@ -98,9 +112,12 @@ die() {
 [[ "$DRAIN_SECS" =~ ^[0-9]+$ ]] || die "BENCH_DRAIN_SECS must be a whole number of seconds"
 [[ "$DRAIN_STALL_SECS" =~ ^[0-9]+$ && "$DRAIN_STALL_SECS" -ge 1 ]] ||
     die "BENCH_DRAIN_STALL_SECS must be a whole number of seconds >= 1"
+BROKER_KINDS=()
 case "$ONLY" in
 "" | ingest | e2e | warehouse) ;;
-*) die "BENCH_ONLY must be 'ingest', 'e2e' or 'warehouse'" ;;
+redis | rabbitmq | nats) BROKER_KINDS=("$ONLY") ;;
+brokers) BROKER_KINDS=(redis rabbitmq nats) ;;
+*) die "BENCH_ONLY must be 'ingest', 'e2e', 'warehouse', 'redis', 'rabbitmq', 'nats' or 'brokers'" ;;
 esac
 for kv in $E2E_ENV; do
     [[ "$kv" =~ ^KEEL_[A-Z0-9_]+=[^[:space:]]*$ ]] || die "BENCH_E2E_ENV: '$kv' is not KEEL_NAME=value"
@@ -111,6 +128,8 @@ KEEL_PID=""
 SINK_PID=""
 LOADGEN_PID=""
 SAMPLER_PID=""
+POLL_PID=""
+BROKER_CLEANUP=""
 DB=""
 DBS=() # every database created, dropped on exit
 
@@ -177,6 +196,13 @@ cleanup() {
     [[ -n "$SAMPLER_PID" ]] && kill "$SAMPLER_PID" 2>/dev/null
     stop_keel || true
     stop_sink || true
+    if [[ -n "$POLL_PID" ]]; then
+        kill "$POLL_PID" 2>/dev/null || true
+        wait "$POLL_PID" 2>/dev/null || true
+    fi
+    if [[ -n "$BROKER_CLEANUP" ]]; then
+        $BROKER_CLEANUP >/dev/null 2>&1 || log "could not remove broker resources: $BROKER_CLEANUP"
+    fi
     for db in "${DBS[@]}"; do
         psql_pg -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 ||
             log "could not drop database $db"
@@ -271,12 +297,13 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
 fi
 
 # --- build --------------------------------------------------------------------------
-log "building keel, loadgen and sink (release)"
-cargo build --release -p keel -p loadgen -p sink >&2
+log "building keel, loadgen, sink and brokerctl (release)"
+cargo build --release -p keel -p loadgen -p sink -p brokerctl >&2
 KEEL="$TARGET_DIR/release/keel"
 LOADGEN="$TARGET_DIR/release/loadgen"
 SINK="$TARGET_DIR/release/sink"
-[[ -x "$KEEL" && -x "$LOADGEN" && -x "$SINK" ]] || die "binaries not found under $TARGET_DIR/release"
+BROKERCTL="$TARGET_DIR/release/brokerctl"
+[[ -x "$KEEL" && -x "$LOADGEN" && -x "$SINK" && -x "$BROKERCTL" ]] || die "binaries not found under $TARGET_DIR/release"
 
 FAILED=0
 
@@ -490,8 +517,7 @@ EOF
     done
 fi
 
-# === phase 3: warehouse =============================================================
-# keel with its processor on and one POSTGRES warehouse destination (uploadInterval 1 s,
+# === phase 3: warehouse ======================================================# keel with its processor on and one POSTGRES warehouse destination (uploadInterval 1 s,
 # maxBatchRows BENCH_WH_BATCH_ROWS, default 20000) loading into a second fresh database;
 # loadgen sends a mixed stream (--mix: tracks of three event names, identify, page,
 # screen, group, alias). A sampler reads keel's /metrics every second
@@ -660,6 +686,120 @@ if [[ -z "$ONLY" || "$ONLY" == warehouse ]]; then
     fi
     drop_db
 fi
+# === phase 4: brokers ===============================================================
+BROKER_ROWS=()
+BROKER_NOTES=()
+BROKER_BATCH=100
+BROKER_CONNS="${BENCH_E2E_CONNECTIONS:-8}"
+for kind in "${BROKER_KINDS[@]}"; do
+    name="keel_bench_${kind}_$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')"
+    case "$kind" in
+    redis)
+        port=6379 def=REDIS
+        config="{\"address\":\"127.0.0.1:6379\",\"stream\":\"$name\",\"maxLen\":1000000000}"
+        ;;
+    rabbitmq)
+        port=5672 def=RABBITMQ
+        config="{\"url\":\"amqp://guest:guest@127.0.0.1:5672/%2f\",\"exchange\":\"\",\"routingKey\":\"$name\"}"
+        ;;
+    nats)
+        port=4222 def=NATS
+        config="{\"url\":\"nats://127.0.0.1:4222\",\"subject\":\"$name.{type}\"}"
+        ;;
+    esac
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null ||
+        die "$kind is not running on 127.0.0.1:$port (start commands: tests/it/brokers.rs)"
+    "$BROKERCTL" prepare "$kind" "$name" || die "could not prepare $kind"
+    BROKER_CLEANUP="$BROKERCTL cleanup $kind $name"
+    new_db
+    printf '{"sources":[{"id":"src1","name":"bench","writeKey":"%s","enabled":true,"destinations":[{"id":"%s","name":"%s","enabled":true,"config":%s,"destinationDefinition":{"name":"%s"}}]}]}\n' \
+        "$WRITE_KEY" "$kind" "$kind" "$config" "$def" >"$TMP/workspace-$kind.json"
+    # shellcheck disable=SC2206 # word splitting of NAME=value pairs is intended
+    keel_env=(KEEL_PROCESSOR__ENABLED=true $E2E_ENV)
+    start_keel "$TMP/workspace-$kind.json" "keel-$kind" "${keel_env[@]}"
+    klog="$TMP/keel-$kind.log"
+    scen="$kind-batch-${BROKER_BATCH}x${BROKER_CONNS}"
+    log "scenario $scen: keel pid $KEEL_PID on $URL -> $kind ($name), ${WARMUP} s warm-up + ${DURATION} s, then drain"
+    polls="$TMP/$kind.polls"
+    (while :; do
+        c="$("$BROKERCTL" count "$kind" "$name" 2>/dev/null || echo -1)"
+        echo "$(date +%s%3N) $c"
+        sleep 0.5
+    done) >"$polls" &
+    POLL_PID=$!
+    out="$TMP/$scen.json"
+    lg_status=0
+    run_loadgen "$out" batch "$BROKER_BATCH" "$BROKER_CONNS" || lg_status=$?
+    if ((lg_status != 0)); then
+        log "loadgen failed for $scen (exit status $lg_status)"
+        FAILED=1
+    fi
+    acked="$(jnum acked_events_total "$out" || true)"
+    acked="${acked:-0}"
+    drain_deadline=$(($(date +%s) + DRAIN_SECS))
+    last_count=-1
+    last_growth=$(date +%s)
+    while :; do
+        sleep 0.5
+        count="$(tail -n 1 "$polls" | cut -d' ' -f2)"
+        count="${count:-0}"
+        now=$(date +%s)
+        ((count >= acked)) && break
+        if ((count != last_count)); then
+            last_count=$count
+            last_growth=$now
+        fi
+        if ((now - last_growth >= DRAIN_STALL_SECS)); then
+            log "  $kind got nothing new for ${DRAIN_STALL_SECS} s; stopping the wait"
+            break
+        fi
+        if ((now >= drain_deadline)); then
+            log "  still draining after ${DRAIN_SECS} s; stopping the wait"
+            break
+        fi
+    done
+    sleep 1
+    kill "$POLL_PID" 2>/dev/null || true
+    wait "$POLL_PID" 2>/dev/null || true
+    POLL_PID=""
+    final="$(tail -n 1 "$polls" | cut -d' ' -f2)"
+    final="${final:-0}"
+    first_ms="$(awk '$2 > 0 { print $1; exit }' "$polls")"
+    last_ms="$(awk -v n="$final" '$2 == n { print $1; exit }' "$polls")"
+    rate="$(awk -v n="$final" -v a="${first_ms:-0}" -v b="${last_ms:-0}" \
+        'BEGIN { if (b > a) printf "%.0f", n * 1000 / (b - a); else print 0 }')"
+    rt_left="$(psql_db -c 'SELECT count(*) FROM rt_jobs')"
+    gw_left="$(psql_db -c 'SELECT count(*) FROM gw_jobs')"
+    dlq="$(psql_db -c 'SELECT count(*) FROM dlq_jobs')"
+    keel_hwm="$(mib "$(vm_kib "$KEEL_PID" VmHWM)")"
+    curl -s --max-time 2 "$URL/metrics" >"$TMP/$kind.metrics" || true
+    delivered_metric="$(awk '/^keel_router_deliveries_total\{/ && /outcome="delivered"/ { s += $NF }
+        END { printf "%d", s }' "$TMP/$kind.metrics")"
+    retries="$(awk '/^keel_router_deliveries_total\{/ && /outcome="retry"/ { s += $NF }
+        END { printf "%d", s }' "$TMP/$kind.metrics")"
+    missing=$((acked - final))
+    ((missing < 0)) && missing=0
+    if ((missing == 0 && rt_left == 0 && gw_left == 0 && dlq == 0)); then
+        check="OK"
+    else
+        check="LOST"
+        FAILED=1
+    fi
+    BROKER_ROWS+=("$(printf '%-22s %11s %11s %10s %10s %8s %10s %7s %7s %4s %8s  %s' \
+        "$scen" "$(jnum events_per_s "$out")" "$rate" "$acked" "$final" "$missing" \
+        "$delivered_metric" "$retries" "$rt_left" "$dlq" "$keel_hwm" "$check")")
+    BROKER_NOTES+=("$scen: loadgen ack p50/p99 $(jnum p50_ms "$out")/$(jnum p99_ms "$out") ms, errors $(jnum errors "$out"); keel WARN/ERROR log lines $(log_count "$klog")")
+    log "  $scen done: ingest $(jnum events_per_s "$out") events/s, delivered $rate events/s, arrived $final of $acked"
+    keel_status=0
+    stop_keel || keel_status=$?
+    if ((keel_status != 0)); then
+        log "keel exited with status $keel_status after $scen"
+        FAILED=1
+    fi
+    $BROKER_CLEANUP >/dev/null 2>&1 || log "could not remove $name"
+    BROKER_CLEANUP=""
+    drop_db
+done
 
 # --- report -------------------------------------------------------------------------
 if [[ -z "$ONLY" || "$ONLY" == ingest ]]; then
@@ -717,5 +857,20 @@ if [[ -z "$ONLY" || "$ONLY" == warehouse ]]; then
     echo "  after_s = seconds from the end of the load until every acked event was loaded; in_wh = distinct events in the"
     echo "  warehouse tables (must equal acked). warehouse-drain: the load ran with the warehouse unreachable; loaded_ev/s is"
     echo "  the backlog loaded by a restarted keel doing nothing else (the uploader's own capacity)."
+fi
+if ((${#BROKER_KINDS[@]} > 0)); then
+    echo
+    echo "Keel broker benchmark (keel defaults${E2E_ENV:+ + $E2E_ENV}): /v1/batch for ${WARMUP} s warm-up + ${DURATION} s, then drain; $(nproc) CPU(s) shared by keel, loadgen, the broker and PostgreSQL"
+    printf '%-22s %11s %11s %10s %10s %8s %10s %7s %7s %4s %8s  %s\n' \
+        scenario ingest_ev/s delivered/s acked arrived missing delivered retries rt_left dlq keelHWM check
+    for row in "${BROKER_ROWS[@]}"; do
+        echo "$row"
+    done
+    for note in "${BROKER_NOTES[@]}"; do
+        echo "$note"
+    done
+    echo "delivered/s = arrived / (first poll showing the final count - first poll showing any), polls every 0.5 s;"
+    echo "  arrived = XLEN / queue depth / stream messages (JetStream drops Nats-Msg-Id repeats; Redis and RabbitMQ may keep repeats);"
+    echo "  missing = acked - arrived (0 when nothing was lost); delivered/retries = keel_router_deliveries_total by outcome."
 fi
 exit "$FAILED"

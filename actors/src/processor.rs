@@ -310,6 +310,17 @@ async fn process_batch(
                     continue;
                 }
                 match route.kind.transform(&event) {
+                    Ok(payloads) if payloads.is_empty() => {
+                        // The kind sends nothing for this event (e.g. REDIS hash mode and a
+                        // track): say so instead of counting it as routed.
+                        filtered.insert(
+                            d.id.clone(),
+                            Value::String(format!(
+                                "{} sends nothing for this event",
+                                route.kind.kind()
+                            )),
+                        );
+                    }
                     Ok(payloads) if route.kind.warehouse().is_some() => {
                         match for_warehouse.iter_mut().find(|(id, _)| *id == d.id) {
                             Some((_, list)) => list.extend(payloads),

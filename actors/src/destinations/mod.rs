@@ -3,9 +3,15 @@
 //! HTTP kinds describe their request in RudderStack's transformer response shape
 //! ([`DeliveryRequest`]) and share one sender, so a router never knows a destination's API;
 //! a JavaScript-backed kind only has to produce the same shape. Each kind is a module with
-//! its config struct.
+//! its config struct. Message-broker kinds (`REDIS`, `RABBITMQ`, `NATS`) share the helpers
+//! in [`broker`] and store in each payload what their delivery needs (stream, routing key or
+//! subject, and the body), so delivery parses no event.
 
+pub mod broker;
 pub mod http;
+pub mod nats;
+pub mod rabbitmq;
+pub mod redis;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -72,7 +78,8 @@ pub trait Destination: Send + Sync {
     }
 }
 
-/// Settings every outbound client shares.
+/// Settings every outbound client shares (HTTP and broker kinds: `timeout` bounds every
+/// delivery attempt, `connect_timeout` every connection attempt).
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     /// Whole-request timeout.
@@ -107,6 +114,9 @@ pub fn build(
             dest,
             http.connect_timeout,
         )?)),
+        redis::KIND => Ok(Arc::new(redis::Redis::new(dest, http)?)),
+        rabbitmq::KIND => Ok(Arc::new(rabbitmq::RabbitMq::new(dest, http)?)),
+        nats::KIND => Ok(Arc::new(nats::Nats::new(dest, http)?)),
         other => Err(ConfigError {
             destination: dest.id.clone(),
             field: "destinationDefinition.name".into(),
@@ -122,4 +132,7 @@ pub const KINDS: &[(&str, &[&str])] = &[
         crate::warehouse::config::KIND,
         &["host", "database", "user"],
     ),
+    (redis::KIND, &["address"]),
+    (rabbitmq::KIND, &["url"]),
+    (nats::KIND, &["url"]),
 ];
