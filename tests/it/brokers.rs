@@ -205,7 +205,7 @@ impl Target {
             Kind::Redis => {
                 let mut conn = self.redis().await;
                 got.clear();
-                for ty in ["track", "identify", "page", "group", "alias"] {
+                for ty in ["track", "identify", "page", "screen", "group", "alias"] {
                     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
                         .arg(format!("{}:{ty}", self.name))
                         .arg("-")
@@ -423,7 +423,7 @@ async fn sdk_events_arrive_complete_and_in_order(kind: Kind, sdk: &str) {
     let keel = Keel::start(opts).await;
     let run_id = unique("r");
     let sent = run_python_sdk(&keel, sdk, &run_id, SDK_BURST).await;
-    assert_eq!(sent.len(), SDK_BURST + 5);
+    assert_eq!(sent.len(), SDK_BURST + 6);
 
     let mut got = Vec::new();
     let n = target
