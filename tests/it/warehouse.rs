@@ -243,16 +243,18 @@ async fn new_keys_add_columns_and_misfits_go_to_discards() {
         "log:\n{}",
         keel.log_text()
     );
-    let tls: i64 = wh
+    let ssl = wh
         .query_one(
-            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
-             WHERE a.application_name = 'keel-warehouse' AND a.datname = $1 AND s.ssl",
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+             FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'keel-warehouse' AND a.datname = $1",
             &[&wh_db.name],
         )
         .await
-        .expect("pg_stat_ssl")
-        .get(0);
-    assert_eq!(tls, 1, "the uploader's connection uses TLS");
+        .expect("pg_stat_ssl");
+    let (tls, plain): (i64, i64) = (ssl.get(0), ssl.get(1));
+    assert!(tls >= 1, "the uploader's connections use TLS");
+    assert_eq!(plain, 0, "no plain connection");
     let before = column_types(&wh, "signup").await;
     assert_eq!(type_of(&before, "seats"), Some("bigint"));
     assert_eq!(type_of(&before, "trial"), None);

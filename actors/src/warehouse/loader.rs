@@ -69,11 +69,16 @@ pub enum LoadError {
 
 type Columns = HashMap<String, ColType>;
 
+/// Connections a loader uses at once (tables of a batch load in parallel).
+pub const LOAD_CONNECTIONS: usize = 3;
+
 /// A warehouse connection and what it knows of the warehouse's tables.
 pub struct Loader {
     conn: Arc<ConnSettings>,
     max_columns: usize,
     client: Option<Client>,
+    /// Extra connections for loading tables in parallel with `client`.
+    workers: Vec<Option<Client>>,
     schemas: HashSet<String>,
     tables: HashMap<(String, String), Columns>,
 }
@@ -101,6 +106,7 @@ impl Loader {
             conn,
             max_columns,
             client: None,
+            workers: (1..LOAD_CONNECTIONS).map(|_| None).collect(),
             schemas: HashSet::new(),
             tables: HashMap::new(),
         }
@@ -109,6 +115,9 @@ impl Loader {
     /// Drops the connection (after an error) so the next load reconnects.
     pub fn reset(&mut self) {
         self.client = None;
+        for w in &mut self.workers {
+            *w = None;
+        }
     }
 
     async fn client(&mut self) -> Result<&mut Client, LoadError> {
@@ -123,24 +132,61 @@ impl Loader {
     /// Loads every table of `batch`. A table already loaded up to the batch (its checkpoint
     /// says so) is skipped row by row, so retrying a half-loaded batch is safe.
     pub async fn load(&mut self, batch: &Batch) -> Result<LoadStats, LoadError> {
+        match self.load_once(batch).await {
+            Err(LoadError::Query(e)) if is_schema_conflict(&e) => {
+                // Someone changed a table under us (or our cache is stale): re-read the
+                // catalog and try once more; tables already loaded skip by checkpoint.
+                tracing::info!(error = %e, "warehouse schema changed; refreshing and retrying");
+                self.schemas.clear();
+                self.tables.clear();
+                self.load_once(batch).await
+            }
+            other => other,
+        }
+    }
+
+    /// Schema changes first, one statement at a time on the main connection; then the
+    /// tables' load transactions, spread over [`LOAD_CONNECTIONS`] connections so Postgres
+    /// inserts one table while Keel builds the next.
+    async fn load_once(&mut self, batch: &Batch) -> Result<LoadStats, LoadError> {
         let mut stats = LoadStats::default();
+        let mut prepared = Vec::with_capacity(batch.tables.len());
         for t in &batch.tables {
-            let s = match self.load_table(batch, t).await {
-                Err(LoadError::Query(e)) if is_schema_conflict(&e) => {
-                    // Someone changed the table under us (or our cache is stale): re-read
-                    // the catalog and try once more.
-                    tracing::info!(schema = %t.schema, table = %t.table, error = %e,
-                        "warehouse schema changed; refreshing and retrying");
-                    self.schemas.remove(&t.schema);
-                    self.tables.remove(&(t.schema.clone(), t.table.clone()));
-                    self.load_table(batch, t).await?
+            let (cols, added) = self.ensure_columns(t).await?;
+            stats.columns_added += added;
+            prepared.push((t, cols));
+        }
+        self.client().await?;
+        for w in &mut self.workers {
+            if w.as_ref().is_none_or(Client::is_closed) {
+                *w = Some(self.conn.connect().await?);
+            }
+        }
+        let max_columns = self.max_columns;
+        let mut lanes: Vec<&mut Client> = Vec::new();
+        if let Some(c) = self.client.as_mut() {
+            lanes.push(c);
+        }
+        lanes.extend(self.workers.iter_mut().flatten());
+        let n = lanes.len().max(1);
+        let prepared = &prepared;
+        let runs = lanes
+            .into_iter()
+            .enumerate()
+            .map(|(lane, client)| async move {
+                let mut s = LoadStats::default();
+                for (t, cols) in prepared.iter().skip(lane).step_by(n) {
+                    let r = load_table(client, batch, t, cols, max_columns).await?;
+                    s.rows += r.rows;
+                    s.skipped += r.skipped;
+                    s.discards += r.discards;
                 }
-                other => other?,
-            };
+                Ok::<_, LoadError>(s)
+            });
+        for s in futures::future::try_join_all(runs).await? {
             stats.rows += s.rows;
             stats.skipped += s.skipped;
             stats.discards += s.discards;
-            stats.columns_added += s.columns_added;
         }
         Ok(stats)
     }
@@ -259,11 +305,17 @@ impl Loader {
         self.tables.insert(key, cols.clone());
         Ok((cols, added))
     }
+}
 
-    async fn load_table(&mut self, batch: &Batch, t: &TableBatch) -> Result<LoadStats, LoadError> {
-        let (cols, columns_added) = self.ensure_columns(t).await?;
-        let max_columns = self.max_columns;
-        let client = self.client().await?;
+/// Loads one table in one transaction with its checkpoint (see the module comment).
+async fn load_table(
+    client: &mut Client,
+    batch: &Batch,
+    t: &TableBatch,
+    cols: &Columns,
+    max_columns: usize,
+) -> Result<LoadStats, LoadError> {
+    {
         let tx = client.transaction().await?;
         let loads = format!("{}.{}", quote(&t.schema), quote(LOADS_TABLE));
         let position: i64 = tx
@@ -284,7 +336,6 @@ impl Loader {
             .collect();
         let mut stats = LoadStats {
             skipped: (t.rows.len() - fresh.len()) as u64,
-            columns_added,
             ..LoadStats::default()
         };
         let now = Utc::now();
@@ -293,7 +344,7 @@ impl Loader {
         } else {
             fresh.into_iter().cloned().collect()
         };
-        let built = build_columns(&rows, &cols, t.kind, now, max_columns);
+        let built = build_columns(&rows, cols, t.kind, now, max_columns);
         if !rows.is_empty() {
             let names: Vec<String> = built.columns.iter().map(|c| quote(&c.name)).collect();
             let unnest: Vec<String> = built
