@@ -355,42 +355,6 @@ async fn rt_jobs_left(db: &TestDb) -> i64 {
         .get(0)
 }
 
-/// Runs a real Python SDK (`rudder` or `segment`) against Keel; returns what it sent.
-async fn run_python_sdk(keel: &Keel, sdk: &str, run_id: &str, burst: usize) -> Vec<Value> {
-    let setup = tokio::task::spawn_blocking(|| {
-        Command::new("bash")
-            .arg(repo_root().join("tests/sdk/setup.sh"))
-            .output()
-            .expect("run tests/sdk/setup.sh")
-    })
-    .await
-    .expect("join");
-    assert!(
-        setup.status.success(),
-        "SDK installation failed:\n{}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    let root = repo_root();
-    let mut cmd = Command::new(root.join(".cache/sdk/venv/bin/python"));
-    cmd.arg(root.join("tests/sdk/send_python.py"))
-        .args(["--sdk", sdk, "--host", &keel.base, "--write-key", WRITE_KEY])
-        .args(["--run-id", run_id, "--burst", &burst.to_string()])
-        .current_dir(std::env::temp_dir());
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("join")
-        .expect("run sender");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{sdk} sender failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value =
-        serde_json::from_str(stdout.lines().last().expect("report line")).expect("report JSON");
-    report["sent"].as_array().expect("sent list").clone()
-}
-
 fn per_user(sent: &[Value], only_type: Option<&str>) -> HashMap<String, Vec<String>> {
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
     for s in sent {
@@ -422,7 +386,8 @@ async fn sdk_events_arrive_complete_and_in_order(kind: Kind, sdk: &str) {
     opts.workspace = workspace_with(&dests);
     let keel = Keel::start(opts).await;
     let run_id = unique("r");
-    let sent = run_python_sdk(&keel, sdk, &run_id, SDK_BURST).await;
+    let report = crate::sdk::send_with_sdk(&keel, "python", sdk, &run_id, SDK_BURST).await;
+    let sent = report["sent"].as_array().expect("sent list").clone();
     assert_eq!(sent.len(), SDK_BURST + 6);
 
     let mut got = Vec::new();
