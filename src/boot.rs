@@ -81,18 +81,23 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
+/// Outbound client settings every destination kind is built with (start-up and reload).
+pub fn http_settings(config: &KeelConfig) -> HttpSettings {
+    HttpSettings {
+        timeout: Duration::from_secs_f64(config.router.timeout_secs),
+        connect_timeout: Duration::from_secs_f64(config.router.connect_timeout_secs),
+        allow_private_targets: config.allow_private_targets,
+        ..HttpSettings::default()
+    }
+}
+
 /// Builds the actor tree's settings from the configuration and workspace.
 pub fn pipeline_config(
     config: &KeelConfig,
     workspace: &Workspace,
 ) -> anyhow::Result<PipelineConfig> {
     let r = &config.router;
-    let http = HttpSettings {
-        timeout: Duration::from_secs_f64(r.timeout_secs),
-        connect_timeout: Duration::from_secs_f64(r.connect_timeout_secs),
-        allow_private_targets: config.allow_private_targets,
-        ..HttpSettings::default()
-    };
+    let http = http_settings(config);
     let routing = RoutingTable::build(workspace, &http).map_err(|errors| {
         anyhow::anyhow!(
             "invalid destinations in {}:\n{}",

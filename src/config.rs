@@ -207,6 +207,17 @@ pub struct GatewayConfig {
     pub dedup_window_secs: u64,
 }
 
+impl GatewayConfig {
+    /// The per-source burst in force: `rate_limit_burst`, or one second's worth when 0.
+    pub fn effective_rate_burst(&self) -> u32 {
+        if self.rate_limit_burst == 0 {
+            self.rate_limit_events_per_sec
+        } else {
+            self.rate_limit_burst
+        }
+    }
+}
+
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {

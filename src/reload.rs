@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_actors::destinations::HttpSettings;
 use keel_actors::processor::RoutingTable;
 use keel_actors::supervisor::{Reconfigure, ReloadReport};
 
@@ -28,13 +27,7 @@ pub async fn reload(state: &AppState) -> Result<ReloadReport, Vec<String>> {
             .map(|p| format!("{}: {p}", e.file))
             .collect::<Vec<_>>()
     })?;
-    let r = &state.config.router;
-    let http = HttpSettings {
-        timeout: Duration::from_secs_f64(r.timeout_secs),
-        connect_timeout: Duration::from_secs_f64(r.connect_timeout_secs),
-        allow_private_targets: state.config.allow_private_targets,
-        ..HttpSettings::default()
-    };
+    let http = crate::boot::http_settings(&state.config);
     let routing = RoutingTable::build(&ws, &http)
         .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
     // Routers being replaced get at least one delivery timeout to finish what they sent.

@@ -275,11 +275,7 @@ fn check_rate(
             "over_rate_burst",
             format!(
                 "{n} events in one request exceed this source's burst of {}; send smaller batches",
-                if limits.rate_limit_burst == 0 {
-                    limits.rate_limit_events_per_sec
-                } else {
-                    limits.rate_limit_burst
-                }
+                limits.effective_rate_burst()
             ),
         )),
     }

@@ -55,7 +55,7 @@ pub fn source_rate_limiter(
     gateway: &crate::config::GatewayConfig,
 ) -> Option<Arc<SourceRateLimiter>> {
     let rate = std::num::NonZeroU32::new(gateway.rate_limit_events_per_sec)?;
-    let burst = std::num::NonZeroU32::new(gateway.rate_limit_burst).unwrap_or(rate);
+    let burst = std::num::NonZeroU32::new(gateway.effective_rate_burst()).unwrap_or(rate);
     Some(Arc::new(governor::RateLimiter::keyed(
         governor::Quota::per_second(rate).allow_burst(burst),
     )))
