@@ -30,6 +30,21 @@ fn check_config_accepts_the_shipped_example() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 source(s), 1 destination(s)"));
 }
 
+/// Writes `workspace` to `path`, runs `check-config` on it (repository config), asserts it
+/// fails and returns what it printed on stderr.
+fn check_config_fails(path: &std::path::Path, workspace: &serde_json::Value) -> String {
+    std::fs::write(path, workspace.to_string()).expect("write");
+    let out = keel()
+        .current_dir(repo_root())
+        .arg("check-config")
+        .arg("--workspace")
+        .arg(path)
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "check-config accepted {workspace}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn check_config_prints_every_error_with_its_json_path() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -72,16 +87,7 @@ fn check_config_prints_every_error_with_its_json_path() {
     let bad_url = json!({"sources": [{"id": "s1", "name": "a", "writeKey": "k", "enabled": true,
         "destinations": [{"id": "d1", "name": "x", "enabled": true, "config": {"webhookUrl": "not a url"},
                           "destinationDefinition": {"name": "WEBHOOK"}}]}]});
-    std::fs::write(&ws2, bad_url.to_string()).expect("write");
-    let out2 = keel()
-        .current_dir(repo_root())
-        .arg("check-config")
-        .arg("--workspace")
-        .arg(&ws2)
-        .output()
-        .expect("run");
-    assert!(!out2.status.success());
-    let err2 = String::from_utf8_lossy(&out2.stderr);
+    let err2 = check_config_fails(&ws2, &bad_url);
     assert!(
         err2.contains("$.sources[0].destinations[0].config.webhookUrl: \"not a url\" is not a URL"),
         "{err2}"
@@ -94,34 +100,15 @@ fn check_config_prints_every_error_with_its_json_path() {
     let bad_wh = json!({"sources": [{"id": "s1", "name": "a", "writeKey": "k", "enabled": true,
         "destinations": [pg(json!({"database": "d", "user": "u"})),
                          pg(json!({"host": "h", "database": "d", "user": "u", "sslMode": "bogus"}))]}]});
-    std::fs::write(&ws3, bad_wh.to_string()).expect("write");
-    let out3 = keel()
-        .current_dir(repo_root())
-        .arg("check-config")
-        .arg("--workspace")
-        .arg(&ws3)
-        .output()
-        .expect("run");
-    assert!(!out3.status.success());
-    let err3 = String::from_utf8_lossy(&out3.stderr);
+    let err3 = check_config_fails(&ws3, &bad_wh);
     assert!(
         err3.contains("$.sources[0].destinations[0].config.host: missing (required by POSTGRES)"),
         "{err3}"
     );
-    let out4 = {
-        let one = json!({"sources": [{"id": "s1", "name": "a", "writeKey": "k", "enabled": true,
-            "destinations": [pg(json!({"host": "h", "database": "d", "user": "u", "sslMode": "bogus",
-                                        "port": 5432}))]}]});
-        std::fs::write(&ws3, one.to_string()).expect("write");
-        keel()
-            .current_dir(repo_root())
-            .arg("check-config")
-            .arg("--workspace")
-            .arg(&ws3)
-            .output()
-            .expect("run")
-    };
-    let err4 = String::from_utf8_lossy(&out4.stderr);
+    let one = json!({"sources": [{"id": "s1", "name": "a", "writeKey": "k", "enabled": true,
+        "destinations": [pg(json!({"host": "h", "database": "d", "user": "u", "sslMode": "bogus",
+                                    "port": 5432}))]}]});
+    let err4 = check_config_fails(&ws3, &one);
     assert!(
         err4.contains("$.sources[0].destinations[0].config.sslMode: \"bogus\" is not one of"),
         "{err4}"

@@ -56,14 +56,7 @@ fn spawn_load(
                                 "messageId": format!("m{i}"), "properties": {"seq": i}})
                 })
                 .collect();
-            let res = client
-                .post(&url)
-                .header("Authorization", basic(WRITE_KEY))
-                .json(&json!({ "batch": batch }))
-                .send()
-                .await
-                .expect("send");
-            assert_eq!(res.status().as_u16(), 200);
+            post_batch(&client, &url, &batch).await;
             let at = Instant::now();
             for i in seq..seq + 10 {
                 sent.push((format!("m{i}"), at));

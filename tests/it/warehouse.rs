@@ -411,14 +411,7 @@ async fn send_for(keel: &Keel, start: usize, secs: u64) -> usize {
                        "messageId": format!("b{i}"), "properties": {"i": i}})
             })
             .collect();
-        let res = client
-            .post(keel.url("/v1/batch"))
-            .header("Authorization", basic(WRITE_KEY))
-            .json(&json!({ "batch": batch }))
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(res.status().as_u16(), 200);
+        post_batch(&client, &keel.url("/v1/batch"), &batch).await;
         i += 20;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -371,23 +371,30 @@ pub fn workspace_with_webhooks(hooks: &[(&str, &str, Value)]) -> Value {
     json!({"sources": [{"id": SOURCE_ID, "name": "Test", "writeKey": WRITE_KEY, "enabled": true, "destinations": dests}]})
 }
 
+/// Posts `events` as one `/v1/batch` request to `url` with the test write key, asserting it
+/// is acknowledged.
+pub async fn post_batch(client: &reqwest::Client, url: &str, events: &[Value]) {
+    let res = client
+        .post(url)
+        .header("Authorization", basic(WRITE_KEY))
+        .json(&json!({ "batch": events }))
+        .send()
+        .await
+        .expect("send batch");
+    assert_eq!(
+        res.status().as_u16(),
+        200,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
+}
+
 /// Sends `events` in batches of `per_request`, asserting every request is acknowledged.
 pub async fn send_batches(keel: &Keel, events: &[Value], per_request: usize) {
     let client = http();
+    let url = keel.url("/v1/batch");
     for chunk in events.chunks(per_request) {
-        let res = client
-            .post(keel.url("/v1/batch"))
-            .header("Authorization", basic(WRITE_KEY))
-            .json(&json!({"batch": chunk}))
-            .send()
-            .await
-            .expect("send batch");
-        assert_eq!(
-            res.status().as_u16(),
-            200,
-            "{}",
-            res.text().await.unwrap_or_default()
-        );
+        post_batch(&client, &url, chunk).await;
     }
 }
 
