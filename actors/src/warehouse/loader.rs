@@ -315,66 +315,65 @@ async fn load_table(
     cols: &Columns,
     max_columns: usize,
 ) -> Result<LoadStats, LoadError> {
-    {
-        let tx = client.transaction().await?;
-        let loads = format!("{}.{}", quote(&t.schema), quote(LOADS_TABLE));
-        let position: i64 = tx
-            .query_opt(
-                &format!(
-                    "SELECT position FROM {loads} WHERE keel_instance = $1 AND destination_id = $2 \
+    let tx = client.transaction().await?;
+    let loads = format!("{}.{}", quote(&t.schema), quote(LOADS_TABLE));
+    let position: i64 = tx
+        .query_opt(
+            &format!(
+                "SELECT position FROM {loads} WHERE keel_instance = $1 AND destination_id = $2 \
                      AND table_name = $3 FOR UPDATE"
-                ),
-                &[&batch.instance, &batch.destination, &t.table],
-            )
-            .await?
-            .map_or(0, |r| r.get(0));
-        let fresh: Vec<&Row> = t
-            .rows
+            ),
+            &[&batch.instance, &batch.destination, &t.table],
+        )
+        .await?
+        .map_or(0, |r| r.get(0));
+    let fresh: Vec<&Row> = t
+        .rows
+        .iter()
+        .filter(|(job, _)| *job > position)
+        .map(|(_, r)| r)
+        .collect();
+    let mut stats = LoadStats {
+        skipped: (t.rows.len() - fresh.len()) as u64,
+        ..LoadStats::default()
+    };
+    let now = Utc::now();
+    let rows = if t.kind.upserts() {
+        merge_by_id(&fresh)
+    } else {
+        fresh.into_iter().cloned().collect()
+    };
+    let built = build_columns(&rows, cols, t.kind, now, max_columns);
+    if !rows.is_empty() {
+        let names: Vec<String> = built.columns.iter().map(|c| quote(&c.name)).collect();
+        let unnest: Vec<String> = built
+            .columns
             .iter()
-            .filter(|(job, _)| *job > position)
-            .map(|(_, r)| r)
+            .enumerate()
+            .map(|(i, c)| format!("${}::{}[]", i + 1, c.array_type()))
             .collect();
-        let mut stats = LoadStats {
-            skipped: (t.rows.len() - fresh.len()) as u64,
-            ..LoadStats::default()
-        };
-        let now = Utc::now();
-        let rows = if t.kind.upserts() {
-            merge_by_id(&fresh)
+        let select: Vec<String> = built
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("u.c{i}::{}", c.ty.sql()))
+            .collect();
+        let aliases: Vec<String> = (0..built.columns.len()).map(|i| format!("c{i}")).collect();
+        let conflict = if t.kind.upserts() {
+            let sets: Vec<String> = built
+                .columns
+                .iter()
+                .filter(|c| c.name != "id")
+                .map(|c| {
+                    let q = quote(&c.name);
+                    format!("{q} = COALESCE(EXCLUDED.{q}, t.{q})")
+                })
+                .collect();
+            format!("DO UPDATE SET {}", sets.join(", "))
         } else {
-            fresh.into_iter().cloned().collect()
+            "DO NOTHING".to_owned()
         };
-        let built = build_columns(&rows, cols, t.kind, now, max_columns);
-        if !rows.is_empty() {
-            let names: Vec<String> = built.columns.iter().map(|c| quote(&c.name)).collect();
-            let unnest: Vec<String> = built
-                .columns
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("${}::{}[]", i + 1, c.array_type()))
-                .collect();
-            let select: Vec<String> = built
-                .columns
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("u.c{i}::{}", c.ty.sql()))
-                .collect();
-            let aliases: Vec<String> = (0..built.columns.len()).map(|i| format!("c{i}")).collect();
-            let conflict = if t.kind.upserts() {
-                let sets: Vec<String> = built
-                    .columns
-                    .iter()
-                    .filter(|c| c.name != "id")
-                    .map(|c| {
-                        let q = quote(&c.name);
-                        format!("{q} = COALESCE(EXCLUDED.{q}, t.{q})")
-                    })
-                    .collect();
-                format!("DO UPDATE SET {}", sets.join(", "))
-            } else {
-                "DO NOTHING".to_owned()
-            };
-            let sql = format!(
+        let sql = format!(
                 "INSERT INTO {}.{} AS t ({}) SELECT {} FROM unnest({}) AS u({}) ON CONFLICT (id) {conflict}",
                 quote(&t.schema),
                 quote(&t.table),
@@ -383,21 +382,21 @@ async fn load_table(
                 unnest.join(", "),
                 aliases.join(", "),
             );
-            let params: Vec<&(dyn ToSql + Sync)> =
-                built.columns.iter().map(|c| c.values.as_param()).collect();
-            tx.execute(sql.as_str(), &params).await?;
-            stats.rows = rows.len() as u64;
-        }
-        if !built.discards.is_empty() {
-            let d = &built.discards;
-            let tn: Vec<&str> = d.iter().map(|_| t.table.as_str()).collect();
-            let cn: Vec<&str> = d.iter().map(|x| x.column.as_str()).collect();
-            let cv: Vec<&str> = d.iter().map(|x| x.value.as_str()).collect();
-            let rs: Vec<&str> = d.iter().map(|x| x.reason.as_str()).collect();
-            let ri: Vec<&str> = d.iter().map(|x| x.row_id.as_str()).collect();
-            let ra: Vec<Option<DateTime<Utc>>> = d.iter().map(|x| x.received_at).collect();
-            let ut: Vec<DateTime<Utc>> = d.iter().map(|_| now).collect();
-            tx.execute(
+        let params: Vec<&(dyn ToSql + Sync)> =
+            built.columns.iter().map(|c| c.values.as_param()).collect();
+        tx.execute(sql.as_str(), &params).await?;
+        stats.rows = rows.len() as u64;
+    }
+    if !built.discards.is_empty() {
+        let d = &built.discards;
+        let tn: Vec<&str> = d.iter().map(|_| t.table.as_str()).collect();
+        let cn: Vec<&str> = d.iter().map(|x| x.column.as_str()).collect();
+        let cv: Vec<&str> = d.iter().map(|x| x.value.as_str()).collect();
+        let rs: Vec<&str> = d.iter().map(|x| x.reason.as_str()).collect();
+        let ri: Vec<&str> = d.iter().map(|x| x.row_id.as_str()).collect();
+        let ra: Vec<Option<DateTime<Utc>>> = d.iter().map(|x| x.received_at).collect();
+        let ut: Vec<DateTime<Utc>> = d.iter().map(|_| now).collect();
+        tx.execute(
                 &format!(
                     "INSERT INTO {}.{} (table_name, column_name, column_value, reason, row_id, received_at, uuid_ts) \
                      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[])",
@@ -407,9 +406,9 @@ async fn load_table(
                 &[&tn, &cn, &cv, &rs, &ri, &ra, &ut],
             )
             .await?;
-            stats.discards = d.len() as u64;
-        }
-        tx.execute(
+        stats.discards = d.len() as u64;
+    }
+    tx.execute(
             &format!(
                 "INSERT INTO {loads} (keel_instance, destination_id, table_name, position, loaded_at) \
                  VALUES ($1, $2, $3, $4, now()) ON CONFLICT (keel_instance, destination_id, table_name) \
@@ -418,9 +417,8 @@ async fn load_table(
             &[&batch.instance, &batch.destination, &t.table, &batch.last_job_id],
         )
         .await?;
-        tx.commit().await?;
-        Ok(stats)
-    }
+    tx.commit().await?;
+    Ok(stats)
 }
 
 /// `users` rows of one batch merged per user, later non-null values winning (one upsert

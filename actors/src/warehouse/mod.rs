@@ -233,10 +233,11 @@ fn group_rows(
 ) -> Vec<TableBatch> {
     let mut groups: BTreeMap<(String, String), TableRows> = BTreeMap::new();
     for job in jobs {
-        let schema = spec.schema.clone().unwrap_or_else(|| {
-            schemas
-                .get(&job.source_id)
-                .cloned()
+        // The map already applies the destination's `schema`; a source missing from it
+        // (removed from the workspace since) gets the same rule by its id.
+        let schema = schemas.get(&job.source_id).cloned().unwrap_or_else(|| {
+            spec.schema
+                .clone()
                 .unwrap_or_else(|| schema::default_schema(&job.source_id))
         });
         let events: Vec<Map<String, Value>> = serde_json::from_str(&job.payload).unwrap_or_else(|e| {
