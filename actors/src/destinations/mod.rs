@@ -136,3 +136,13 @@ pub const KINDS: &[(&str, &[&str])] = &[
     (rabbitmq::KIND, &["url"]),
     (nats::KIND, &["url"]),
 ];
+
+/// A destination of `kind` with `config`, as a workspace would hold it (unit tests).
+#[cfg(test)]
+pub(crate) fn test_destination(id: &str, kind: &str, config: Value) -> workspace::Destination {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "name": id, "enabled": true, "config": config,
+        "destinationDefinition": {"name": kind}
+    }))
+    .expect("destination")
+}

@@ -215,11 +215,7 @@ mod tests {
     use super::*;
 
     fn dest(config: Value) -> workspace::Destination {
-        serde_json::from_value(
-            json!({"id": "n", "name": "n", "enabled": true, "config": config,
-                                      "destinationDefinition": {"name": KIND}}),
-        )
-        .expect("destination")
+        crate::destinations::test_destination("n", KIND, config)
     }
 
     #[test]

@@ -253,11 +253,7 @@ mod tests {
     use super::*;
 
     fn dest(config: Value) -> workspace::Destination {
-        serde_json::from_value(
-            json!({"id": "q", "name": "q", "enabled": true, "config": config,
-                                      "destinationDefinition": {"name": KIND}}),
-        )
-        .expect("destination")
+        crate::destinations::test_destination("q", KIND, config)
     }
 
     #[test]

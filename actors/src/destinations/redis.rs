@@ -394,11 +394,7 @@ mod tests {
     use super::*;
 
     fn dest(config: Value) -> workspace::Destination {
-        serde_json::from_value(
-            json!({"id": "r", "name": "r", "enabled": true, "config": config,
-                                      "destinationDefinition": {"name": KIND}}),
-        )
-        .expect("destination")
+        crate::destinations::test_destination("r", KIND, config)
     }
 
     #[test]
