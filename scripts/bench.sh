@@ -6,6 +6,8 @@
 #   BENCH_DURATION=5 bash scripts/bench.sh             # smoke run
 #   BENCH_DURATION=10 BENCH_ONLY=e2e bash scripts/bench.sh   # end-to-end scenario only
 #   BENCH_DURATION=10 BENCH_ONLY=warehouse bash scripts/bench.sh   # warehouse loading only
+#   BENCH_DURATION=10 BENCH_ONLY=transform bash scripts/bench.sh   # end to end: plain webhook,
+#                     trivial JS transformation, and the GA4 destination script
 #   BENCH_DURATION=10 BENCH_ONLY=redis bash scripts/bench.sh # end to end into Redis
 #                     (or rabbitmq, nats; `brokers` runs all three)
 #
@@ -114,10 +116,10 @@ die() {
     die "BENCH_DRAIN_STALL_SECS must be a whole number of seconds >= 1"
 BROKER_KINDS=()
 case "$ONLY" in
-"" | ingest | e2e | warehouse) ;;
+"" | ingest | e2e | warehouse | transform) ;;
 redis | rabbitmq | nats) BROKER_KINDS=("$ONLY") ;;
 brokers) BROKER_KINDS=(redis rabbitmq nats) ;;
-*) die "BENCH_ONLY must be 'ingest', 'e2e', 'warehouse', 'redis', 'rabbitmq', 'nats' or 'brokers'" ;;
+*) die "BENCH_ONLY must be 'ingest', 'e2e', 'warehouse', 'transform', 'redis', 'rabbitmq', 'nats' or 'brokers'" ;;
 esac
 for kv in $E2E_ENV; do
     [[ "$kv" =~ ^KEEL_[A-Z0-9_]+=[^[:space:]]*$ ]] || die "BENCH_E2E_ENV: '$kv' is not KEEL_NAME=value"
@@ -373,11 +375,38 @@ fi
 # === phase 2: end to end ============================================================
 E2E_ROWS=()
 E2E_NOTES=()
-if [[ -z "$ONLY" || "$ONLY" == e2e ]]; then
+# Destination variants: `plain` (a webhook), and with BENCH_ONLY=transform also `js-trivial`
+# (the same webhook behind a trivial user transformation) and `js-ga4` (the trivial
+# transformation, then the GA4 destination script, whose Measurement Protocol requests go
+# to the sink; the transformation copies messageId and receivedAt into event parameters so
+# the sink can count GA4 bodies).
+E2E_VARIANTS=(plain)
+if [[ "$ONLY" == transform ]]; then
+    E2E_VARIANTS=(plain js-trivial js-ga4)
+    E2E_SCENARIOS=("100|8|")
+fi
+cat >"$TMP/bench-trivial.js" <<'JS'
+export function transformEvent(event) {
+  event.properties = { ...event.properties, message_id: event.messageId, received_at: event.receivedAt };
+  return event;
+}
+JS
+# e2e_destination VARIANT SINK_URL: the destination JSON of a variant.
+e2e_destination() {
+    local trivial="[{\"name\":\"trivial\",\"file\":\"$TMP/bench-trivial.js\"}]"
+    case "$1" in
+    plain) echo "{\"id\":\"sink\",\"name\":\"Sink\",\"enabled\":true,\"config\":{\"webhookUrl\":\"$2/hook\",\"webhookMethod\":\"POST\"},\"destinationDefinition\":{\"name\":\"WEBHOOK\"}}" ;;
+    js-trivial) echo "{\"id\":\"sink\",\"name\":\"Sink\",\"enabled\":true,\"config\":{\"webhookUrl\":\"$2/hook\",\"webhookMethod\":\"POST\"},\"destinationDefinition\":{\"name\":\"WEBHOOK\"},\"transformations\":$trivial}" ;;
+    js-ga4) echo "{\"id\":\"sink\",\"name\":\"GA4\",\"enabled\":true,\"config\":{\"measurementId\":\"G-BENCH\",\"apiSecret\":\"bench\",\"apiBaseUrl\":\"$2\"},\"destinationDefinition\":{\"name\":\"GA4\"},\"transformations\":$trivial}" ;;
+    esac
+}
+if [[ -z "$ONLY" || "$ONLY" == e2e || "$ONLY" == transform ]]; then
+    for variant in "${E2E_VARIANTS[@]}"; do
     for spec in "${E2E_SCENARIOS[@]}"; do
         IFS='|' read -r batch conns settings <<<"$spec"
         conns="${BENCH_E2E_CONNECTIONS:-$conns}"
         name="e2e-batch-${batch}x${conns}"
+        [[ "$variant" == plain ]] || name="${variant}-${batch}x${conns}"
         # shellcheck disable=SC2206 # word splitting of NAME=value pairs is intended
         keel_env=(KEEL_PROCESSOR__ENABLED=true $settings $E2E_ENV)
         shown_settings="$(echo "$settings $E2E_ENV" | xargs)"
@@ -391,7 +420,7 @@ if [[ -z "$ONLY" || "$ONLY" == e2e ]]; then
         wait_health "$SINK_URL/health"
 
         cat >"$TMP/workspace-e2e.json" <<EOF
-{"sources":[{"id":"src1","name":"bench","writeKey":"$WRITE_KEY","enabled":true,"destinations":[{"id":"sink","name":"Sink","enabled":true,"config":{"webhookUrl":"$SINK_URL/hook","webhookMethod":"POST"},"destinationDefinition":{"name":"WEBHOOK"}}]}]}
+{"sources":[{"id":"src1","name":"bench","writeKey":"$WRITE_KEY","enabled":true,"destinations":[$(e2e_destination "$variant" "$SINK_URL")]}]}
 EOF
         start_keel "$TMP/workspace-e2e.json" "keel-$name" "${keel_env[@]}"
         klog="$TMP/keel-$name.log"
@@ -514,6 +543,7 @@ EOF
         fi
         stop_sink || true
         drop_db
+    done
     done
 fi
 
@@ -817,7 +847,7 @@ if [[ -z "$ONLY" || "$ONLY" == ingest ]]; then
     echo "events/s, req/s and latency cover the measured window; latency is of 2xx answers (ack after commit)."
     echo "$INGEST_STOP"
 fi
-if [[ -z "$ONLY" || "$ONLY" == e2e ]]; then
+if [[ -z "$ONLY" || "$ONLY" == e2e || "$ONLY" == transform ]]; then
     echo
     all_settings="$(for spec in "${E2E_SCENARIOS[@]}"; do echo "${spec##*|}"; done | xargs) $E2E_ENV"
     [[ -n "${all_settings// /}" ]] && all_settings="non-default, per scenario below" || all_settings="defaults"

@@ -11,7 +11,7 @@ use std::time::Duration;
 use actix_cors::Cors;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
-use keel_actors::destinations::HttpSettings;
+use keel_actors::destinations::{BuildEnv, HttpSettings};
 use keel_actors::gateway::GatewayWriterConfig;
 use keel_actors::messages::FlushNow;
 use keel_actors::processor::{ProcessorConfig, RoutingTable};
@@ -21,6 +21,7 @@ use keel_actors::sampler::{TelemetrySampler, TelemetrySamplerConfig};
 use keel_actors::store::{run_migrations, PoolSettings, Store};
 use keel_actors::supervisor::{DrainAll, PipelineConfig, RootSupervisor, SupervisorConfig};
 use keel_actors::telemetry;
+use keel_actors::transform::TransformPool;
 use keel_actors::warehouse::UploaderConfig;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::Semaphore;
@@ -91,14 +92,31 @@ pub fn http_settings(config: &KeelConfig) -> HttpSettings {
     }
 }
 
+/// What destinations and transformations are built with: client settings, the script pool,
+/// the scripts folder and the workspace file's folder.
+pub fn build_env(config: &KeelConfig, pool: Option<Arc<TransformPool>>) -> BuildEnv {
+    BuildEnv {
+        http: http_settings(config),
+        pool,
+        scripts_dir: config.transform.scripts_dir.clone().into(),
+        workspace_dir: crate::config::workspace_dir(std::path::Path::new(&config.server.workspace)),
+    }
+}
+
+/// Starts the V8 isolate pool (`[transform]`).
+pub fn start_transforms(config: &KeelConfig) -> anyhow::Result<Arc<TransformPool>> {
+    TransformPool::start(config.transform.settings(config.allow_private_targets))
+        .context("starting the JavaScript isolate threads")
+}
+
 /// Builds the actor tree's settings from the configuration and workspace.
 pub fn pipeline_config(
     config: &KeelConfig,
     workspace: &Workspace,
+    env: &BuildEnv,
 ) -> anyhow::Result<PipelineConfig> {
     let r = &config.router;
-    let http = http_settings(config);
-    let routing = RoutingTable::build(workspace, &http).map_err(|errors| {
+    let routing = RoutingTable::build(workspace, env).map_err(|errors| {
         anyhow::anyhow!(
             "invalid destinations in {}:\n{}",
             config.server.workspace,
@@ -159,8 +177,14 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
             timeout: Duration::from_secs(config.database.timeout_secs),
         },
     )?;
-    let (root, children) =
-        RootSupervisor::start(store.clone(), pipeline_config(&config, &workspace)?);
+    let transforms = start_transforms(&config)?;
+    let env = build_env(&config, Some(transforms.clone()));
+    let pipeline = pipeline_config(&config, &workspace, &env)?;
+    let problems = pipeline.routing.check_scripts().await;
+    if !problems.is_empty() {
+        anyhow::bail!("invalid scripts:\n{}", problems.join("\n"));
+    }
+    let (root, children) = RootSupervisor::start(store.clone(), pipeline);
     // Backlog gauges (processor lag, pending and dead-lettered jobs) sampled from Postgres.
     let (sampler_store, sampler_routers) = (store.clone(), children.routers.clone());
     let _sampler = actix::Supervisor::start(move |_| {
@@ -183,6 +207,7 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
         draining: draining.clone(),
         rate_limiter: http::source_rate_limiter(&config.gateway),
         test_hooks: std::env::var("KEEL_TEST_HOOKS").is_ok_and(|v| v == "1"),
+        transforms,
         config: config.clone(),
     });
 

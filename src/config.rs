@@ -34,6 +34,57 @@ pub struct KeelConfig {
     pub router: RouterSettings,
     /// Warehouse uploader settings.
     pub warehouse: WarehouseSettings,
+    /// JavaScript transformations (V8 isolate pool).
+    pub transform: TransformConfig,
+}
+
+/// `[transform]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransformConfig {
+    /// V8 isolates (each on its own thread) running transformations and destination scripts.
+    pub isolates: usize,
+    /// Heap cap per isolate, MB; a call that reaches it is stopped and dead-lettered.
+    pub heap_limit_mb: usize,
+    /// Time budget of one call (a batch of events), milliseconds.
+    pub call_timeout_ms: u64,
+    /// Timeout of one `fetch`/`fetchV2` request from a script, milliseconds.
+    pub fetch_timeout_ms: u64,
+    /// Requests one call may make with `fetch`/`fetchV2`.
+    pub fetch_max_requests: usize,
+    /// Folder with `libraries/<name>.js` and `destinations/<name>/transform.js`.
+    pub scripts_dir: String,
+}
+
+impl Default for TransformConfig {
+    fn default() -> Self {
+        Self {
+            isolates: 2,
+            heap_limit_mb: 128,
+            call_timeout_ms: 4000,
+            fetch_timeout_ms: 5000,
+            fetch_max_requests: 20,
+            scripts_dir: "transformer-scripts".into(),
+        }
+    }
+}
+
+impl TransformConfig {
+    /// The pool settings these values make.
+    pub fn settings(
+        &self,
+        allow_private_targets: bool,
+    ) -> keel_actors::transform::TransformSettings {
+        keel_actors::transform::TransformSettings {
+            isolates: self.isolates,
+            heap_limit_bytes: self.heap_limit_mb << 20,
+            call_timeout: Duration::from_millis(self.call_timeout_ms),
+            fetch_timeout: Duration::from_millis(self.fetch_timeout_ms),
+            fetch_max_requests: self.fetch_max_requests,
+            allow_private_targets,
+            ..Default::default()
+        }
+    }
 }
 
 /// `[warehouse]`.
@@ -294,12 +345,17 @@ impl KeelConfig {
                     "LOG",
                     "LOG_FORMAT",
                     "TEST_HOOKS",
+                    "ADMIN_TOKEN",
                 ])
                 .split("__"),
         );
-        let config: KeelConfig = figment
+        let mut config: KeelConfig = figment
             .extract()
             .map_err(|e| ConfigError::Figment(Box::new(e)))?;
+        // The admin token has a short variable of its own (KEEL_ADMIN__TOKEN works too).
+        if let Ok(token) = std::env::var("KEEL_ADMIN_TOKEN") {
+            config.admin.token = token;
+        }
         config.validate(&path.display().to_string())?;
         Ok(config)
     }
@@ -354,6 +410,16 @@ impl KeelConfig {
         if self.database.pool_size == 0 {
             return Err(bad("database.pool_size", "must be at least 1"));
         }
+        let t = &self.transform;
+        if t.isolates == 0 || t.isolates > 64 {
+            return Err(bad("transform.isolates", "must be between 1 and 64"));
+        }
+        if t.heap_limit_mb < 16 {
+            return Err(bad("transform.heap_limit_mb", "must be at least 16"));
+        }
+        if t.call_timeout_ms < 10 {
+            return Err(bad("transform.call_timeout_ms", "must be at least 10"));
+        }
         Ok(())
     }
 }
@@ -372,7 +438,7 @@ pub struct WorkspaceError {
 
 /// Reads and validates the workspace file at `path`, collecting every problem rather than
 /// stopping at the first.
-pub fn load_workspace(path: &Path) -> Result<Workspace, WorkspaceError> {
+pub fn load_workspace(path: &Path, scripts_dir: &Path) -> Result<Workspace, WorkspaceError> {
     let file = path.display().to_string();
     let one = |p: String| WorkspaceError {
         file: file.clone(),
@@ -386,21 +452,27 @@ pub fn load_workspace(path: &Path) -> Result<Workspace, WorkspaceError> {
             e.column()
         ))
     })?;
-    let problems = validate_workspace(&value);
+    let problems = validate_workspace(&value, scripts_dir);
     if !problems.is_empty() {
         return Err(WorkspaceError { file, problems });
     }
     let ws: Workspace = serde_json::from_value(value).map_err(|e| one(format!("$: {e}")))?;
     // Each kind checks its own settings (URL syntax, methods…); report them with their path.
-    if let Err(errors) = keel_actors::processor::RoutingTable::build(&ws, &Default::default()) {
+    let env = keel_actors::destinations::BuildEnv {
+        scripts_dir: scripts_dir.to_owned(),
+        workspace_dir: workspace_dir(path),
+        ..Default::default()
+    };
+    if let Err(errors) = keel_actors::processor::RoutingTable::build(&ws, &env) {
         let mut problems = Vec::new();
         for e in errors {
             for (i, src) in ws.sources.iter().enumerate() {
                 for (j, d) in src.destinations.iter().enumerate() {
-                    if d.id == e.destination {
+                    if d.id == e.destination || e.destination == "*" {
                         problems.push(format!(
-                            "$.sources[{i}].destinations[{j}].config.{}: {}",
-                            e.field, e.problem
+                            "$.sources[{i}].destinations[{j}].{}: {}",
+                            e.path(),
+                            e.problem
                         ));
                     }
                 }
@@ -414,7 +486,38 @@ pub fn load_workspace(path: &Path) -> Result<Workspace, WorkspaceError> {
 
 use keel_actors::destinations::KINDS as KNOWN_KINDS;
 
-fn validate_workspace(root: &Value) -> Vec<String> {
+/// The folder relative transformation paths start from: the workspace file's own.
+pub fn workspace_dir(workspace: &Path) -> std::path::PathBuf {
+    workspace
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned()
+}
+
+fn validate_transformations(dest: &Value, at: &str, problems: &mut Vec<String>) {
+    let Some(list) = dest.get("transformations") else {
+        return;
+    };
+    let Some(list) = list.as_array() else {
+        problems.push(format!(
+            "{at}.transformations: must be an array of {{name, file}}"
+        ));
+        return;
+    };
+    for (k, t) in list.iter().enumerate() {
+        let at = format!("{at}.transformations[{k}]");
+        if !t.is_object() {
+            problems.push(format!("{at}: must be an object with name and file"));
+            continue;
+        }
+        require_str(t, "name", &at, problems);
+        require_str(t, "file", &at, problems);
+    }
+}
+
+fn validate_workspace(root: &Value, scripts_dir: &Path) -> Vec<String> {
+    let script_kinds = keel_actors::destinations::script_kinds(scripts_dir);
     let mut problems = Vec::new();
     let Some(sources) = root.get("sources") else {
         problems.push("$.sources: missing (expected an array of sources)".into());
@@ -485,11 +588,15 @@ fn validate_workspace(root: &Value) -> Vec<String> {
                     &mut problems,
                 ),
             };
+            validate_transformations(dest, &at, &mut problems);
             if let Some(kind) = kind {
                 match KNOWN_KINDS.iter().find(|(k, _)| *k == kind) {
+                    None if script_kinds.contains(&kind.to_ascii_lowercase()) => {}
                     None => problems.push(format!(
-                        "{at}.destinationDefinition.name: unknown destination kind {kind:?} (known: {})",
-                        KNOWN_KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+                        "{at}.destinationDefinition.name: unknown destination kind {kind:?} (built in: {}; scripts in {}: {})",
+                        KNOWN_KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
+                        scripts_dir.join("destinations").display(),
+                        script_kinds.join(", ")
                     )),
                     Some((_, required)) => {
                         for key in *required {
@@ -556,7 +663,7 @@ mod tests {
                 {"id": "s1", "name": "b", "writeKey": "k"}
             ]
         });
-        let problems = validate_workspace(&v);
+        let problems = validate_workspace(&v, Path::new("transformer-scripts"));
         assert!(
             problems.contains(
                 &"$.sources[0].destinations[0].enabled: must be true or false".to_string()
@@ -596,7 +703,7 @@ mod tests {
                                            "destinationDefinition": {"name": "WEBHOOK", "displayName": "Webhook", "config": {}},
                                            "transformations": []}]}]
         });
-        assert!(validate_workspace(&v).is_empty());
+        assert!(validate_workspace(&v, Path::new("transformer-scripts")).is_empty());
         let ws: Workspace = serde_json::from_value(v).expect("valid workspace");
         assert_eq!(
             ws.sources[0].destinations[0].destination_definition.name,

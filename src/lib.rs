@@ -8,3 +8,4 @@ pub mod embedded_pg;
 pub mod http;
 pub mod process_stats;
 pub mod reload;
+pub mod transform_cli;

@@ -61,6 +61,29 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// JavaScript transformations and destination scripts.
+    Transform {
+        #[command(subcommand)]
+        command: TransformCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TransformCommand {
+    /// Run one script over one event as the server would; print the result as JSON.
+    Test {
+        /// The script (a user transformation or a destination's transform.js).
+        file: PathBuf,
+        /// JSON file with the event.
+        #[arg(long)]
+        event: PathBuf,
+        /// JSON file with the destination (its `config` is what scripts read).
+        #[arg(long)]
+        destination: Option<PathBuf>,
+        /// Server configuration file (for `[transform]` limits and the scripts folder).
+        #[arg(long, env = "KEEL_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 const DEFAULT_CONFIG: &str = "config/keel.toml";
@@ -124,6 +147,31 @@ fn main() -> ExitCode {
     });
     let result = match cli.command {
         Command::CheckConfig { common } => check_config(&common),
+        Command::Transform {
+            command:
+                TransformCommand::Test {
+                    file,
+                    event,
+                    destination,
+                    config,
+                },
+        } => {
+            let common = Common {
+                config,
+                workspace: None,
+                database_url: None,
+            };
+            load_config(&common, None).and_then(|c| {
+                keel::transform_cli::run(
+                    &c,
+                    &keel::transform_cli::TestRun {
+                        file,
+                        event,
+                        destination,
+                    },
+                )
+            })
+        }
         Command::Migrate { common } => actix_web::rt::System::new().block_on(async move {
             let config = load_config(&common, None)?;
             let db = boot::database(&config).await?;
@@ -131,7 +179,10 @@ fn main() -> ExitCode {
         }),
         Command::Serve { common, listen, .. } => {
             let loaded = load_config(&common, listen).and_then(|config| {
-                let ws = load_workspace(std::path::Path::new(&config.server.workspace))?;
+                let ws = load_workspace(
+                    std::path::Path::new(&config.server.workspace),
+                    std::path::Path::new(&config.transform.scripts_dir),
+                )?;
                 Ok((config, ws))
             });
             match loaded {
@@ -167,8 +218,16 @@ fn check_config(common: &Common) -> anyhow::Result<()> {
         },
         |c| PathBuf::from(&c.server.workspace),
     );
-    match load_workspace(&ws_path) {
+    let scripts_dir = PathBuf::from(
+        config
+            .as_ref()
+            .map_or("transformer-scripts", |c| c.transform.scripts_dir.as_str()),
+    );
+    match load_workspace(&ws_path, &scripts_dir) {
         Ok(ws) => {
+            if let Some(c) = &config {
+                errors.extend(keel::transform_cli::check_scripts(c, &ws));
+            }
             if errors.is_empty() {
                 let dests: usize = ws.sources.iter().map(|s| s.destinations.len()).sum();
                 println!(

@@ -21,15 +21,24 @@ static RELOADING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub async fn reload(state: &AppState) -> Result<ReloadReport, Vec<String>> {
     let _one_at_a_time = RELOADING.lock().await;
     let path = std::path::Path::new(&state.config.server.workspace);
-    let ws = load_workspace(path).map_err(|e| {
+    let ws = load_workspace(
+        path,
+        std::path::Path::new(&state.config.transform.scripts_dir),
+    )
+    .map_err(|e| {
         e.problems
             .iter()
             .map(|p| format!("{}: {p}", e.file))
             .collect::<Vec<_>>()
     })?;
-    let http = crate::boot::http_settings(&state.config);
-    let routing = RoutingTable::build(&ws, &http)
+    let env = crate::boot::build_env(&state.config, Some(state.transforms.clone()));
+    let http = env.http.clone();
+    let routing = RoutingTable::build(&ws, &env)
         .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let problems = routing.check_scripts().await;
+    if !problems.is_empty() {
+        return Err(problems);
+    }
     // Routers being replaced get at least one delivery timeout to finish what they sent.
     let drain_deadline = Duration::from_secs(state.config.server.drain_timeout_secs)
         .max(http.timeout + Duration::from_secs(1));

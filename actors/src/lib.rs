@@ -13,5 +13,6 @@ pub mod sampler;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod transform;
 pub mod warehouse;
 pub mod workspace;

@@ -109,3 +109,15 @@ pub struct UpdateRouting(pub std::sync::Arc<crate::processor::RoutingTable>);
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct InjectPanic;
+
+/// Replays processor-stage dead letters (stage `transform`: a transformation or destination
+/// script failed) through the destination's current transformations and mapping; selectors
+/// combine like the DLQ replay's (neither = all). Answers how many were replayed.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<i64, String>")]
+pub struct ReplayTransformed {
+    /// Only this destination's.
+    pub destination: Option<String>,
+    /// Only these ids.
+    pub ids: Option<Vec<i64>>,
+}

@@ -13,20 +13,29 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde_json::{Map, Value};
 
-use crate::destinations::{self, Destination, HttpSettings};
-use crate::messages::{Heartbeat, HeartbeatReply, InjectPanic, UpdateRouting, Wake};
+use crate::destinations::{self, BuildEnv, Destination};
+use crate::messages::{
+    Heartbeat, HeartbeatReply, InjectPanic, ReplayTransformed, UpdateRouting, Wake,
+};
 use crate::router::RouterActor;
-use crate::store::{dedup_key, RoutingRecord, RtJobInsert, Store, StoreError, WhJobInsert};
+use crate::store::{
+    dedup_key, DlqInsert, RoutingRecord, RtJobInsert, Store, StoreError, WhJobInsert,
+};
 use crate::telemetry as t;
+use crate::transform::{
+    CallError, CallItem, CallResults, ItemResult, Script, ScriptKind, TransformPool,
+};
 use crate::workspace::{self, Workspace};
 
-/// One destination of a source, with its kind.
+/// One destination of a source, with its kind and user transformations.
 #[derive(Clone)]
 pub struct Route {
     /// The destination as configured.
     pub destination: workspace::Destination,
     /// Its kind.
     pub kind: Arc<dyn Destination>,
+    /// User transformations, run in order before the kind maps the events.
+    pub transformations: Vec<Arc<Script>>,
 }
 
 /// Source id → its routes; built once from the workspace.
@@ -34,42 +43,76 @@ pub struct Route {
 pub struct RoutingTable {
     by_source: HashMap<String, Vec<Route>>,
     source_names: HashMap<String, String>,
+    pool: Option<Arc<TransformPool>>,
 }
 
 impl RoutingTable {
-    /// Builds every destination of every enabled source; reports every invalid one.
-    pub fn build(
-        ws: &Workspace,
-        http: &HttpSettings,
-    ) -> Result<Self, Vec<destinations::ConfigError>> {
+    /// Builds every destination of every enabled source and loads every transformation;
+    /// reports every invalid one.
+    pub fn build(ws: &Workspace, env: &BuildEnv) -> Result<Self, Vec<destinations::ConfigError>> {
         let mut by_source = HashMap::new();
         let source_names = ws
             .sources
             .iter()
             .map(|s| (s.id.clone(), s.name.clone()))
             .collect();
-        let mut built: HashMap<String, Arc<dyn Destination>> = HashMap::new();
         let mut errors = Vec::new();
+        let libraries = env.libraries().unwrap_or_else(|problem| {
+            errors.push(destinations::ConfigError {
+                destination: "*".into(),
+                field: "transformations".into(),
+                problem,
+            });
+            Arc::default()
+        });
+        let mut built: HashMap<String, Route> = HashMap::new();
         for source in &ws.sources {
             let mut routes = Vec::new();
             for d in &source.destinations {
-                let kind = match built.get(&d.id) {
-                    Some(k) => k.clone(),
-                    None => match destinations::build(d, http) {
-                        Ok(k) => {
-                            built.insert(d.id.clone(), k.clone());
-                            k
-                        }
-                        Err(e) => {
-                            errors.push(e);
-                            continue;
-                        }
-                    },
+                if let Some(r) = built.get(&d.id) {
+                    routes.push(Route {
+                        destination: d.clone(),
+                        ..r.clone()
+                    });
+                    continue;
+                }
+                let kind = match destinations::build(d, env, &libraries) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
                 };
-                routes.push(Route {
+                let mut transformations = Vec::new();
+                for (i, t) in d.transformations.iter().enumerate() {
+                    let path = env.transformation_path(&t.file);
+                    match Script::load(
+                        &t.name,
+                        &path,
+                        ScriptKind::Transformation,
+                        libraries.clone(),
+                    ) {
+                        Ok(s) => transformations.push(Arc::new(s)),
+                        Err(problem) => errors.push(destinations::ConfigError {
+                            destination: d.id.clone(),
+                            field: format!("transformations[{i}].file"),
+                            problem,
+                        }),
+                    }
+                }
+                for t in &transformations {
+                    t::register_script_series(&t.name);
+                }
+                if let Some(script) = kind.script() {
+                    t::register_script_series(&script.name);
+                }
+                let route = Route {
                     destination: d.clone(),
                     kind,
-                });
+                    transformations,
+                };
+                built.insert(d.id.clone(), route.clone());
+                routes.push(route);
             }
             by_source.insert(source.id.clone(), routes);
         }
@@ -77,10 +120,44 @@ impl RoutingTable {
             Ok(Self {
                 by_source,
                 source_names,
+                pool: env.pool.clone(),
             })
         } else {
             Err(errors)
         }
+    }
+
+    /// Every script (transformations and destination scripts) this table runs, for
+    /// checking that they compile.
+    pub fn scripts(&self) -> Vec<Arc<Script>> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for routes in self.by_source.values() {
+            for r in routes {
+                for t in r.transformations.iter().chain(r.kind.script()) {
+                    if seen.insert(t.id()) {
+                        out.push(t.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Compiles every script this table runs and checks its exports (an empty call on the
+    /// pool); one line per problem, naming the file. Without a pool there is nothing to run.
+    pub async fn check_scripts(&self) -> Vec<String> {
+        let Some(pool) = &self.pool else {
+            return Vec::new();
+        };
+        let empty = Value::Object(Map::new());
+        let mut problems = Vec::new();
+        for script in self.scripts() {
+            if let Err(e) = pool.call(&script, &[], Some(&empty)).await {
+                problems.push(format!("{}: {e}", script.path.display()));
+            }
+        }
+        problems
     }
 
     /// Id → name of every source whose routes include destination `id`.
@@ -249,12 +326,356 @@ fn ordering_key(event: &Map<String, Value>) -> String {
 /// A request's id, source and events.
 type ParsedJob<'a> = (i64, &'a str, Vec<Map<String, Value>>);
 
+/// One event that passed dedup, with what the processor decided for it.
+struct EventCtx<'a> {
+    job_id: i64,
+    source_id: &'a str,
+    message_id: String,
+    key: String,
+    event: Map<String, Value>,
+    routed: Vec<String>,
+    filtered: Map<String, Value>,
+}
+
+/// What one route made of its events: payloads, drops and dead letters, each with the
+/// index of the event (in the batch) it came from.
+#[derive(Default)]
+struct RouteOutput {
+    payloads: Vec<(usize, Value)>,
+    dropped: Vec<(usize, String)>,
+    dead: Vec<(usize, Map<String, Value>, String)>,
+}
+
+/// RudderStack's `metadata(event)` for one event of a route.
+fn metadata(ctx: &EventCtx<'_>, route: &Route, source_name: &str) -> Value {
+    let ev = &ctx.event;
+    let d = &route.destination;
+    serde_json::json!({
+        "sourceId": ctx.source_id,
+        "sourceName": source_name,
+        "destinationId": d.id,
+        "destinationName": d.name,
+        "destinationType": d.destination_definition.name,
+        "messageId": ctx.message_id,
+        "jobId": ctx.job_id,
+        "eventName": ev.get("event"),
+        "eventType": ev.get("type"),
+        "receivedAt": ev.get("receivedAt"),
+    })
+}
+
+/// Runs a route's user transformations, in order, over its events, then its kind's
+/// mapping. Transformation results keep the index of the event they came from.
+async fn run_route(
+    pool: Option<&TransformPool>,
+    route: &Route,
+    source_name: &str,
+    ctxs: &[EventCtx<'_>],
+    indices: &[usize],
+) -> Result<RouteOutput, BatchError> {
+    let mut out = RouteOutput::default();
+    let mut current: Vec<(usize, Map<String, Value>)> = indices
+        .iter()
+        .map(|&i| (i, ctxs[i].event.clone()))
+        .collect();
+    for script in &route.transformations {
+        if current.is_empty() {
+            break;
+        }
+        let name = script.name.as_str();
+        let Some(pool) = pool else {
+            for (i, e) in current.drain(..) {
+                out.dead
+                    .push((i, e, format!("transformation {name}: no JavaScript pool")));
+            }
+            break;
+        };
+        let metas: Vec<Value> = current
+            .iter()
+            .map(|(i, _)| metadata(&ctxs[*i], route, source_name))
+            .collect();
+        let items: Vec<CallItem<'_>> = current
+            .iter()
+            .zip(&metas)
+            .map(|((_, event), metadata)| CallItem { event, metadata })
+            .collect();
+        let result = pool.call(script, &items, None).await;
+        drop(items);
+        if let Err(CallError::Unavailable) = result {
+            // Not the script's fault: retry the batch rather than dead-letter its events.
+            return Err(BatchError::Scripts(format!(
+                "transformation {name}: the JavaScript pool is unavailable"
+            )));
+        }
+        let before = std::mem::take(&mut current);
+        let (mut n_out, mut n_filtered, mut n_error) = (0u64, 0u64, 0u64);
+        match result {
+            Err(e) => {
+                n_error = before.len() as u64;
+                for (i, ev) in before {
+                    out.dead
+                        .push((i, ev, format!("transformation {name} failed: {e}")));
+                }
+            }
+            Ok(output) => match output.results {
+                CallResults::PerEvent(results) => {
+                    for ((i, ev), r) in before.into_iter().zip(results) {
+                        match r {
+                            ItemResult::Out(evs) if evs.is_empty() => {
+                                n_filtered += 1;
+                                out.dropped
+                                    .push((i, format!("dropped by transformation {name}")));
+                            }
+                            ItemResult::Out(evs) => {
+                                n_out += evs.len() as u64;
+                                current.extend(evs.into_iter().map(|e| (i, e)));
+                            }
+                            ItemResult::Failed(e) => {
+                                n_error += 1;
+                                metrics::counter!(t::TRANSFORM_ERRORS_TOTAL, "script" => name.to_owned(), "reason" => "exception")
+                                    .increment(1);
+                                out.dead
+                                    .push((i, ev, format!("transformation {name} threw: {e}")));
+                            }
+                        }
+                    }
+                }
+                CallResults::Batch(evs) => {
+                    // Outputs map back to inputs by messageId; others to the first input.
+                    let by_id: HashMap<&str, usize> = before
+                        .iter()
+                        .map(|(i, _)| (ctxs[*i].message_id.as_str(), *i))
+                        .collect();
+                    let mut kept = HashSet::new();
+                    let first = before.first().map_or(0, |(i, _)| *i);
+                    for e in evs {
+                        let i = e
+                            .get("messageId")
+                            .and_then(Value::as_str)
+                            .and_then(|m| by_id.get(m).copied())
+                            .unwrap_or(first);
+                        kept.insert(i);
+                        n_out += 1;
+                        current.push((i, e));
+                    }
+                    for (i, _) in before.iter().filter(|(i, _)| !kept.contains(i)) {
+                        n_filtered += 1;
+                        out.dropped
+                            .push((*i, format!("dropped by transformation {name}")));
+                    }
+                }
+            },
+        }
+        metrics::counter!(t::TRANSFORM_EVENTS_OUT_TOTAL, "script" => name.to_owned())
+            .increment(n_out);
+        metrics::counter!(t::TRANSFORM_EVENTS_DROPPED_TOTAL, "script" => name.to_owned(), "reason" => "filtered")
+            .increment(n_filtered);
+        metrics::counter!(t::TRANSFORM_EVENTS_DROPPED_TOTAL, "script" => name.to_owned(), "reason" => "error")
+            .increment(n_error);
+    }
+    if current.is_empty() {
+        return Ok(out);
+    }
+    let (idx, events): (Vec<usize>, Vec<Map<String, Value>>) = current.into_iter().unzip();
+    let mapped = route.kind.transform_batch(&events).await;
+    for ((i, event), r) in idx.into_iter().zip(events).zip(mapped) {
+        match r {
+            Ok(payloads) if payloads.is_empty() => {
+                // The kind sends nothing for this event (e.g. REDIS hash mode and a track).
+                out.dropped.push((
+                    i,
+                    format!("{} sends nothing for this event", route.kind.kind()),
+                ));
+            }
+            Ok(payloads) => out.payloads.extend(payloads.into_iter().map(|p| (i, p))),
+            Err(e) => out.dead.push((i, event, format!("mapping failed: {e}"))),
+        }
+    }
+    Ok(out)
+}
+
+/// Why a processor batch (or a replay) failed; it is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// Postgres.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The script pool could not run a transformation.
+    #[error("{0}")]
+    Scripts(String),
+}
+
+/// The rows a set of route outputs makes.
+struct Assembled {
+    rt: Vec<RtJobInsert>,
+    wh: Vec<WhJobInsert>,
+    dlq: Vec<DlqInsert>,
+    touched: HashSet<String>,
+}
+
+/// Turns route outputs into `rt_jobs`, `wh_jobs` and dead-letter rows (in event order per
+/// destination) and records on each event where it went.
+fn assemble(
+    groups: &[(&Route, &str, Vec<usize>)],
+    outputs: Vec<RouteOutput>,
+    ctxs: &mut [EventCtx<'_>],
+) -> Assembled {
+    let mut rt = Vec::new();
+    let mut wh = Vec::new();
+    let mut dlq = Vec::new();
+    let mut touched = HashSet::new();
+    for ((route, source_id, _), output) in groups.iter().zip(outputs) {
+        let d = &route.destination;
+        let warehouse = route.kind.warehouse().is_some();
+        // Warehouse kinds: one wh_jobs row per request (job) and destination.
+        let mut for_warehouse: Vec<(i64, Vec<Value>)> = Vec::new();
+        let mut routed_idx = HashSet::new();
+        for (i, payload) in output.payloads {
+            let ctx = &ctxs[i];
+            routed_idx.insert(i);
+            if warehouse {
+                match for_warehouse.last_mut() {
+                    Some((job, list)) if *job == ctx.job_id => list.push(payload),
+                    _ => for_warehouse.push((ctx.job_id, vec![payload])),
+                }
+            } else {
+                rt.push(RtJobInsert {
+                    destination_id: d.id.clone(),
+                    ordering_key: ctx.key.clone(),
+                    message_id: ctx.message_id.clone(),
+                    source_id: (*source_id).to_owned(),
+                    payload: payload.to_string(),
+                });
+                touched.insert(d.id.clone());
+            }
+        }
+        for (_, events) in for_warehouse {
+            wh.push(WhJobInsert {
+                destination_id: d.id.clone(),
+                source_id: (*source_id).to_owned(),
+                event_count: i32::try_from(events.len()).unwrap_or(i32::MAX),
+                payload: Value::Array(events).to_string(),
+            });
+        }
+        for i in routed_idx {
+            ctxs[i].routed.push(d.id.clone());
+        }
+        for (i, reason) in output.dropped {
+            if !ctxs[i].routed.contains(&d.id) {
+                ctxs[i].filtered.insert(d.id.clone(), Value::String(reason));
+            }
+        }
+        for (i, event, reason) in output.dead {
+            let ctx = &mut ctxs[i];
+            tracing::warn!(destination = %d.id, message_id = %ctx.message_id, %reason, "event dead-lettered before delivery");
+            ctx.filtered.insert(
+                d.id.clone(),
+                Value::String(format!("dead-lettered: {reason}")),
+            );
+            dlq.push(DlqInsert {
+                destination_id: d.id.clone(),
+                ordering_key: ctx.key.clone(),
+                message_id: ctx.message_id.clone(),
+                source_id: (*source_id).to_owned(),
+                payload: Value::Object(event).to_string(),
+                reason,
+            });
+        }
+    }
+    Assembled {
+        rt,
+        wh,
+        dlq,
+        touched,
+    }
+}
+
+/// Dead letters replayed per call at most.
+const REPLAY_LIMIT: i64 = 10_000;
+
+/// Runs processor-stage dead letters through their destination's current transformations
+/// and mapping again; commits the new rows and deletes the replayed letters in one
+/// transaction. Letters whose destination is gone stay. Returns how many were replayed.
+async fn replay_transformed(
+    store: &Store,
+    routing: &RoutingTable,
+    msg: ReplayTransformed,
+) -> Result<(i64, HashSet<String>), BatchError> {
+    let letters = store
+        .transform_dead_letters(msg.destination, msg.ids, REPLAY_LIMIT)
+        .await?;
+    let empty = Vec::new();
+    let mut ctxs: Vec<EventCtx<'_>> = Vec::new();
+    let mut groups: Vec<(&Route, &str, Vec<usize>)> = Vec::new();
+    let mut group_of: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut replayed = Vec::new();
+    for l in &letters {
+        let routes = routing.by_source.get(&l.source_id).unwrap_or(&empty);
+        let Some(route) = routes.iter().find(|r| r.destination.id == l.destination_id) else {
+            continue;
+        };
+        let Ok(event) = serde_json::from_str::<Map<String, Value>>(&l.payload) else {
+            continue;
+        };
+        let idx = ctxs.len();
+        let g = *group_of
+            .entry((l.source_id.as_str(), l.destination_id.as_str()))
+            .or_insert_with(|| {
+                groups.push((route, l.source_id.as_str(), Vec::new()));
+                groups.len() - 1
+            });
+        groups[g].2.push(idx);
+        replayed.push(l.id);
+        ctxs.push(EventCtx {
+            job_id: 0,
+            source_id: l.source_id.as_str(),
+            message_id: l.message_id.clone(),
+            key: l.ordering_key.clone(),
+            event,
+            routed: Vec::new(),
+            filtered: Map::new(),
+        });
+    }
+    let pool = routing.pool.as_deref();
+    let outputs = futures::future::join_all(groups.iter().map(|(route, source_id, idx)| {
+        let source_name = routing
+            .source_names
+            .get(*source_id)
+            .map_or("", String::as_str);
+        run_route(pool, route, source_name, &ctxs, idx)
+    }))
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
+    let Assembled {
+        rt,
+        wh,
+        dlq,
+        touched,
+    } = assemble(&groups, outputs, &mut ctxs);
+    let records = ctxs
+        .into_iter()
+        .map(|ctx| RoutingRecord {
+            source_id: ctx.source_id.to_owned(),
+            message_id: ctx.message_id,
+            job_id: ctx.job_id,
+            routed: ctx.routed,
+            filtered: Value::Object(ctx.filtered),
+        })
+        .collect();
+    let n = replayed.len() as i64;
+    store
+        .commit_processed(rt, wh, dlq, records, None, replayed)
+        .await?;
+    Ok((n, touched))
+}
+
 async fn process_batch(
     store: &Store,
     routing: &RoutingTable,
     after: i64,
     limit: i64,
-) -> Result<Option<BatchResult>, StoreError> {
+) -> Result<Option<BatchResult>, BatchError> {
     let jobs = store.fetch_gw_jobs(after, limit).await?;
     let Some(last) = jobs.last() else {
         return Ok(None);
@@ -276,17 +697,15 @@ async fn process_batch(
         parsed.push((job.id, job.source_id.as_str(), events));
     }
     let owners = store.dedup_owners(keys).await?;
-    let mut rt = Vec::new();
-    let mut wh = Vec::new();
-    let mut records = Vec::new();
-    let mut touched = HashSet::new();
-    let (mut routed_n, mut dup_n, mut none_n) = (0u64, 0u64, 0u64);
     let empty = Vec::new();
+    let mut dup_n = 0u64;
+    // Phase 1: dedup and filters; each route collects the indices of the events it takes.
+    let mut ctxs: Vec<EventCtx<'_>> = Vec::new();
+    let mut groups: Vec<(&Route, &str, Vec<usize>)> = Vec::new();
+    let mut group_of: HashMap<(&str, &str), usize> = HashMap::new();
     for (job_id, source_id, events) in parsed {
         let routes = routing.by_source.get(source_id).unwrap_or(&empty);
         let mut seen_in_job = HashSet::new();
-        // Warehouse destination id → this request's events for it (one wh_jobs row each).
-        let mut for_warehouse: Vec<(&str, Vec<Value>)> = Vec::new();
         for event in events {
             let message_id = event
                 .get("messageId")
@@ -298,8 +717,7 @@ async fn process_batch(
                 dup_n += 1;
                 continue;
             }
-            let key = ordering_key(&event);
-            let mut routed = Vec::new();
+            let idx = ctxs.len();
             let mut filtered = Map::new();
             for route in routes {
                 let d = &route.destination;
@@ -309,67 +727,59 @@ async fn process_batch(
                     filtered.insert(d.id.clone(), Value::String(reason.as_str().into()));
                     continue;
                 }
-                match route.kind.transform(&event) {
-                    Ok(payloads) if payloads.is_empty() => {
-                        // The kind sends nothing for this event (e.g. REDIS hash mode and a
-                        // track): say so instead of counting it as routed.
-                        filtered.insert(
-                            d.id.clone(),
-                            Value::String(format!(
-                                "{} sends nothing for this event",
-                                route.kind.kind()
-                            )),
-                        );
-                    }
-                    Ok(payloads) if route.kind.warehouse().is_some() => {
-                        match for_warehouse.iter_mut().find(|(id, _)| *id == d.id) {
-                            Some((_, list)) => list.extend(payloads),
-                            None => for_warehouse.push((d.id.as_str(), payloads)),
-                        }
-                        routed.push(d.id.clone());
-                    }
-                    Ok(payloads) => {
-                        for p in payloads {
-                            rt.push(RtJobInsert {
-                                destination_id: d.id.clone(),
-                                ordering_key: key.clone(),
-                                message_id: message_id.clone(),
-                                source_id: source_id.to_owned(),
-                                payload: p.to_string(),
-                            });
-                        }
-                        routed.push(d.id.clone());
-                        touched.insert(d.id.clone());
-                    }
-                    Err(e) => {
-                        filtered.insert(
-                            d.id.clone(),
-                            Value::String(format!("transform failed: {e}")),
-                        );
-                    }
-                }
+                let g = *group_of
+                    .entry((source_id, d.id.as_str()))
+                    .or_insert_with(|| {
+                        groups.push((route, source_id, Vec::new()));
+                        groups.len() - 1
+                    });
+                groups[g].2.push(idx);
             }
-            if routed.is_empty() {
-                none_n += 1;
-            } else {
-                routed_n += 1;
-            }
-            records.push(RoutingRecord {
-                source_id: source_id.to_owned(),
-                message_id,
+            ctxs.push(EventCtx {
                 job_id,
-                routed,
-                filtered: Value::Object(filtered),
+                source_id,
+                key: ordering_key(&event),
+                message_id,
+                event,
+                routed: Vec::new(),
+                filtered,
             });
         }
-        for (destination_id, events) in for_warehouse {
-            wh.push(WhJobInsert {
-                destination_id: destination_id.to_owned(),
-                source_id: source_id.to_owned(),
-                event_count: i32::try_from(events.len()).unwrap_or(i32::MAX),
-                payload: Value::Array(events).to_string(),
-            });
+    }
+    // Phase 2: every route maps its events (script calls run concurrently).
+    let pool = routing.pool.as_deref();
+    let outputs = futures::future::join_all(groups.iter().map(|(route, source_id, idx)| {
+        let source_name = routing
+            .source_names
+            .get(*source_id)
+            .map_or("", String::as_str);
+        run_route(pool, route, source_name, &ctxs, idx)
+    }))
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
+    // Phase 3: rows, in event order per destination.
+    let Assembled {
+        rt,
+        wh,
+        dlq,
+        touched,
+    } = assemble(&groups, outputs, &mut ctxs);
+    let (mut routed_n, mut none_n) = (0u64, 0u64);
+    let mut records = Vec::with_capacity(ctxs.len());
+    for ctx in ctxs {
+        if ctx.routed.is_empty() {
+            none_n += 1;
+        } else {
+            routed_n += 1;
         }
+        records.push(RoutingRecord {
+            source_id: ctx.source_id.to_owned(),
+            message_id: ctx.message_id,
+            job_id: ctx.job_id,
+            routed: ctx.routed,
+            filtered: Value::Object(ctx.filtered),
+        });
     }
     let mut per_dest: HashMap<&str, u64> = HashMap::new();
     for j in &rt {
@@ -383,10 +793,14 @@ async fn process_batch(
         metrics::counter!(t::PROCESSOR_JOBS_WRITTEN_TOTAL, "destination" => d.to_owned())
             .increment(n);
     }
-    store.commit_processed(rt, wh, records, last_id).await?;
+    let dead_n = dlq.len() as u64;
+    store
+        .commit_processed(rt, wh, dlq, records, Some(last_id), Vec::new())
+        .await?;
     metrics::counter!(t::PROCESSOR_EVENTS_TOTAL, "outcome" => "routed").increment(routed_n);
     metrics::counter!(t::PROCESSOR_EVENTS_TOTAL, "outcome" => "duplicate").increment(dup_n);
     metrics::counter!(t::PROCESSOR_EVENTS_TOTAL, "outcome" => "no_route").increment(none_n);
+    metrics::counter!(t::PROCESSOR_DEAD_LETTERED_TOTAL).increment(dead_n);
     Ok(Some(BatchResult {
         last_id,
         jobs: jobs.len(),
@@ -457,5 +871,31 @@ impl Handler<Heartbeat> for Processor {
             actor: "processor",
             pending: usize::from(self.busy),
         }
+    }
+}
+
+impl Handler<ReplayTransformed> for Processor {
+    type Result = ResponseActFuture<Self, Result<i64, String>>;
+
+    fn handle(&mut self, msg: ReplayTransformed, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        let routing = self.routing.clone();
+        Box::pin(
+            async move { replay_transformed(&store, &routing, msg).await }
+                .into_actor(self)
+                .map(|result, act, _ctx| match result {
+                    Ok((n, touched)) => {
+                        if let Ok(routers) = act.routers.read() {
+                            for d in &touched {
+                                if let Some(r) = routers.get(d) {
+                                    let _ = r.try_send(Wake);
+                                }
+                            }
+                        }
+                        Ok(n)
+                    }
+                    Err(e) => Err(e.to_string()),
+                }),
+        )
     }
 }

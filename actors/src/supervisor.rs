@@ -163,12 +163,16 @@ fn fingerprint(routing: &RoutingTable, route: &Route) -> String {
         Vec::new()
     };
     sources.sort();
+    // A destination script's router re-runs the script for retried events: a new script
+    // version needs a new router. (User transformations run in the processor only.)
+    let script = route.kind.script().map(|s| s.id());
     serde_json::json!([
         d.enabled,
         d.destination_definition.name,
         d.destination_definition.config,
         d.config,
-        sources
+        sources,
+        script
     ])
     .to_string()
 }

@@ -1,6 +1,7 @@
 //! Every metric name Keel exports, in one place (`keel_<component>_<what>_<unit>`;
 //! counters end in `_total`, durations are histograms in seconds). Labels are `source`,
-//! `destination`, `outcome`, `endpoint` and `actor`; never user data.
+//! `destination`, `outcome`, `endpoint`, `actor`, and `script`, `reason`, `isolate` for the
+//! JavaScript pool; never user data.
 
 /// Gateway HTTP requests, labelled `endpoint` and `outcome` (the HTTP status code).
 pub const GATEWAY_REQUESTS_TOTAL: &str = "keel_gateway_requests_total";
@@ -30,6 +31,27 @@ pub const SUPERVISOR_RESTARTS_TOTAL: &str = "keel_supervisor_restarts_total";
 /// Heartbeats a child did not answer in time, labelled `actor`.
 pub const SUPERVISOR_HEARTBEAT_MISSES_TOTAL: &str = "keel_supervisor_heartbeat_misses_total";
 
+/// Calls into the JavaScript pool, labelled `script`.
+pub const TRANSFORM_CALLS_TOTAL: &str = "keel_transform_calls_total";
+/// Events passed into scripts, labelled `script`.
+pub const TRANSFORM_EVENTS_IN_TOTAL: &str = "keel_transform_events_in_total";
+/// Events scripts returned (after splits), labelled `script`.
+pub const TRANSFORM_EVENTS_OUT_TOTAL: &str = "keel_transform_events_out_total";
+/// Events that left a script as nothing, labelled `script` and `reason` (`filtered`: the
+/// script returned null/undefined/[]; `error`: dead-lettered).
+pub const TRANSFORM_EVENTS_DROPPED_TOTAL: &str = "keel_transform_events_dropped_total";
+/// Failed script calls or events, labelled `script` and `reason` (`exception`, `timeout`,
+/// `heap`, `load`, `invalid_output`, `unavailable`).
+pub const TRANSFORM_ERRORS_TOTAL: &str = "keel_transform_errors_total";
+/// Duration of one script call (a batch), labelled `script`.
+pub const TRANSFORM_CALL_DURATION_SECONDS: &str = "keel_transform_call_duration_seconds";
+/// Isolates recreated after a call was stopped, labelled `reason` (`timeout`, `heap`).
+pub const TRANSFORM_ISOLATE_RESTARTS_TOTAL: &str = "keel_transform_isolate_restarts_total";
+/// V8 heap in use after the last call, labelled `isolate`.
+pub const TRANSFORM_HEAP_USED_BYTES: &str = "keel_transform_heap_used_bytes";
+/// Requests scripts made with `fetch`/`fetchV2`.
+pub const TRANSFORM_FETCHES_TOTAL: &str = "keel_transform_fetches_total";
+
 /// Every name in this file, for the dashboard contract test and for `describe_all`.
 pub const ALL: &[&str] = &[
     GATEWAY_REQUESTS_TOTAL,
@@ -50,6 +72,7 @@ pub const ALL: &[&str] = &[
     PROCESSOR_FILTERED_TOTAL,
     PROCESSOR_BATCH_DURATION_SECONDS,
     PROCESSOR_FAILURES_TOTAL,
+    PROCESSOR_DEAD_LETTERED_TOTAL,
     ROUTER_DELIVERIES_TOTAL,
     ROUTER_DELIVERY_DURATION_SECONDS,
     ROUTER_IN_FLIGHT,
@@ -80,6 +103,15 @@ pub const ALL: &[&str] = &[
     PROCESS_THREADS,
     TELEMETRY_SAMPLES_TOTAL,
     TELEMETRY_SAMPLE_DURATION_SECONDS,
+    TRANSFORM_CALLS_TOTAL,
+    TRANSFORM_EVENTS_IN_TOTAL,
+    TRANSFORM_EVENTS_OUT_TOTAL,
+    TRANSFORM_EVENTS_DROPPED_TOTAL,
+    TRANSFORM_ERRORS_TOTAL,
+    TRANSFORM_CALL_DURATION_SECONDS,
+    TRANSFORM_ISOLATE_RESTARTS_TOTAL,
+    TRANSFORM_HEAP_USED_BYTES,
+    TRANSFORM_FETCHES_TOTAL,
 ];
 
 /// Registers help text for every metric so `/metrics` documents itself.
@@ -130,6 +162,9 @@ pub const PROCESSOR_EVENTS_TOTAL: &str = "keel_processor_events_total";
 pub const PROCESSOR_JOBS_WRITTEN_TOTAL: &str = "keel_processor_jobs_written_total";
 /// Events not routed to a destination, labelled `destination` and `outcome` (the reason).
 pub const PROCESSOR_FILTERED_TOTAL: &str = "keel_processor_filtered_total";
+/// Events (per destination) dead-lettered by the processor: a transformation or the
+/// destination mapping failed for them.
+pub const PROCESSOR_DEAD_LETTERED_TOTAL: &str = "keel_processor_dead_lettered_total";
 /// Duration of one processor batch (read, route, commit).
 pub const PROCESSOR_BATCH_DURATION_SECONDS: &str = "keel_processor_batch_duration_seconds";
 /// Failed processor batches.
@@ -250,6 +285,41 @@ fn describe_backlog_and_process() {
         Unit::Seconds,
         "Duration of one backlog sample"
     );
+    describe_transform();
+}
+
+fn describe_transform() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(TRANSFORM_CALLS_TOTAL, "Script calls (batches) by script");
+    describe_counter!(TRANSFORM_EVENTS_IN_TOTAL, "Events passed into scripts");
+    describe_counter!(TRANSFORM_EVENTS_OUT_TOTAL, "Events scripts returned");
+    describe_counter!(
+        TRANSFORM_EVENTS_DROPPED_TOTAL,
+        "Events a script turned into nothing, by reason (filtered, error)"
+    );
+    describe_counter!(
+        TRANSFORM_ERRORS_TOTAL,
+        "Failed script calls or events by reason"
+    );
+    describe_histogram!(
+        TRANSFORM_CALL_DURATION_SECONDS,
+        Unit::Seconds,
+        "Duration of one script call"
+    );
+    describe_counter!(
+        TRANSFORM_ISOLATE_RESTARTS_TOTAL,
+        "Isolates recreated after a stopped call, by reason"
+    );
+    describe_gauge!(
+        TRANSFORM_HEAP_USED_BYTES,
+        Unit::Bytes,
+        "V8 heap in use per isolate after its last call"
+    );
+    describe_counter!(TRANSFORM_FETCHES_TOTAL, "HTTP requests made by scripts");
+    describe_counter!(
+        PROCESSOR_DEAD_LETTERED_TOTAL,
+        "Events dead-lettered by the processor (a transformation or mapping failed)"
+    );
 }
 
 /// Registers the series that exist whatever the traffic (unlabelled gateway and processor
@@ -265,11 +335,16 @@ pub fn register_static_series() {
     let _ = metrics::histogram!(GATEWAY_FLUSH_REQUESTS);
     let _ = metrics::histogram!(GATEWAY_FLUSH_EVENTS);
     let _ = metrics::counter!(PROCESSOR_FAILURES_TOTAL);
+    let _ = metrics::counter!(PROCESSOR_DEAD_LETTERED_TOTAL);
     let _ = metrics::histogram!(PROCESSOR_BATCH_DURATION_SECONDS);
     for outcome in ["routed", "duplicate", "no_route"] {
         let _ = metrics::counter!(PROCESSOR_EVENTS_TOTAL, "outcome" => outcome);
     }
     let _ = metrics::histogram!(ROUTER_STATUS_FLUSH_DURATION_SECONDS);
+    let _ = metrics::counter!(TRANSFORM_FETCHES_TOTAL);
+    for reason in ["timeout", "heap"] {
+        let _ = metrics::counter!(TRANSFORM_ISOLATE_RESTARTS_TOTAL, "reason" => reason);
+    }
     for actor in SUPERVISED_ACTORS {
         let _ = metrics::counter!(SUPERVISOR_RESTARTS_TOTAL, "actor" => *actor);
         let _ = metrics::counter!(SUPERVISOR_HEARTBEAT_MISSES_TOTAL, "actor" => *actor);
@@ -291,4 +366,29 @@ pub fn register_destination_series(destination: &str) {
     let _ = metrics::counter!(ROUTER_THROTTLED_TOTAL, "destination" => d.clone());
     let _ = metrics::counter!(ROUTER_STORE_FAILURES_TOTAL, "destination" => d.clone());
     let _ = metrics::counter!(PROCESSOR_JOBS_WRITTEN_TOTAL, "destination" => d);
+}
+
+/// Registers every series of script `script` (calls, events in/out/dropped, errors by
+/// reason, call duration) without changing any value, so a script that never failed still
+/// shows its errors at 0.
+pub fn register_script_series(script: &str) {
+    let s = script.to_owned();
+    let _ = metrics::counter!(TRANSFORM_CALLS_TOTAL, "script" => s.clone());
+    let _ = metrics::counter!(TRANSFORM_EVENTS_IN_TOTAL, "script" => s.clone());
+    let _ = metrics::counter!(TRANSFORM_EVENTS_OUT_TOTAL, "script" => s.clone());
+    for reason in ["filtered", "error"] {
+        let _ = metrics::counter!(TRANSFORM_EVENTS_DROPPED_TOTAL, "script" => s.clone(), "reason" => reason);
+    }
+    for reason in [
+        "exception",
+        "timeout",
+        "heap",
+        "load",
+        "invalid_output",
+        "unavailable",
+    ] {
+        let _ =
+            metrics::counter!(TRANSFORM_ERRORS_TOTAL, "script" => s.clone(), "reason" => reason);
+    }
+    let _ = metrics::histogram!(TRANSFORM_CALL_DURATION_SECONDS, "script" => s);
 }

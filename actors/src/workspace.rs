@@ -45,6 +45,19 @@ pub struct Destination {
     pub config: Map<String, Value>,
     /// The kind, e.g. `WEBHOOK`.
     pub destination_definition: DestinationDefinition,
+    /// User transformations run, in order, on the events this destination takes, after
+    /// the event filters and before the destination mapping.
+    #[serde(default)]
+    pub transformations: Vec<TransformationRef>,
+}
+
+/// A user transformation attached to a destination.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TransformationRef {
+    /// Name shown in metrics, logs and dead letters.
+    pub name: String,
+    /// The script: absolute, or relative to the workspace file's folder.
+    pub file: String,
 }
 
 /// A destination's kind.

@@ -3,7 +3,7 @@
 //! event is.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use keel_actors::messages::Wake;
+use keel_actors::messages::{ReplayTransformed, Wake};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
@@ -99,9 +99,28 @@ pub async fn replay_dlq(
     }
     let moved = state
         .store
-        .replay_dlq(r.destination.clone(), r.ids)
+        .replay_dlq(r.destination.clone(), r.ids.clone())
         .await
         .map_err(|e| storage(e, &state))?;
+    // Dead letters of the transform stage go through the destination's scripts again.
+    let processor = match state.children.processor.read() {
+        Ok(p) => p.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    let retransformed = processor
+        .send(ReplayTransformed {
+            destination: r.destination.clone(),
+            ids: r.ids,
+        })
+        .await
+        .map_err(|e| ApiError::unavailable("processor_unavailable", e.to_string(), 1))?
+        .map_err(|e| {
+            ApiError::unavailable(
+                "storage_unavailable",
+                e,
+                state.config.gateway.retry_after_secs,
+            )
+        })?;
     if let Ok(routers) = state.children.routers.read() {
         for (id, addr) in routers.iter() {
             if r.destination.as_ref().is_none_or(|d| d == id) {
@@ -109,7 +128,11 @@ pub async fn replay_dlq(
             }
         }
     }
-    Ok(HttpResponse::Ok().json(json!({"replayed": moved})))
+    Ok(HttpResponse::Ok().json(json!({
+        "replayed": moved + retransformed,
+        "redelivered": moved,
+        "retransformed": retransformed,
+    })))
 }
 
 /// `GET /admin/events/{messageId}`: where that event is, per destination.

@@ -45,6 +45,8 @@ pub struct AppState {
     pub test_hooks: bool,
     /// Per-source event rate limiter (`gateway.rate_limit_events_per_sec`), if one is set.
     pub rate_limiter: Option<Arc<SourceRateLimiter>>,
+    /// The JavaScript pool every routing table (start-up and reloads) runs scripts on.
+    pub transforms: Arc<keel_actors::transform::TransformPool>,
 }
 
 /// GCRA limiter keyed by source id.

@@ -12,4 +12,5 @@ mod ops;
 mod reload;
 mod sdk;
 mod security;
+mod transform;
 mod warehouse;

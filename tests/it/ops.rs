@@ -241,6 +241,11 @@ async fn keel_with_retries_and_dlq(db: &TestDb, wh: &TestDb) -> (Keel, [Sink; 3]
         ("flaky", &flaky.url, json!({})),
         ("reject", &reject.url, json!({})),
     ]);
+    // A transformation, so the script panels have data.
+    opts.workspace["sources"][0]["destinations"][0]["transformations"] = json!([{
+        "name": "enrich",
+        "file": repo_root().join("tests/scripts/enrich.js").display().to_string()
+    }]);
     opts.workspace["sources"][0]["destinations"]
         .as_array_mut()
         .expect("destinations")

@@ -168,6 +168,89 @@ fn refused_private(e: &reqwest::Error) -> Option<String> {
     None
 }
 
+/// The refusal for a URL whose host is a non-public IP literal (names are checked after
+/// resolution), unless private targets are allowed.
+fn refused_literal(client: &HttpClient, endpoint: &str) -> Option<String> {
+    if client.allow_private {
+        return None;
+    }
+    let url = reqwest::Url::parse(endpoint).ok()?;
+    let ip = url.host_str().and_then(|h| {
+        h.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .ok()
+    })?;
+    is_private(ip).then(|| format!("refused: {}", PrivateTarget(ip.to_string())))
+}
+
+/// A response to a script's `fetch`: status, headers and the body as text.
+#[derive(Debug, Clone, Serialize)]
+pub struct FetchResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Header name → value (the last value of repeated headers).
+    pub headers: Map<String, Value>,
+    /// The body as (lossy UTF-8) text, at most `max_body` bytes.
+    pub body: String,
+}
+
+/// One request made by a transformation script (`fetch`/`fetchV2`), with the destinations'
+/// address policy and timeouts. Errors are messages for the script.
+pub async fn fetch(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &Map<String, Value>,
+    body: Option<String>,
+    max_body: usize,
+) -> Result<FetchResponse, String> {
+    let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("invalid HTTP method {method:?}"))?;
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("only http(s) URLs can be fetched, not {url:?}"));
+    }
+    if let Some(why) = refused_literal(client, url) {
+        return Err(why);
+    }
+    let mut builder = client.inner.request(method, parsed);
+    for (k, v) in headers {
+        builder = builder.header(k.as_str(), value_str(v));
+    }
+    if let Some(body) = body {
+        builder = builder.body(body);
+    }
+    let res = builder.send().await.map_err(|e| {
+        refused_private(&e).map_or_else(
+            || format!("fetch failed: {}", e.without_url()),
+            |why| format!("refused: {why}"),
+        )
+    })?;
+    let status = res.status().as_u16();
+    let headers = res
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
+        .collect();
+    let mut bytes = res
+        .bytes()
+        .await
+        .map_err(|e| format!("reading the response failed: {}", e.without_url()))?
+        .to_vec();
+    bytes.truncate(max_body);
+    Ok(FetchResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
 fn value_str(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -197,21 +280,11 @@ pub async fn send(client: &HttpClient, payload: &Value) -> DeliveryOutcome {
             })
         }
     };
-    if !client.allow_private {
-        if let Ok(url) = reqwest::Url::parse(&req.endpoint) {
-            let literal = url.host_str().and_then(|h| {
-                h.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<IpAddr>()
-                    .ok()
-            });
-            if let Some(ip) = literal.filter(|ip| is_private(*ip)) {
-                return DeliveryOutcome::Abort(Failure {
-                    error: format!("refused: {}", PrivateTarget(ip.to_string())),
-                    ..Failure::default()
-                });
-            }
-        }
+    if let Some(why) = refused_literal(client, &req.endpoint) {
+        return DeliveryOutcome::Abort(Failure {
+            error: why,
+            ..Failure::default()
+        });
     }
     let mut builder = client.inner.request(method, &req.endpoint);
     for (k, v) in &req.headers {

@@ -12,14 +12,17 @@ pub mod http;
 pub mod nats;
 pub mod rabbitmq;
 pub mod redis;
+pub mod script;
 pub mod webhook;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
+use crate::transform::{self, Libraries, TransformPool};
 use crate::workspace;
 
 /// What happened to one delivery attempt.
@@ -53,7 +56,7 @@ pub struct TransformError(pub String);
 
 /// Invalid destination settings, naming the field.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("destination {destination}: config.{field}: {problem}")]
+#[error("destination {destination}: {}: {problem}", self.path())]
 pub struct ConfigError {
     /// Destination id.
     pub destination: String,
@@ -63,14 +66,42 @@ pub struct ConfigError {
     pub problem: String,
 }
 
+impl ConfigError {
+    /// Where the problem is, relative to the destination: `config.<field>`, or the field
+    /// itself for `transformations[…]` and `destinationDefinition…`.
+    pub fn path(&self) -> String {
+        if self.field.starts_with("transformations")
+            || self.field.starts_with("destinationDefinition")
+        {
+            self.field.clone()
+        } else {
+            format!("config.{}", self.field)
+        }
+    }
+}
+
 /// One destination kind instance.
 pub trait Destination: Send + Sync {
     /// The kind name (`WEBHOOK`).
     fn kind(&self) -> &'static str;
     /// Maps a normalised event to zero or more destination-ready payloads.
     fn transform(&self, event: &Map<String, Value>) -> Result<Vec<Value>, TransformError>;
+    /// Maps a batch of events (one result per event, in order). Kinds that map in Rust
+    /// use [`Destination::transform`]; script-backed kinds make one script call per batch.
+    fn transform_batch<'a>(
+        &'a self,
+        events: &'a [Map<String, Value>],
+    ) -> BoxFuture<'a, Vec<Result<Vec<Value>, TransformError>>> {
+        Box::pin(futures::future::ready(
+            events.iter().map(|e| self.transform(e)).collect(),
+        ))
+    }
     /// Delivers one payload produced by [`Destination::transform`].
     fn deliver<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, DeliveryOutcome>;
+    /// For script-backed kinds, their script (checked by `keel check-config`).
+    fn script(&self) -> Option<&Arc<transform::Script>> {
+        None
+    }
     /// For warehouse kinds, their settings: the processor writes their events to `wh_jobs`
     /// and a warehouse uploader loads them in batches instead of a router delivering them.
     fn warehouse(&self) -> Option<&crate::warehouse::PostgresWarehouse> {
@@ -103,11 +134,72 @@ impl Default for HttpSettings {
     }
 }
 
-/// Builds the kind named by `dest.destinationDefinition.name`.
+/// Everything destination kinds and transformations are built with.
+#[derive(Clone, Default)]
+pub struct BuildEnv {
+    /// Outbound client settings.
+    pub http: HttpSettings,
+    /// The JavaScript pool (none when only validating, e.g. `keel check-config`).
+    pub pool: Option<Arc<TransformPool>>,
+    /// `transformer-scripts`: `libraries/<name>.js` and `destinations/<name>/transform.js`.
+    pub scripts_dir: PathBuf,
+    /// The workspace file's folder (relative transformation paths start there).
+    pub workspace_dir: PathBuf,
+}
+
+impl BuildEnv {
+    /// Every library in `<scripts_dir>/libraries`.
+    pub fn libraries(&self) -> Result<Arc<Libraries>, String> {
+        transform::load_libraries(&self.scripts_dir.join("libraries")).map(Arc::new)
+    }
+
+    /// The script of a destination definition: `<scripts_dir>/destinations/<name>/transform.js`
+    /// with the folder matched case-insensitively.
+    pub fn destination_script(&self, definition: &str) -> Option<(String, PathBuf)> {
+        destination_script_in(&self.scripts_dir, definition)
+    }
+
+    /// A transformation file as the workspace names it.
+    pub fn transformation_path(&self, file: &str) -> PathBuf {
+        let p = Path::new(file);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.workspace_dir.join(p)
+        }
+    }
+}
+
+/// Destination script folders in `scripts_dir` (lower-case names), for validation.
+pub fn script_kinds(scripts_dir: &Path) -> Vec<String> {
+    let mut kinds: Vec<String> = std::fs::read_dir(scripts_dir.join("destinations"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("transform.js").is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_ascii_lowercase))
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+fn destination_script_in(scripts_dir: &Path, definition: &str) -> Option<(String, PathBuf)> {
+    let dir = scripts_dir.join("destinations");
+    std::fs::read_dir(&dir).ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_str()?.to_owned();
+        let path = e.path().join("transform.js");
+        (name.eq_ignore_ascii_case(definition) && path.is_file()).then_some((name, path))
+    })
+}
+
+/// Builds the kind named by `dest.destinationDefinition.name`: a built-in kind, else a
+/// destination script whose folder carries that name.
 pub fn build(
     dest: &workspace::Destination,
-    http: &HttpSettings,
+    env: &BuildEnv,
+    libraries: &Arc<Libraries>,
 ) -> Result<Arc<dyn Destination>, ConfigError> {
+    let http = &env.http;
     match dest.destination_definition.name.as_str() {
         webhook::KIND => Ok(Arc::new(webhook::Webhook::new(dest, http)?)),
         crate::warehouse::config::KIND => Ok(Arc::new(crate::warehouse::PostgresWarehouse::new(
@@ -117,11 +209,20 @@ pub fn build(
         redis::KIND => Ok(Arc::new(redis::Redis::new(dest, http)?)),
         rabbitmq::KIND => Ok(Arc::new(rabbitmq::RabbitMq::new(dest, http)?)),
         nats::KIND => Ok(Arc::new(nats::Nats::new(dest, http)?)),
-        other => Err(ConfigError {
-            destination: dest.id.clone(),
-            field: "destinationDefinition.name".into(),
-            problem: format!("unknown destination kind {other:?}"),
-        }),
+        other => match env.destination_script(other) {
+            Some((folder, path)) => Ok(Arc::new(script::ScriptDestination::new(
+                dest, &folder, &path, env, libraries,
+            )?)),
+            None => Err(ConfigError {
+                destination: dest.id.clone(),
+                field: "destinationDefinition.name".into(),
+                problem: format!(
+                    "unknown destination kind {other:?} (built in: {}; scripts: {})",
+                    KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
+                    script_kinds(&env.scripts_dir).join(", ")
+                ),
+            }),
+        },
     }
 }
 

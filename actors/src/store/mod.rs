@@ -19,8 +19,8 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 pub use gateway::GwJobInsert;
 pub use migrate::{run_migrations, MIGRATIONS};
-pub use processor::{GwJob, RoutingRecord, RtJobInsert, PROCESSOR_STAGE};
-pub use router::{DeadLetter, DlqJob, RetryUpdate, RtJob, StatusBatch};
+pub use processor::{DlqInsert, GwJob, RoutingRecord, RtJobInsert, PROCESSOR_STAGE};
+pub use router::{DeadLetter, DlqJob, RetryUpdate, RtJob, StatusBatch, TransformDeadLetter};
 pub use telemetry::{DestinationBacklog, PoolUsage};
 pub use warehouse::{WhBacklog, WhJob, WhJobInsert};
 

@@ -55,6 +55,24 @@ pub struct RtJobInsert {
     pub payload: String,
 }
 
+/// One event dead-lettered by the processor (a transformation or the destination mapping
+/// failed for it): a `dlq_jobs` row of stage `transform` holding the event itself.
+#[derive(Debug, Clone)]
+pub struct DlqInsert {
+    /// Destination id.
+    pub destination_id: String,
+    /// userId, else anonymousId.
+    pub ordering_key: String,
+    /// The event's messageId.
+    pub message_id: String,
+    /// Source id.
+    pub source_id: String,
+    /// The event as the failing step received it (JSON text).
+    pub payload: String,
+    /// Why (with the script's stack when there is one).
+    pub reason: String,
+}
+
 /// One `routing_log` row: what the processor decided for one event.
 #[derive(Debug, Clone)]
 pub struct RoutingRecord {
@@ -118,15 +136,32 @@ impl Store {
         .await
     }
 
-    /// Commits one processed batch: inserts `jobs`, `warehouse` and `routing`, deletes `gw_jobs` up to
-    /// `last_id` and moves the checkpoint there — one transaction.
+    /// Commits one processed batch: inserts `jobs`, `warehouse`, `dead` and `routing`,
+    /// deletes `gw_jobs` up to `last_id` and moves the checkpoint there — one transaction.
+    /// A replay of dead letters passes no `last_id` and the `replayed` dlq ids to delete.
     pub async fn commit_processed(
         &self,
         jobs: Vec<RtJobInsert>,
         warehouse: Vec<WhJobInsert>,
+        dead: Vec<DlqInsert>,
         routing: Vec<RoutingRecord>,
-        last_id: i64,
+        last_id: Option<i64>,
+        replayed: Vec<i64>,
     ) -> Result<(), StoreError> {
+        let mut d_dest = Vec::with_capacity(dead.len());
+        let mut d_key = Vec::with_capacity(dead.len());
+        let mut d_mid = Vec::with_capacity(dead.len());
+        let mut d_src = Vec::with_capacity(dead.len());
+        let mut d_payload = Vec::with_capacity(dead.len());
+        let mut d_reason = Vec::with_capacity(dead.len());
+        for d in dead {
+            d_dest.push(d.destination_id);
+            d_key.push(d.ordering_key);
+            d_mid.push(d.message_id);
+            d_src.push(d.source_id);
+            d_payload.push(d.payload);
+            d_reason.push(d.reason);
+        }
         let mut w_dest = Vec::with_capacity(warehouse.len());
         let mut w_src = Vec::with_capacity(warehouse.len());
         let mut w_count = Vec::with_capacity(warehouse.len());
@@ -193,6 +228,24 @@ impl Store {
                         .execute(conn)
                         .await?;
                     }
+                    if !d_dest.is_empty() {
+                        // Ids come from rt_jobs' sequence: dead letters of both stages share it.
+                        diesel::sql_query(
+                            "INSERT INTO dlq_jobs (id, destination_id, ordering_key, message_id, source_id, payload, \
+                               attempts, reason, created_at, stage) \
+                             SELECT nextval('rt_jobs_id_seq'), d, k, m, s, p::json, 0, r, now(), 'transform' \
+                             FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+                                   WITH ORDINALITY AS u(d, k, m, s, p, r, o) ORDER BY o) x",
+                        )
+                        .bind::<Array<Text>, _>(d_dest)
+                        .bind::<Array<Text>, _>(d_key)
+                        .bind::<Array<Text>, _>(d_mid)
+                        .bind::<Array<Text>, _>(d_src)
+                        .bind::<Array<Text>, _>(d_payload)
+                        .bind::<Array<Text>, _>(d_reason)
+                        .execute(conn)
+                        .await?;
+                    }
                     if !r_src.is_empty() {
                         diesel::sql_query(
                             "INSERT INTO routing_log (source_id, message_id, job_id, routed, filtered) \
@@ -207,6 +260,15 @@ impl Store {
                         .execute(conn)
                         .await?;
                     }
+                    if !replayed.is_empty() {
+                        diesel::sql_query("DELETE FROM dlq_jobs WHERE id = ANY($1)")
+                            .bind::<Array<BigInt>, _>(replayed)
+                            .execute(conn)
+                            .await?;
+                    }
+                    let Some(last_id) = last_id else {
+                        return Ok(());
+                    };
                     diesel::sql_query("DELETE FROM gw_jobs WHERE id <= $1")
                         .bind::<BigInt, _>(last_id)
                         .execute(conn)

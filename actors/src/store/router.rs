@@ -128,6 +128,9 @@ pub struct DlqJob {
     /// When it was dead-lettered.
     #[diesel(sql_type = Timestamptz)]
     pub failed_at: DateTime<Utc>,
+    /// `delivery` (the router gave up) or `transform` (a script failed before delivery).
+    #[diesel(sql_type = Text)]
+    pub stage: String,
 }
 
 #[derive(QueryableByName)]
@@ -246,10 +249,34 @@ impl Store {
         self.timed(async {
             let mut conn = self.conn().await?;
             Ok(diesel::sql_query(
-                "SELECT id, destination_id, ordering_key, message_id, attempts, reason, last_status, last_response, failed_at \
+                "SELECT id, destination_id, ordering_key, message_id, attempts, reason, last_status, last_response, failed_at, stage \
                  FROM dlq_jobs WHERE ($1::text IS NULL OR destination_id = $1) ORDER BY id LIMIT $2",
             )
             .bind::<Nullable<Text>, _>(destination)
+            .bind::<BigInt, _>(limit)
+            .load(&mut conn)
+            .await?)
+        })
+        .await
+    }
+
+    /// Processor-stage dead letters (the events themselves), oldest first; selectors as in
+    /// [`Store::replay_dlq`].
+    pub async fn transform_dead_letters(
+        &self,
+        destination: Option<String>,
+        ids: Option<Vec<i64>>,
+        limit: i64,
+    ) -> Result<Vec<TransformDeadLetter>, StoreError> {
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            Ok(diesel::sql_query(
+                "SELECT id, destination_id, ordering_key, message_id, source_id, payload::text AS payload \
+                 FROM dlq_jobs WHERE stage = 'transform' AND ($1::text IS NULL OR destination_id = $1) \
+                 AND ($2::int8[] IS NULL OR id = ANY($2)) ORDER BY id LIMIT $3",
+            )
+            .bind::<Nullable<Text>, _>(destination)
+            .bind::<Nullable<Array<BigInt>>, _>(ids)
             .bind::<BigInt, _>(limit)
             .load(&mut conn)
             .await?)
@@ -269,7 +296,7 @@ impl Store {
             let mut conn = self.conn().await?;
             let rows: Vec<Count> = diesel::sql_query(
                 "WITH moved AS ( \
-                   DELETE FROM dlq_jobs WHERE ($1::text IS NULL OR destination_id = $1) AND ($2::int8[] IS NULL OR id = ANY($2)) \
+                   DELETE FROM dlq_jobs WHERE stage = 'delivery' AND ($1::text IS NULL OR destination_id = $1) AND ($2::int8[] IS NULL OR id = ANY($2)) \
                    RETURNING id, destination_id, ordering_key, message_id, source_id, payload), \
                  ins AS ( \
                    INSERT INTO rt_jobs (destination_id, ordering_key, message_id, source_id, payload) \
@@ -284,6 +311,29 @@ impl Store {
         })
         .await
     }
+}
+
+/// A processor-stage dead letter: the event a script failed on.
+#[derive(Debug, QueryableByName)]
+pub struct TransformDeadLetter {
+    /// Its id.
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    /// Destination id.
+    #[diesel(sql_type = Text)]
+    pub destination_id: String,
+    /// Ordering key.
+    #[diesel(sql_type = Text)]
+    pub ordering_key: String,
+    /// messageId.
+    #[diesel(sql_type = Text)]
+    pub message_id: String,
+    /// Source id.
+    #[diesel(sql_type = Text)]
+    pub source_id: String,
+    /// The event (JSON text).
+    #[diesel(sql_type = Text)]
+    pub payload: String,
 }
 
 #[derive(QueryableByName)]

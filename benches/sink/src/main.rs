@@ -12,6 +12,10 @@
 //! * the wall-clock times of the first and last delivery, so that the delivered
 //!   rate is `unique / (last_at_ms - first_at_ms) * 1000`.
 //!
+//! A GA4 Measurement Protocol body (no top-level `messageId`) is identified by its first
+//! event's `params.message_id` / `params.received_at`, which the benchmark's transformation
+//! puts there.
+//!
 //! Bodies that are not JSON objects, or lack a string `messageId`, are still
 //! answered 200 (so Keel does not retry them) but counted as `invalid`; a missing
 //! or unparsable `receivedAt` is counted as `no_received_at` and adds no latency.
@@ -73,6 +77,43 @@ struct Event<'a> {
     /// When Keel accepted the event (RFC 3339).
     #[serde(rename = "receivedAt", borrow, default)]
     received_at: Option<Cow<'a, str>>,
+    /// GA4 Measurement Protocol bodies carry no messageId; the benchmark's transformation
+    /// copies it (and receivedAt) into event parameters, read from here.
+    #[serde(borrow, default)]
+    events: Option<Vec<Ga4Event<'a>>>,
+}
+
+/// One event of a GA4 Measurement Protocol body.
+#[derive(Deserialize)]
+struct Ga4Event<'a> {
+    #[serde(borrow, default)]
+    params: Option<Ga4Params<'a>>,
+}
+
+/// The parameters the benchmark's transformation adds.
+#[derive(Deserialize)]
+struct Ga4Params<'a> {
+    #[serde(borrow, default)]
+    message_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    received_at: Option<Cow<'a, str>>,
+}
+
+impl<'a> Event<'a> {
+    /// The messageId and receivedAt, top-level or from a GA4 body's first event.
+    fn ids(self) -> (Option<Cow<'a, str>>, Option<Cow<'a, str>>) {
+        if self.message_id.is_some() {
+            return (self.message_id, self.received_at);
+        }
+        let params = self
+            .events
+            .and_then(|e| e.into_iter().next())
+            .and_then(|e| e.params);
+        match params {
+            Some(p) => (p.message_id, p.received_at),
+            None => (None, None),
+        }
+    }
 }
 
 /// Everything the sink has counted since start or the last reset.
@@ -123,7 +164,8 @@ impl Stats {
             self.invalid += 1;
             return;
         };
-        let Some(id) = event.message_id else {
+        let (message_id, received_at) = event.ids();
+        let Some(id) = message_id else {
             self.invalid += 1;
             return;
         };
@@ -132,10 +174,7 @@ impl Stats {
         } else {
             self.seen.insert(id.into_owned().into_boxed_str());
         }
-        match event
-            .received_at
-            .and_then(|s| chrono::DateTime::parse_from_rfc3339(&s).ok())
-        {
+        match received_at.and_then(|s| chrono::DateTime::parse_from_rfc3339(&s).ok()) {
             Some(at) => {
                 let ms = (now_ms - at.timestamp_millis()).max(0);
                 self.latency_ms
@@ -311,6 +350,27 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_ids_from_ga4_bodies() {
+        let mut s = Stats::new();
+        let at = "2024-01-01T00:00:00.000Z";
+        let base = chrono::DateTime::parse_from_rfc3339(at)
+            .unwrap()
+            .timestamp_millis();
+        let body = format!(
+            r#"{{"client_id":"c","events":[{{"name":"purchase","params":{{"message_id":"m1","received_at":"{at}","value":3}}}}]}}"#
+        );
+        s.record(body.as_bytes(), base + 20);
+        s.record(
+            br#"{"client_id":"c","events":[{"name":"x","params":{}}]}"#,
+            base + 30,
+        );
+        assert_eq!(s.seen.len(), 1);
+        assert!(s.seen.contains("m1"));
+        assert_eq!(s.invalid, 1);
+        assert_eq!(s.latency_ms.max(), 20);
+    }
 
     #[test]
     fn counts_unique_duplicates_and_latency() {

@@ -40,6 +40,8 @@ pub struct Received {
     pub body: Value,
     /// The status the sink answered (0 = none).
     pub status: u16,
+    /// Method and request target (`POST /mp/collect?measurement_id=…`).
+    pub target: String,
 }
 
 /// A running sink.
@@ -117,6 +119,7 @@ impl Sink {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
+            let target = line.trim_end().trim_end_matches(" HTTP/1.1").to_owned();
             let mut headers = HashMap::new();
             loop {
                 let mut h = String::new();
@@ -172,6 +175,7 @@ impl Sink {
                 headers,
                 body,
                 status,
+                target,
             });
             if status == 0 {
                 // Never answer; keep the connection open until the client gives up.

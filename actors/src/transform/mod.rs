@@ -1,0 +1,412 @@
+//! JavaScript transformations on V8: a pool of isolates, each on its own OS thread (isolates
+//! are `!Send`), fed through one bounded channel, one batch of events per call. Scripts are
+//! ES modules in RudderStack's shape — user transformations export `transformEvent(event,
+//! metadata)` or `transformBatch(events, metadata)`, destination scripts export
+//! `process(event, destination)` — and may import libraries by name. Each isolate caches
+//! the scripts it compiled, runs each call under a time budget (a watchdog terminates it)
+//! and a heap cap, and is recreated after a call it had to stop. This module owns the
+//! public side: settings, scripts, calls and their results; [`isolate`] owns V8.
+
+mod isolate;
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::telemetry as t;
+
+/// Pool and per-call limits.
+#[derive(Debug, Clone)]
+pub struct TransformSettings {
+    /// Isolates (OS threads) in the pool.
+    pub isolates: usize,
+    /// V8 heap cap per isolate, bytes (array buffers count against it too).
+    pub heap_limit_bytes: usize,
+    /// Time budget of one call (a batch), enforced with `terminate_execution`.
+    pub call_timeout: Duration,
+    /// Timeout of one `fetch`/`fetchV2` request.
+    pub fetch_timeout: Duration,
+    /// Requests one call may make with `fetch`/`fetchV2`.
+    pub fetch_max_requests: usize,
+    /// Response bytes `fetch` keeps.
+    pub fetch_max_body: usize,
+    /// Let `fetch` reach loopback, private and link-local addresses.
+    pub allow_private_targets: bool,
+}
+
+impl Default for TransformSettings {
+    fn default() -> Self {
+        Self {
+            isolates: 2,
+            heap_limit_bytes: 128 << 20,
+            call_timeout: Duration::from_secs(4),
+            fetch_timeout: Duration::from_secs(5),
+            fetch_max_requests: 20,
+            fetch_max_body: 1 << 20,
+            allow_private_targets: false,
+        }
+    }
+}
+
+/// What a script is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScriptKind {
+    /// A user transformation (`transformEvent` / `transformBatch`).
+    Transformation,
+    /// A destination written as a script (`process`).
+    Destination,
+}
+
+/// Library name → source (`transformer-scripts/libraries/<name>.js`), importable by name.
+pub type Libraries = BTreeMap<String, String>;
+
+/// One script, loaded and ready to be compiled by any isolate.
+#[derive(Debug)]
+pub struct Script {
+    /// Transformation name or destination folder.
+    pub name: String,
+    /// Where it was read from (shown in stacks and errors).
+    pub path: PathBuf,
+    /// ES module source.
+    pub source: String,
+    /// Its role.
+    pub kind: ScriptKind,
+    /// Libraries it may import.
+    pub libraries: Arc<Libraries>,
+    id: u64,
+}
+
+impl Script {
+    /// A script from its source.
+    pub fn new(
+        name: &str,
+        path: &Path,
+        source: String,
+        kind: ScriptKind,
+        libraries: Arc<Libraries>,
+    ) -> Self {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (name, path, &source, kind, &*libraries).hash(&mut h);
+        Self {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            source,
+            kind,
+            libraries,
+            id: h.finish(),
+        }
+    }
+
+    /// Reads the script at `path`; the error names the file.
+    pub fn load(
+        name: &str,
+        path: &Path,
+        kind: ScriptKind,
+        libraries: Arc<Libraries>,
+    ) -> Result<Self, String> {
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        Ok(Self::new(name, path, source, kind, libraries))
+    }
+
+    /// Identity of this exact script (name, path, source, libraries): the compile cache key.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// Reads every `<name>.js` in `dir` (missing folder: none).
+pub fn load_libraries(dir: &Path) -> Result<Libraries, String> {
+    let mut libs = Libraries::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(libs),
+        Err(e) => return Err(format!("{}: cannot list: {e}", dir.display())),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("js") {
+            continue;
+        }
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        let source = std::fs::read_to_string(&path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        libs.insert(name.to_owned(), source);
+    }
+    Ok(libs)
+}
+
+/// One event going into a call, with what `metadata(event)` returns for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallItem<'a> {
+    /// The event.
+    #[serde(rename = "e")]
+    pub event: &'a Map<String, Value>,
+    /// Its metadata (`sourceId`, `destinationId`, `messageId`…).
+    #[serde(rename = "m")]
+    pub metadata: &'a Value,
+}
+
+/// An error a script raised (or a reason Keel gave up on its output).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct ScriptError {
+    /// `Name: message`.
+    #[serde(rename = "error")]
+    pub message: String,
+    /// The script's stack, when it had one.
+    #[serde(default)]
+    pub stack: Option<String>,
+    /// A `status` (or `statusCode`) the thrown error carried.
+    #[serde(default)]
+    pub status: Option<u16>,
+}
+
+impl std::fmt::Display for ScriptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.stack {
+            Some(stack) if !stack.is_empty() => f.write_str(stack),
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+/// The outcome for one input event of a per-event call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemResult {
+    /// What it became: no events (dropped), one, or several (split).
+    Out(Vec<Map<String, Value>>),
+    /// The script threw for it.
+    Failed(ScriptError),
+}
+
+/// What a call produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallResults {
+    /// `transformEvent` / `process`: one result per input event, in input order.
+    PerEvent(Vec<ItemResult>),
+    /// `transformBatch`: the events it returned.
+    Batch(Vec<Map<String, Value>>),
+}
+
+/// A finished call.
+#[derive(Debug, Clone)]
+pub struct CallOutput {
+    /// The results.
+    pub results: CallResults,
+    /// Lines the script logged with `log()`/`console.*` (bounded).
+    pub logs: Vec<String>,
+    /// Lines dropped past the bound.
+    pub dropped_logs: u64,
+}
+
+/// Why a whole call failed (all its events are dead-lettered with this reason).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// The script does not compile, import or export what it must.
+    #[error("script {script} cannot be loaded: {message}")]
+    Load {
+        /// Script path.
+        script: String,
+        /// Compiler or loader message.
+        message: String,
+    },
+    /// `transformBatch` threw, or the call failed as a whole.
+    #[error("{0}")]
+    Exception(ScriptError),
+    /// The call ran past its time budget and was terminated.
+    #[error("the script ran longer than its {0:?} budget and was stopped")]
+    Timeout(Duration),
+    /// The isolate reached its heap cap and the call was stopped.
+    #[error("the script used more than its {0} MB heap cap and was stopped")]
+    Heap(usize),
+    /// The script returned something that is not an event (or not JSON).
+    #[error("invalid script output: {0}")]
+    InvalidOutput(String),
+    /// The pool is shut down.
+    #[error("the transformation pool is unavailable")]
+    Unavailable,
+}
+
+impl CallError {
+    /// Metric label for this failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CallError::Load { .. } => "load",
+            CallError::Exception(_) => "exception",
+            CallError::Timeout(_) => "timeout",
+            CallError::Heap(_) => "heap",
+            CallError::InvalidOutput(_) => "invalid_output",
+            CallError::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// The pool of isolates. Cheap to share (`Arc`); dropping the last handle stops the threads
+/// once their queue is empty.
+pub struct TransformPool {
+    tx: flume::Sender<isolate::Job>,
+    settings: Arc<TransformSettings>,
+}
+
+impl TransformPool {
+    /// Starts `settings.isolates` isolate threads.
+    pub fn start(settings: TransformSettings) -> std::io::Result<Arc<Self>> {
+        let settings = Arc::new(settings);
+        let n = settings.isolates.max(1);
+        let (tx, rx) = flume::bounded(n * 4);
+        for i in 0..n {
+            isolate::spawn(i, rx.clone(), settings.clone())?;
+        }
+        Ok(Arc::new(Self { tx, settings }))
+    }
+
+    /// The limits this pool enforces.
+    pub fn settings(&self) -> &TransformSettings {
+        &self.settings
+    }
+
+    /// Runs `script` over `items` on some isolate. `destination` is the second argument of
+    /// a destination script's `process` (ignored for transformations).
+    pub async fn call(
+        &self,
+        script: &Arc<Script>,
+        items: &[CallItem<'_>],
+        destination: Option<&Value>,
+    ) -> Result<CallOutput, CallError> {
+        let started = Instant::now();
+        let input = serde_json::to_string(items)
+            .map_err(|e| CallError::InvalidOutput(format!("cannot encode the input: {e}")))?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let job = isolate::Job {
+            script: script.clone(),
+            input,
+            items: items.len(),
+            destination: destination.map(Value::to_string),
+            reply,
+        };
+        self.tx
+            .send_async(job)
+            .await
+            .map_err(|_| CallError::Unavailable)?;
+        let result = rx.await.map_err(|_| CallError::Unavailable)?;
+        if items.is_empty() {
+            // A compile check, not traffic.
+            return result;
+        }
+        let label = script.name.clone();
+        metrics::histogram!(t::TRANSFORM_CALL_DURATION_SECONDS, "script" => label.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(t::TRANSFORM_CALLS_TOTAL, "script" => label.clone()).increment(1);
+        metrics::counter!(t::TRANSFORM_EVENTS_IN_TOTAL, "script" => label.clone())
+            .increment(items.len() as u64);
+        match &result {
+            Ok(out) => {
+                for line in &out.logs {
+                    tracing::debug!(script = %script.name, "script log: {line}");
+                }
+            }
+            Err(e) => {
+                metrics::counter!(t::TRANSFORM_ERRORS_TOTAL, "script" => label, "reason" => e.reason())
+                    .increment(1);
+            }
+        }
+        result
+    }
+
+    /// Runs one script over one event from synchronous code (the CLI), blocking.
+    pub fn call_blocking(
+        &self,
+        script: &Arc<Script>,
+        items: &[CallItem<'_>],
+        destination: Option<&Value>,
+    ) -> Result<CallOutput, CallError> {
+        futures::executor::block_on(self.call(script, items, destination))
+    }
+}
+
+/// Parses an isolate's JSON answer into results, checking that every output is an object.
+fn parse_answer(text: &str, expected: usize) -> Result<CallOutput, CallError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Answer {
+        #[serde(default)]
+        items: Option<Vec<RawItem>>,
+        #[serde(default)]
+        batch: Option<Vec<Value>>,
+        #[serde(default)]
+        call_error: Option<ScriptError>,
+        #[serde(default)]
+        logs: Vec<String>,
+        #[serde(default)]
+        dropped_logs: u64,
+    }
+    #[derive(Deserialize)]
+    struct RawItem {
+        #[serde(default)]
+        out: Option<Vec<Value>>,
+        #[serde(flatten)]
+        error: Option<ScriptError>,
+    }
+    let objects = |values: Vec<Value>| -> Result<Vec<Map<String, Value>>, CallError> {
+        values
+            .into_iter()
+            .map(|v| match v {
+                Value::Object(m) => Ok(m),
+                other => Err(CallError::InvalidOutput(format!(
+                    "expected an event object, got {}",
+                    truncate(&other.to_string(), 200)
+                ))),
+            })
+            .collect()
+    };
+    let answer: Answer = serde_json::from_str(text)
+        .map_err(|e| CallError::InvalidOutput(format!("the answer is not JSON: {e}")))?;
+    if let Some(e) = answer.call_error {
+        return Err(CallError::Exception(e));
+    }
+    let results = if let Some(items) = answer.items {
+        if items.len() != expected {
+            return Err(CallError::InvalidOutput(format!(
+                "{} results for {expected} events",
+                items.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            out.push(match (item.out, item.error) {
+                (Some(values), _) => match objects(values) {
+                    Ok(events) => ItemResult::Out(events),
+                    Err(e) => ItemResult::Failed(ScriptError {
+                        message: e.to_string(),
+                        stack: None,
+                        status: None,
+                    }),
+                },
+                (None, Some(e)) => ItemResult::Failed(e),
+                (None, None) => ItemResult::Out(Vec::new()),
+            });
+        }
+        CallResults::PerEvent(out)
+    } else {
+        CallResults::Batch(objects(answer.batch.unwrap_or_default())?)
+    };
+    Ok(CallOutput {
+        results,
+        logs: answer.logs,
+        dropped_logs: answer.dropped_logs,
+    })
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

@@ -1,0 +1,1 @@
+ALTER TABLE dlq_jobs DROP COLUMN stage;

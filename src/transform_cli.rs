@@ -1,0 +1,199 @@
+//! `keel transform test`: runs one script over one event the way the server does (same
+//! pool, limits and runtime functions) and prints the result as JSON on stdout (an event,
+//! an array, or `null`), the script's `log()` lines on stderr. A script that throws, times
+//! out or exceeds its heap prints the error and its stack on stderr and fails.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use keel_actors::transform::{
+    load_libraries, CallItem, CallResults, ItemResult, Script, ScriptKind, TransformPool,
+};
+use serde_json::{json, Map, Value};
+
+use crate::config::KeelConfig;
+
+/// Compiles every script `ws` uses (transformations and destination scripts) and checks
+/// their exports; returns one line per problem.
+pub fn check_scripts(config: &KeelConfig, ws: &crate::config::Workspace) -> Vec<String> {
+    let mut settings = config.transform.settings(config.allow_private_targets);
+    settings.isolates = 1;
+    let pool = match TransformPool::start(settings) {
+        Ok(p) => p,
+        Err(e) => return vec![format!("cannot start V8: {e}")],
+    };
+    let env = crate::boot::build_env(config, Some(pool.clone()));
+    let table = match keel_actors::processor::RoutingTable::build(ws, &env) {
+        Ok(t) => t,
+        // load_workspace reported these already.
+        Err(_) => return Vec::new(),
+    };
+    futures::executor::block_on(table.check_scripts())
+}
+
+/// What to run.
+pub struct TestRun {
+    /// The script.
+    pub file: PathBuf,
+    /// A JSON file holding one event.
+    pub event: PathBuf,
+    /// A JSON file holding the destination (workspace or RudderStack shape), optional.
+    pub destination: Option<PathBuf>,
+}
+
+fn read_json(path: &Path, what: &str) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the {what}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
+}
+
+/// RudderStack's destination object (`ID`, `Name`, `Config`, `DestinationDefinition`) from
+/// either that shape or the workspace's (`id`, `name`, `config`, `destinationDefinition`).
+fn rudder_destination(d: &Value) -> Value {
+    if d.get("Config").is_some() {
+        return d.clone();
+    }
+    json!({
+        "ID": d.get("id").cloned().unwrap_or(Value::Null),
+        "Name": d.get("name").cloned().unwrap_or(Value::Null),
+        "Enabled": d.get("enabled").cloned().unwrap_or(Value::Bool(true)),
+        "Config": d.get("config").cloned().unwrap_or_else(|| json!({})),
+        "DestinationDefinition": {
+            "Name": d.pointer("/destinationDefinition/name").cloned().unwrap_or(Value::Null),
+            "DisplayName": d.pointer("/destinationDefinition/displayName").cloned().unwrap_or(Value::Null),
+            "Config": d.pointer("/destinationDefinition/config").cloned().unwrap_or_else(|| json!({})),
+        },
+    })
+}
+
+/// The script's role from its exports: `process` makes a destination script.
+fn kind_of(source: &str) -> ScriptKind {
+    let exports_process = source.lines().any(|l| {
+        let l = l.trim_start();
+        l.starts_with("export")
+            && (l.contains("function process")
+                || l.contains(" process ")
+                || l.contains("process,")
+                || l.contains("process }"))
+    });
+    let exports_transform = source.contains("transformEvent") || source.contains("transformBatch");
+    if exports_process && !exports_transform {
+        ScriptKind::Destination
+    } else {
+        ScriptKind::Transformation
+    }
+}
+
+/// Runs the script; prints the result, or the error and stack (then fails).
+pub fn run(config: &KeelConfig, args: &TestRun) -> anyhow::Result<()> {
+    let source = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("{}: cannot read the script", args.file.display()))?;
+    let event = match read_json(&args.event, "event")? {
+        Value::Object(m) => m,
+        _ => bail!("{}: the event must be a JSON object", args.event.display()),
+    };
+    let destination = match &args.destination {
+        Some(p) => rudder_destination(&read_json(p, "destination")?),
+        None => rudder_destination(&json!({"id": "test", "name": "test", "config": {},
+                    "destinationDefinition": {"name": "TEST"}})),
+    };
+    let libs_dir = Path::new(&config.transform.scripts_dir).join("libraries");
+    let libraries = Arc::new(load_libraries(&libs_dir).map_err(anyhow::Error::msg)?);
+    let kind = kind_of(&source);
+    let name = args
+        .file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("script")
+        .to_owned();
+    let script = Arc::new(Script::new(&name, &args.file, source, kind, libraries));
+    let mut settings = config.transform.settings(config.allow_private_targets);
+    settings.isolates = 1;
+    let pool = TransformPool::start(settings).context("starting V8")?;
+    let metadata = json!({
+        "sourceId": event.get("sourceId").cloned().unwrap_or(json!("test-source")),
+        "sourceName": "test-source",
+        "destinationId": destination["ID"],
+        "destinationName": destination["Name"],
+        "destinationType": destination["DestinationDefinition"]["Name"],
+        "messageId": event.get("messageId"),
+        "eventName": event.get("event"),
+        "eventType": event.get("type"),
+        "receivedAt": event.get("receivedAt"),
+    });
+    let items = [CallItem {
+        event: &event,
+        metadata: &metadata,
+    }];
+    let result = pool.call_blocking(&script, &items, Some(&destination));
+    let output = match result {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{}: {e}", args.file.display());
+            bail!("the script failed");
+        }
+    };
+    for line in &output.logs {
+        eprintln!("log: {line}");
+    }
+    if output.dropped_logs > 0 {
+        eprintln!("log: ({} more lines dropped)", output.dropped_logs);
+    }
+    let shown = |events: Vec<Map<String, Value>>| match events.len() {
+        0 => Value::Null,
+        1 => Value::Object(events.into_iter().next().expect("one")),
+        _ => Value::Array(events.into_iter().map(Value::Object).collect()),
+    };
+    let value = match output.results {
+        CallResults::Batch(events) => Value::Array(events.into_iter().map(Value::Object).collect()),
+        CallResults::PerEvent(mut results) => match results.pop() {
+            Some(ItemResult::Out(events)) => shown(events),
+            Some(ItemResult::Failed(e)) => {
+                eprintln!("{}: {}", args.file.display(), e.message);
+                if let Some(stack) = &e.stack {
+                    eprintln!("{stack}");
+                }
+                if let Some(status) = e.status {
+                    eprintln!("status: {status}");
+                }
+                bail!("the script threw");
+            }
+            None => Value::Null,
+        },
+    };
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_scripts_are_told_by_their_exports() {
+        assert_eq!(
+            kind_of("export function process(event, destination) {}"),
+            ScriptKind::Destination
+        );
+        assert_eq!(
+            kind_of("export function transformEvent(event) { return event; }"),
+            ScriptKind::Transformation
+        );
+        assert_eq!(
+            kind_of("export async function transformBatch(events) { return events; }"),
+            ScriptKind::Transformation
+        );
+    }
+
+    #[test]
+    fn workspace_destinations_become_rudderstack_objects() {
+        let d = rudder_destination(
+            &json!({"id": "d1", "name": "GA", "config": {"apiSecret": "s"},
+            "destinationDefinition": {"name": "GA4"}}),
+        );
+        assert_eq!(d["ID"], "d1");
+        assert_eq!(d["Config"]["apiSecret"], "s");
+        assert_eq!(d["DestinationDefinition"]["Name"], "GA4");
+    }
+}
