@@ -7,6 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+/// The allocator the `keel` binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use keel_actors::transform::{
     CallItem, CallResults, Libraries, Script, ScriptKind, TransformPool, TransformSettings,
 };
@@ -66,12 +70,12 @@ fn bench(c: &mut Criterion) {
         Arc::new(Libraries::new()),
     ));
     let events = events();
+    let common = json!({"sourceId": "src", "sourceName": "Web", "destinationId": "dst",
+                        "destinationName": "Webhook", "destinationType": "WEBHOOK"});
     let metas: Vec<Value> = events
         .iter()
-        .map(|e| {
-            json!({"sourceId": "src", "sourceName": "Web", "destinationId": "dst",
-                        "destinationType": "WEBHOOK", "messageId": e["messageId"]})
-        })
+        .enumerate()
+        .map(|(i, e)| json!({"messageId": e["messageId"], "jobId": i}))
         .collect();
     let items: Vec<CallItem<'_>> = events
         .iter()
@@ -83,7 +87,7 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("runtime");
     // Warm the isolate (compile) and check the output once.
-    let out = rt.block_on(pool.call(&script, &items, None)).expect("call");
+    let out = rt.block_on(pool.call(&script, &common, &items, None)).expect("call");
     let CallResults::PerEvent(results) = out.results else {
         panic!("per-event results expected")
     };
@@ -91,7 +95,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("transform");
     group.throughput(Throughput::Elements(items.len() as u64));
     group.bench_function("enrich_one_isolate_100_event_batches", |b| {
-        b.iter(|| rt.block_on(pool.call(&script, &items, None)).expect("call"))
+        b.iter(|| rt.block_on(pool.call(&script, &common, &items, None)).expect("call"))
     });
     group.finish();
 }

@@ -111,22 +111,19 @@ pub fn run(config: &KeelConfig, args: &TestRun) -> anyhow::Result<()> {
     let mut settings = config.transform.settings(config.allow_private_targets);
     settings.isolates = 1;
     let pool = TransformPool::start(settings).context("starting V8")?;
-    let metadata = json!({
+    let common = json!({
         "sourceId": event.get("sourceId").cloned().unwrap_or(json!("test-source")),
         "sourceName": "test-source",
         "destinationId": destination["ID"],
         "destinationName": destination["Name"],
         "destinationType": destination["DestinationDefinition"]["Name"],
-        "messageId": event.get("messageId"),
-        "eventName": event.get("event"),
-        "eventType": event.get("type"),
-        "receivedAt": event.get("receivedAt"),
     });
+    let metadata = json!({"messageId": event.get("messageId"), "jobId": 0});
     let items = [CallItem {
         event: &event,
         metadata: &metadata,
     }];
-    let result = pool.call_blocking(&script, &items, Some(&destination));
+    let result = pool.call_blocking(&script, &common, &items, Some(&destination));
     let output = match result {
         Ok(o) => o,
         Err(e) => {

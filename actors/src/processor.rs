@@ -153,7 +153,7 @@ impl RoutingTable {
         let empty = Value::Object(Map::new());
         let mut problems = Vec::new();
         for script in self.scripts() {
-            if let Err(e) = pool.call(&script, &[], Some(&empty)).await {
+            if let Err(e) = pool.call(&script, &empty, &[], Some(&empty)).await {
                 problems.push(format!("{}: {e}", script.path.display()));
             }
         }
@@ -346,22 +346,21 @@ struct RouteOutput {
     dead: Vec<(usize, Map<String, Value>, String)>,
 }
 
-/// RudderStack's `metadata(event)` for one event of a route.
-fn metadata(ctx: &EventCtx<'_>, route: &Route, source_name: &str) -> Value {
-    let ev = &ctx.event;
+/// The metadata every event of a route shares (the rest comes from each event).
+fn common_metadata(route: &Route, source_id: &str, source_name: &str) -> Value {
     let d = &route.destination;
     serde_json::json!({
-        "sourceId": ctx.source_id,
+        "sourceId": source_id,
         "sourceName": source_name,
         "destinationId": d.id,
         "destinationName": d.name,
         "destinationType": d.destination_definition.name,
-        "messageId": ctx.message_id,
-        "jobId": ctx.job_id,
-        "eventName": ev.get("event"),
-        "eventType": ev.get("type"),
-        "receivedAt": ev.get("receivedAt"),
     })
+}
+
+/// One event's own metadata members: its original messageId and its request's job id.
+fn item_metadata(ctx: &EventCtx<'_>) -> Value {
+    serde_json::json!({ "messageId": ctx.message_id, "jobId": ctx.job_id })
 }
 
 /// Runs a route's user transformations, in order, over its events, then its kind's
@@ -378,6 +377,8 @@ async fn run_route(
         .iter()
         .map(|&i| (i, ctxs[i].event.clone()))
         .collect();
+    let source_id = indices.first().map_or("", |&i| ctxs[i].source_id);
+    let common = common_metadata(route, source_id, source_name);
     for script in &route.transformations {
         if current.is_empty() {
             break;
@@ -390,16 +391,13 @@ async fn run_route(
             }
             break;
         };
-        let metas: Vec<Value> = current
-            .iter()
-            .map(|(i, _)| metadata(&ctxs[*i], route, source_name))
-            .collect();
+        let metas: Vec<Value> = current.iter().map(|(i, _)| item_metadata(&ctxs[*i])).collect();
         let items: Vec<CallItem<'_>> = current
             .iter()
             .zip(&metas)
             .map(|((_, event), metadata)| CallItem { event, metadata })
             .collect();
-        let result = pool.call(script, &items, None).await;
+        let result = pool.call(script, &common, &items, None).await;
         drop(items);
         if let Err(CallError::Unavailable) = result {
             // Not the script's fault: retry the batch rather than dead-letter its events.

@@ -764,6 +764,93 @@ fn transform_test_cli_prints_results_logs_and_errors() {
     assert_eq!(v["body"]["JSON"]["text"], "u1 did Buy");
 }
 
+#[test]
+fn script_fetch_refuses_private_addresses_unless_allowed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ev = write_json(
+        dir.path(),
+        "event.json",
+        &track("u1", "Buy", "p1", json!({"lookup": "http://127.0.0.1:9/x"})),
+    );
+    let out = keel_cli()
+        .env_remove("KEEL_ALLOW_PRIVATE_TARGETS")
+        .args(["transform", "test", &script_path("lookup.js"), "--event"])
+        .arg(&ev)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a public address"), "{err}");
+    // Allowed: the request is made (and fails to connect to the closed port instead).
+    let out = keel_cli()
+        .env("KEEL_ALLOW_PRIVATE_TARGETS", "true")
+        .args(["transform", "test", &script_path("lookup.js"), "--event"])
+        .arg(&ev)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("is not a public address") && err.contains("fetch failed"), "{err}");
+}
+
+#[test]
+fn check_config_compiles_every_script() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("broken.js"), "export function transformEvent(e) {\n  return e +;\n}\n")
+        .expect("script");
+    std::fs::write(dir.path().join("noexport.js"), "export const x = 1;\n").expect("script");
+    let ws = workspace_of(vec![hook(
+        "d1",
+        "https://example.com/hook",
+        json!([{"name": "broken", "file": "broken.js"}, {"name": "noexport", "file": "noexport.js"},
+               {"name": "missing", "file": "missing.js"}]),
+    )]);
+    let ws_path = write_json(dir.path(), "workspace.json", &ws);
+    let out = keel_cli()
+        .args(["check-config", "--workspace"])
+        .arg(&ws_path)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("$.sources[0].destinations[0].transformations[2].file") && err.contains("missing.js"),
+        "{err}"
+    );
+    // Once the file exists, the two bad scripts are reported with file and line.
+    std::fs::write(dir.path().join("missing.js"), "export function transformEvent(e) { return e; }")
+        .expect("script");
+    let out = keel_cli()
+        .args(["check-config", "--workspace"])
+        .arg(&ws_path)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.js:2") && err.contains("SyntaxError"), "{err}");
+    assert!(err.contains("noexport.js") && err.contains("must export"), "{err}");
+}
+
+#[tokio::test]
+async fn the_admin_token_can_come_from_keel_admin_token() {
+    let db = TestDb::create().await;
+    let keel = Keel::start(KeelOptions::new(&db).env("KEEL_ADMIN_TOKEN", "from-env")).await;
+    let status = |token: &'static str| {
+        let url = keel.url("/admin/dlq");
+        async move {
+            http()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("admin")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status("from-env").await, 200);
+    assert_eq!(status("admin-secret").await, 401);
+}
+
 /// One fixture: an event and a destination config in, the requests (or the error) out.
 fn check_fixture(
     pool: &TransformPool,
@@ -783,7 +870,7 @@ fn check_fixture(
         metadata: &meta,
     }];
     let out = rt
-        .block_on(pool.call(script, &items, Some(&destination)))
+        .block_on(pool.call(script, &meta, &items, Some(&destination)))
         .map_err(|e| format!("{}: call failed: {e}", path.display()))?;
     let CallResults::PerEvent(mut results) = out.results else {
         return Err("not per event".into());

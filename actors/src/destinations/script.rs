@@ -83,7 +83,7 @@ impl ScriptDestination {
             })
             .collect();
         let out = pool
-            .call(&self.script, &items, Some(&self.destination))
+            .call(&self.script, &meta, &items, Some(&self.destination))
             .await?;
         match out.results {
             CallResults::PerEvent(results) => Ok(results),

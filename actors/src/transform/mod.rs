@@ -143,15 +143,24 @@ pub fn load_libraries(dir: &Path) -> Result<Libraries, String> {
     Ok(libs)
 }
 
-/// One event going into a call, with what `metadata(event)` returns for it.
+/// One event going into a call. `metadata(event)` returns the call's common metadata
+/// (source, destination), the event's `eventName`, `eventType` and `receivedAt`, and this
+/// item's own `metadata` members (`messageId`, `jobId`), built only when a script asks.
 #[derive(Debug, Clone, Serialize)]
 pub struct CallItem<'a> {
     /// The event.
     #[serde(rename = "e")]
     pub event: &'a Map<String, Value>,
-    /// Its metadata (`sourceId`, `destinationId`, `messageId`…).
+    /// Its own metadata members (an object; `null` for none).
     #[serde(rename = "m")]
     pub metadata: &'a Value,
+}
+
+/// The JSON a call sends into the isolate.
+#[derive(Serialize)]
+struct CallInput<'a> {
+    common: &'a Value,
+    items: &'a [CallItem<'a>],
 }
 
 /// An error a script raised (or a reason Keel gave up on its output).
@@ -272,16 +281,18 @@ impl TransformPool {
         &self.settings
     }
 
-    /// Runs `script` over `items` on some isolate. `destination` is the second argument of
-    /// a destination script's `process` (ignored for transformations).
+    /// Runs `script` over `items` on some isolate. `common` is the metadata every item
+    /// shares (`sourceId`, `sourceName`, `destinationId`…); `destination` is the second
+    /// argument of a destination script's `process` (ignored for transformations).
     pub async fn call(
         &self,
         script: &Arc<Script>,
+        common: &Value,
         items: &[CallItem<'_>],
         destination: Option<&Value>,
     ) -> Result<CallOutput, CallError> {
         let started = Instant::now();
-        let input = serde_json::to_string(items)
+        let input = serde_json::to_string(&CallInput { common, items })
             .map_err(|e| CallError::InvalidOutput(format!("cannot encode the input: {e}")))?;
         let (reply, rx) = tokio::sync::oneshot::channel();
         let job = isolate::Job {
@@ -324,10 +335,11 @@ impl TransformPool {
     pub fn call_blocking(
         &self,
         script: &Arc<Script>,
+        common: &Value,
         items: &[CallItem<'_>],
         destination: Option<&Value>,
     ) -> Result<CallOutput, CallError> {
-        futures::executor::block_on(self.call(script, items, destination))
+        futures::executor::block_on(self.call(script, common, items, destination))
     }
 }
 
@@ -351,8 +363,12 @@ fn parse_answer(text: &str, expected: usize) -> Result<CallOutput, CallError> {
     struct RawItem {
         #[serde(default)]
         out: Option<Vec<Value>>,
-        #[serde(flatten)]
-        error: Option<ScriptError>,
+        #[serde(default)]
+        error: Option<String>,
+        #[serde(default)]
+        stack: Option<String>,
+        #[serde(default)]
+        status: Option<u16>,
     }
     let objects = |values: Vec<Value>| -> Result<Vec<Map<String, Value>>, CallError> {
         values
@@ -380,7 +396,12 @@ fn parse_answer(text: &str, expected: usize) -> Result<CallOutput, CallError> {
         }
         let mut out = Vec::with_capacity(items.len());
         for item in items {
-            out.push(match (item.out, item.error) {
+            let error = item.error.map(|message| ScriptError {
+                message,
+                stack: item.stack,
+                status: item.status,
+            });
+            out.push(match (item.out, error) {
                 (Some(values), _) => match objects(values) {
                     Ok(events) => ItemResult::Out(events),
                     Err(e) => ItemResult::Failed(ScriptError {

@@ -111,24 +111,34 @@
       : finish({ items: results });
   };
 
+  // RudderStack's metadata object for one item, built when the script asks for it.
+  const metaOf = (common, item) => ({
+    ...common,
+    eventName: item.e?.event,
+    eventType: item.e?.type,
+    receivedAt: item.e?.receivedAt,
+    ...item.m,
+  });
+
   const runEvent = (f, input) => {
-    const items = JSON.parse(input);
-    return perEvent(f, items, (item) => () => item.m);
+    const { common, items } = JSON.parse(input);
+    return perEvent(f, items, (item) => () => metaOf(common, item));
   };
 
   const runBatch = (f, input) => {
-    const items = JSON.parse(input);
+    const { common, items } = JSON.parse(input);
     const events = items.map((x) => x.e);
     const byObject = new Map();
     const byId = new Map();
     for (const x of items) {
-      byObject.set(x.e, x.m);
-      if (x.m && x.m.messageId !== undefined) byId.set(x.m.messageId, x.m);
+      byObject.set(x.e, x);
+      if (x.m && x.m.messageId !== undefined) byId.set(x.m.messageId, x);
     }
-    const metadata = (ev) =>
-      byObject.get(ev) ??
-      (ev && typeof ev === "object" ? byId.get(ev.messageId) : undefined) ??
-      items[0]?.m;
+    const metadata = (ev) => {
+      const item =
+        byObject.get(ev) ?? (ev && typeof ev === "object" ? byId.get(ev.messageId) : undefined) ?? items[0];
+      return item ? metaOf(common, item) : { ...common };
+    };
     const done = (v) => finish({ batch: outOf(v) });
     const failed = (e) => finish({ callError: errorOf(e) });
     try {
@@ -140,7 +150,7 @@
   };
 
   const runDestination = (f, input, destination) => {
-    const items = JSON.parse(input);
+    const { items } = JSON.parse(input);
     const dest = JSON.parse(destination);
     return perEvent(f, items, () => dest);
   };
