@@ -1,9 +1,12 @@
 //! Test harness: a fresh database per test (created and dropped), the real `keel` binary
-//! started on a free port against it, an HTTP client, and a TCP proxy in front of Postgres
-//! that a test can cut to simulate a database outage.
+//! started on a free port against it, an HTTP client, a TCP proxy in front of Postgres that
+//! a test can cut to simulate a database outage, a private Postgres cluster a test can
+//! restart, fault-injecting sinks, and the history checker the fault tests share.
 
 #![allow(dead_code)]
 
+pub mod history;
+pub mod pgcluster;
 pub mod proxy;
 pub mod sink;
 
