@@ -9,6 +9,7 @@ mod delivery;
 mod faults;
 mod gateway;
 mod lifecycle;
+mod openapi;
 mod ops;
 mod reload;
 mod sdk;
