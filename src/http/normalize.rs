@@ -96,6 +96,12 @@ fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
     None
 }
 
+/// Years RFC 3339 (and so every stored timestamp) can express: 0001–9999.
+fn storable(t: &DateTime<Utc>) -> bool {
+    use chrono::Datelike;
+    (1..=9999).contains(&t.year())
+}
+
 fn ts_field(
     v: Option<&Value>,
     field: &str,
@@ -103,7 +109,7 @@ fn ts_field(
 ) -> Result<Option<DateTime<Utc>>, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => parse_ts(s).map(Some).ok_or_else(|| {
+        Some(Value::String(s)) => parse_ts(s).filter(storable).map(Some).ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_timestamp",
                 format!("event {index}: {field} {s:?} is not an ISO-8601 timestamp"),
@@ -304,8 +310,12 @@ pub fn normalize_event(
     };
     let received = request.received_at;
     let timestamp = match (original, sent_at) {
-        // Clocks that far apart (years beyond chrono's range) fall back to receivedAt.
-        (Some(o), Some(s)) => received.checked_sub_signed(s - o).unwrap_or(received),
+        // A skew that puts the event outside years 1–9999 (or chrono's range) means the
+        // client's clocks are nonsense: use receivedAt.
+        (Some(o), Some(s)) => received
+            .checked_sub_signed(s - o)
+            .filter(storable)
+            .unwrap_or(received),
         (Some(o), None) => o,
         _ => received,
     };
@@ -479,8 +489,14 @@ mod tests {
     #[test]
     fn absurd_clock_skew_falls_back_to_received_at() {
         let e = track(json!({"userId": "u", "event": "E",
-            "originalTimestamp": "-200000-01-01T00:00:00", "sentAt": "+200000-01-01T00:00:00"}))
+            "originalTimestamp": "2023-01-01T00:00:01Z", "sentAt": "4052-01-01T00:00:00Z"}))
         .expect("valid timestamps, absurd skew");
-        assert_eq!(e["timestamp"], e["receivedAt"]);
+        assert_eq!(
+            e["timestamp"], e["receivedAt"],
+            "not year -3 (found by fuzzing)"
+        );
+        let err = track(json!({"userId": "u", "event": "E", "sentAt": "+20000-01-01T00:00:00"}))
+            .expect_err("beyond RFC 3339");
+        assert_eq!(err.code, "invalid_timestamp");
     }
 }
