@@ -170,6 +170,14 @@ impl Keel {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        // Keel rejects unknown KEEL_* variables, and the test runner's own (KEEL_FAULT_LONG,
+        // KEEL_FUZZ_SECONDS…) are not Keel's: a test passes what Keel should see explicitly.
+        for (k, _) in std::env::vars_os() {
+            if k.to_str().is_some_and(|k| k.starts_with("KEEL_")) {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("KEEL_LOG", "info");
         // Keep tests independent of any config/keel.toml in the working directory.
         cmd.arg("--config").arg(dir.path().join("keel.toml"));
         std::fs::write(dir.path().join("keel.toml"), "").expect("write config");
