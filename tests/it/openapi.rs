@@ -34,7 +34,7 @@ async fn run(bin: std::path::PathBuf, base: String, args: Vec<String>) -> (bool,
                 "--checks",
                 "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance",
                 "--max-time",
-                "20",
+                "15",
                 "--max-examples",
                 "30",
                 // One worker: CPython 3.11's ast.parse, which hypothesis calls, is not
