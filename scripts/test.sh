@@ -62,17 +62,18 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest >&2
 fi
 
-# Licences, banned crates and sources of the dependency tree (deny.toml). Advisories are
-# left out: they need the advisory database from the network.
+# A few seconds of fuzzing per target (longer: bash scripts/fuzz.sh 1800).
+bash scripts/fuzz.sh "${KEEL_FUZZ_SECONDS:-10}"
+
+cargo build --workspace --all-targets >&2
+
+# Licences, banned crates and sources of the dependency tree (deny.toml), offline (the build
+# above fetched every crate). Advisories are left out: they need the advisory database.
 if ! cargo deny --version >/dev/null 2>&1; then
     log "installing cargo-deny"
     cargo install --locked cargo-deny >&2
 fi
 log "cargo deny check licenses bans sources"
-cargo deny --log-level error check licenses bans sources >&2
+cargo deny --frozen --log-level error check licenses bans sources >&2
 
-# A few seconds of fuzzing per target (longer: bash scripts/fuzz.sh 1800).
-bash scripts/fuzz.sh "${KEEL_FUZZ_SECONDS:-10}"
-
-cargo build --workspace --all-targets >&2
 exec cargo nextest run --workspace --no-fail-fast "$@"
