@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every Keel test from a fresh machine of the project's kind: makes sure PostgreSQL
-# answers on 127.0.0.1:5432, installs what the tests need (cargo-nextest if missing, the
-# real Segment/RudderStack SDKs under .cache/sdk), then runs the whole suite with nextest.
+# answers on 127.0.0.1:5432, installs what the tests need (cargo-nextest, cargo-deny and
+# cargo-fuzz if missing, the real Segment/RudderStack SDKs under .cache/sdk, schemathesis
+# under .cache/schemathesis), checks the dependency tree's licences and sources, fuzzes
+# briefly, then runs the whole suite with nextest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -53,11 +55,25 @@ for tool in python3 node npm; do
     fi
 done
 bash tests/sdk/setup.sh
+bash tests/schemathesis/setup.sh
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"
     cargo install --locked cargo-nextest >&2
 fi
 
+# A few seconds of fuzzing per target (longer: bash scripts/fuzz.sh 1800).
+bash scripts/fuzz.sh "${KEEL_FUZZ_SECONDS:-10}"
+
 cargo build --workspace --all-targets >&2
+
+# Licences, banned crates and sources of the dependency tree (deny.toml), offline (the build
+# above fetched every crate). Advisories are left out: they need the advisory database.
+if ! cargo deny --version >/dev/null 2>&1; then
+    log "installing cargo-deny"
+    cargo install --locked cargo-deny >&2
+fi
+log "cargo deny check licenses bans sources"
+cargo deny --frozen --log-level error check licenses bans sources >&2
+
 exec cargo nextest run --workspace --no-fail-fast "$@"

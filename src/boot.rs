@@ -165,8 +165,24 @@ pub fn pipeline_config(
     })
 }
 
+/// Raises the soft open-file limit to the hard limit: every client connection, pooled
+/// Postgres connection and destination connection is a descriptor, and distributions often
+/// start services with a soft limit of 1024.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, soft, "could not raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the open-file limit"),
+    }
+}
+
 /// Runs the service until SIGTERM/SIGINT.
 pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<()> {
+    raise_fd_limit();
     let db = database(&config).await?;
     migrate(&db.url).await?;
     let prometheus = install_metrics()?;
@@ -233,6 +249,8 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
             .configure(http::routes)
     })
     .workers(workers)
+    .client_request_timeout(Duration::from_secs(config.server.read_timeout_secs))
+    .keep_alive(Duration::from_secs(config.server.keep_alive_secs))
     .disable_signals()
     .shutdown_timeout(config.server.shutdown_timeout_secs)
     .listen(listener)?

@@ -192,6 +192,11 @@ pub struct ServerConfig {
     pub drain_timeout_secs: u64,
     /// Path of the workspace file (`KEEL_WORKSPACE`, `--workspace`).
     pub workspace: String,
+    /// Seconds a client gets to send a request's head, and again to send its body; a client
+    /// slower than that (slowloris) is cut off (408).
+    pub read_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection stays open between requests.
+    pub keep_alive_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -202,6 +207,8 @@ impl Default for ServerConfig {
             shutdown_timeout_secs: 30,
             drain_timeout_secs: 10,
             workspace: "config/workspace.json".into(),
+            read_timeout_secs: 10,
+            keep_alive_secs: 5,
         }
     }
 }
@@ -371,6 +378,9 @@ impl KeelConfig {
                 "server.listen",
                 "must be an address like 127.0.0.1:8080",
             ));
+        }
+        if self.server.read_timeout_secs == 0 {
+            return Err(bad("server.read_timeout_secs", "must be at least 1"));
         }
         let g = &self.gateway;
         if g.max_event_bytes == 0 || g.max_event_bytes > g.max_request_bytes {

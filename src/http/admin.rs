@@ -44,6 +44,18 @@ fn storage(e: keel_actors::store::StoreError, state: &AppState) -> ApiError {
     )
 }
 
+/// Postgres text cannot hold NUL, so no stored id or destination contains one: refuse it
+/// as bad input rather than let the query fail.
+fn no_nul(value: &str, what: &str) -> Result<(), ApiError> {
+    if value.contains('\0') {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("{what} contains a NUL character"),
+        ));
+    }
+    Ok(())
+}
+
 /// Query of `GET /admin/dlq`.
 #[derive(Deserialize)]
 pub struct DlqQuery {
@@ -58,6 +70,9 @@ pub async fn list_dlq(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
+    if let Some(d) = &query.destination {
+        no_nul(d, "destination")?;
+    }
     let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
     let jobs = state
         .store
@@ -91,6 +106,9 @@ pub async fn replay_dlq(
             format!("replay body must be {{\"destination\"?, \"ids\"?, \"all\"?}}: {e}"),
         )
     })?;
+    if let Some(d) = &r.destination {
+        no_nul(d, "destination")?;
+    }
     if r.destination.is_none() && r.ids.is_none() && !r.all {
         return Err(ApiError::bad_request(
             "missing_selector",
@@ -143,6 +161,7 @@ pub async fn explain(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let message_id = path.into_inner();
+    no_nul(&message_id, "messageId")?;
     let index = state.sources();
     let sources = index.source_ids();
     let doc = state

@@ -1,6 +1,8 @@
 //! Reading request bodies under caps: the declared length, the bytes received and the bytes
 //! inflated from gzip are each checked against the request cap as they arrive, so neither a
-//! huge upload nor a gzip bomb is ever held in memory beyond the cap.
+//! huge upload nor a gzip bomb is ever held in memory beyond the cap; and the whole body must
+//! arrive within the read timeout, so a client trickling bytes (slowloris) cannot hold a
+//! connection and its buffer open.
 
 use std::io::Read;
 
@@ -60,8 +62,29 @@ pub fn check_headers(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     }
 }
 
-/// Reads the whole body, at most `max` bytes on the wire and at most `max` bytes inflated.
+/// Reads the whole body, at most `max` bytes on the wire and at most `max` bytes inflated,
+/// within `timeout` (else 408 `request_timeout`).
 pub async fn read_body(
+    headers: &HeaderMap,
+    payload: web::Payload,
+    encoding: Encoding,
+    max: usize,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, ApiError> {
+    match tokio::time::timeout(timeout, read_capped(headers, payload, encoding, max)).await {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::new(
+            actix_web::http::StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s (server.read_timeout_secs)",
+                timeout.as_secs()
+            ),
+        )),
+    }
+}
+
+async fn read_capped(
     headers: &HeaderMap,
     mut payload: web::Payload,
     encoding: Encoding,

@@ -132,7 +132,14 @@ async fn ingest_inner(
         Some(key) => Some(state.sources().authenticate(&key)?),
         None => None,
     };
-    let body = read_body(req.headers(), payload, encoding, limits.max_request_bytes).await?;
+    let body = read_body(
+        req.headers(),
+        payload,
+        encoding,
+        limits.max_request_bytes,
+        std::time::Duration::from_secs(state.config.server.read_timeout_secs),
+    )
+    .await?;
     let text = body_str(&body)?;
     let request = RequestInfo {
         received_at: Utc::now(),

@@ -81,8 +81,28 @@ fn ingest_route(endpoint: Endpoint) -> actix_web::Route {
     )
 }
 
+/// Query and path parameters that do not parse get the same JSON error shape as everything
+/// else (actix-web's default is a plain-text 400).
+fn invalid_parameter(e: impl std::fmt::Display) -> actix_web::Error {
+    error::ApiError::bad_request("invalid_parameter", format!("invalid parameter: {e}")).into()
+}
+
+/// Any path Keel does not serve: 404 as JSON.
+async fn not_found(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
+    use actix_web::ResponseError;
+    error::ApiError::new(
+        actix_web::http::StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no endpoint {} {}", req.method(), req.path()),
+    )
+    .error_response()
+}
+
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::QueryConfig::default().error_handler(|e, _| invalid_parameter(e)))
+        .app_data(web::PathConfig::default().error_handler(|e, _| invalid_parameter(e)))
+        .default_service(web::to(not_found));
     for ty in [
         EventType::Identify,
         EventType::Track,

@@ -96,6 +96,12 @@ fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
     None
 }
 
+/// Years RFC 3339 (and so every stored timestamp) can express: 0001–9999.
+fn storable(t: &DateTime<Utc>) -> bool {
+    use chrono::Datelike;
+    (1..=9999).contains(&t.year())
+}
+
 fn ts_field(
     v: Option<&Value>,
     field: &str,
@@ -103,7 +109,7 @@ fn ts_field(
 ) -> Result<Option<DateTime<Utc>>, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => parse_ts(s).map(Some).ok_or_else(|| {
+        Some(Value::String(s)) => parse_ts(s).filter(storable).map(Some).ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_timestamp",
                 format!("event {index}: {field} {s:?} is not an ISO-8601 timestamp"),
@@ -119,6 +125,34 @@ fn ts_field(
 }
 
 /// A non-empty string id, or a number turned into its string form; `None` when absent/empty.
+/// Deepest nesting of objects and arrays an event may have. Keel re-reads stored events
+/// inside larger documents (a request's array, a delivery's request description), and
+/// serde_json stops at 128 levels, so the gateway refuses what could not be read back.
+pub const MAX_EVENT_DEPTH: usize = 64;
+
+/// Nesting depth of `v` (a scalar is 0, `{}` is 1), counted up to `limit + 1`.
+fn depth(v: &Value, limit: usize) -> usize {
+    let children: Box<dyn Iterator<Item = &Value>> = match v {
+        Value::Object(m) => Box::new(m.values()),
+        Value::Array(a) => Box::new(a.iter()),
+        _ => return 0,
+    };
+    if limit == 0 {
+        return 1;
+    }
+    1 + children.map(|c| depth(c, limit - 1)).max().unwrap_or(0)
+}
+
+/// Ids and names end up in Keel's own text columns (dedup, ordering keys), which cannot
+/// hold NUL; other strings keep their `\u0000` intact.
+fn nul_in(key: &str, index: usize) -> ApiError {
+    ApiError::bad_request(
+        "invalid_field",
+        format!("event {index}: {key} contains a NUL character (\\u0000), which ids and names cannot hold"),
+    )
+    .at(index)
+}
+
 fn id_field(
     event: &mut Map<String, Value>,
     key: &str,
@@ -127,6 +161,7 @@ fn id_field(
     match event.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s.contains('\0') => Err(nul_in(key, index)),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Number(n)) => {
             let s = n.to_string();
@@ -178,6 +213,7 @@ fn require_str(
     index: usize,
 ) -> Result<(), ApiError> {
     match event.get(key) {
+        Some(Value::String(s)) if s.contains('\0') => Err(nul_in(key, index)),
         Some(Value::String(s)) if !s.is_empty() => Ok(()),
         Some(Value::Number(_)) if key != "event" => Ok(()),
         _ => Err(ApiError::bad_request(
@@ -274,7 +310,12 @@ pub fn normalize_event(
     };
     let received = request.received_at;
     let timestamp = match (original, sent_at) {
-        (Some(o), Some(s)) => received - (s - o),
+        // A skew that puts the event outside years 1–9999 (or chrono's range) means the
+        // client's clocks are nonsense: use receivedAt.
+        (Some(o), Some(s)) => received
+            .checked_sub_signed(s - o)
+            .filter(storable)
+            .unwrap_or(received),
         (Some(o), None) => o,
         _ => received,
     };
@@ -286,6 +327,20 @@ pub fn normalize_event(
     }
     event.insert("receivedAt".into(), Value::String(format_ts(received)));
     event.insert("timestamp".into(), Value::String(format_ts(timestamp)));
+    // Checked last: batch-level context merged in counts too.
+    let nesting = event
+        .values()
+        .map(|v| depth(v, MAX_EVENT_DEPTH))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    if nesting > MAX_EVENT_DEPTH {
+        return Err(ApiError::bad_request(
+            "nesting_too_deep",
+            format!("event {index}: objects and arrays nest deeper than {MAX_EVENT_DEPTH} levels"),
+        )
+        .at(index));
+    }
     Ok(message_id)
 }
 
@@ -392,6 +447,56 @@ mod tests {
             &req(),
         )
         .expect_err("bad ts");
+        assert_eq!(err.code, "invalid_timestamp");
+    }
+
+    fn track(v: Value) -> Result<Map<String, Value>, ApiError> {
+        let mut e = obj(v);
+        normalize_event(
+            &mut e,
+            0,
+            Some(EventType::Track),
+            &BatchDefaults::default(),
+            &req(),
+        )?;
+        Ok(e)
+    }
+
+    #[test]
+    fn refuses_events_nested_deeper_than_the_limit() {
+        let mut deep = json!(1);
+        for _ in 0..MAX_EVENT_DEPTH - 1 {
+            deep = json!({ "a": deep });
+        }
+        // The event object and MAX_EVENT_DEPTH - 1 objects under it: exactly at the limit.
+        track(json!({"userId": "u", "event": "E", "properties": deep.clone()})).expect("fits");
+        let err = track(json!({"userId": "u", "event": "E", "properties": [deep]}))
+            .expect_err("one level too deep");
+        assert_eq!(err.code, "nesting_too_deep");
+    }
+
+    #[test]
+    fn refuses_nul_in_ids_and_keeps_it_elsewhere() {
+        let err = track(json!({"userId": "a\u{0}b", "event": "E"})).expect_err("NUL id");
+        assert_eq!(err.code, "invalid_field");
+        let err = track(json!({"userId": "u", "event": "E\u{0}"})).expect_err("NUL name");
+        assert_eq!(err.code, "invalid_field");
+        let e = track(json!({"userId": "u", "event": "E", "properties": {"s": "a\u{0}b"}}))
+            .expect("NUL in a property");
+        assert_eq!(e["properties"]["s"], "a\u{0}b");
+    }
+
+    #[test]
+    fn absurd_clock_skew_falls_back_to_received_at() {
+        let e = track(json!({"userId": "u", "event": "E",
+            "originalTimestamp": "2023-01-01T00:00:01Z", "sentAt": "4052-01-01T00:00:00Z"}))
+        .expect("valid timestamps, absurd skew");
+        assert_eq!(
+            e["timestamp"], e["receivedAt"],
+            "not year -3 (found by fuzzing)"
+        );
+        let err = track(json!({"userId": "u", "event": "E", "sentAt": "+20000-01-01T00:00:00"}))
+            .expect_err("beyond RFC 3339");
         assert_eq!(err.code, "invalid_timestamp");
     }
 }

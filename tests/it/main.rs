@@ -1,6 +1,7 @@
 //! Keel's integration tests: one test binary (V8 makes each binary large), modules per
 //! area. Every test gets its own Postgres database and runs the real `keel` binary.
 
+mod bad_input;
 mod brokers;
 mod cli;
 mod common;
@@ -8,6 +9,7 @@ mod delivery;
 mod faults;
 mod gateway;
 mod lifecycle;
+mod openapi;
 mod ops;
 mod reload;
 mod sdk;

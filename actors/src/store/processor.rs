@@ -88,6 +88,23 @@ pub struct RoutingRecord {
     pub filtered: serde_json::Value,
 }
 
+/// `v` with every NUL character removed from its strings and keys: jsonb cannot hold
+/// `\u0000`, and a filter reason may quote event data (a transform error message), so one
+/// such reason must not fail the processor's whole commit again and again.
+fn without_nul(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "")),
+        Value::Array(a) => Value::Array(a.into_iter().map(without_nul).collect()),
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (k.replace('\0', ""), without_nul(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 impl Store {
     /// The last `gw_jobs` id the processor consumed (0 when it never ran).
     pub async fn processor_checkpoint(&self) -> Result<i64, StoreError> {
@@ -195,7 +212,7 @@ impl Store {
             r_job.push(r.job_id);
             // text[] cannot nest in unnest; carry the routed list as JSON.
             r_routed.push(serde_json::Value::from(r.routed));
-            r_filtered.push(r.filtered);
+            r_filtered.push(without_nul(r.filtered));
         }
         self.timed(async {
             let mut conn = self.conn().await?;

@@ -1,9 +1,12 @@
 //! Test harness: a fresh database per test (created and dropped), the real `keel` binary
-//! started on a free port against it, an HTTP client, and a TCP proxy in front of Postgres
-//! that a test can cut to simulate a database outage.
+//! started on a free port against it, an HTTP client, a TCP proxy in front of Postgres that
+//! a test can cut to simulate a database outage, a private Postgres cluster a test can
+//! restart, fault-injecting sinks, and the history checker the fault tests share.
 
 #![allow(dead_code)]
 
+pub mod history;
+pub mod pgcluster;
 pub mod proxy;
 pub mod sink;
 
@@ -167,6 +170,14 @@ impl Keel {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        // Keel rejects unknown KEEL_* variables, and the test runner's own (KEEL_FAULT_LONG,
+        // KEEL_FUZZ_SECONDS…) are not Keel's: a test passes what Keel should see explicitly.
+        for (k, _) in std::env::vars_os() {
+            if k.to_str().is_some_and(|k| k.starts_with("KEEL_")) {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("KEEL_LOG", "info");
         // Keep tests independent of any config/keel.toml in the working directory.
         cmd.arg("--config").arg(dir.path().join("keel.toml"));
         std::fs::write(dir.path().join("keel.toml"), "").expect("write config");

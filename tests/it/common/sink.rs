@@ -1,6 +1,8 @@
 //! A real HTTP/1.1 server on 127.0.0.1 that tests start as a destination: it records every
 //! request (time, headers, JSON body) and answers according to a mode the test can change —
-//! 200, a fixed status, random failures (500 / 429 with Retry-After), or never answering.
+//! 200, a fixed status, random failures (500 / 429 with Retry-After), never answering, slow
+//! answers, connection resets, bytes that are not HTTP, a 200 with a garbage body, or a random
+//! mix of these (fault injection for the reliability tests).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,42 @@ pub enum SinkMode {
     Hang,
     /// 400 for events of this userId, 200 for the rest.
     RejectUser(String),
+    /// Accepts (recorded with `status` on arrival) but answers only after `delay`.
+    Slow {
+        /// How long before the answer is written.
+        delay: Duration,
+        /// The status then.
+        status: u16,
+    },
+    /// 429 with this `Retry-After` (seconds) to everything.
+    RetryAfter(u32),
+    /// Reads the request and resets the connection (RST) without answering.
+    Reset,
+    /// Reads the request and answers bytes that are not HTTP, then closes.
+    Garbage,
+    /// 200 with a body that is neither JSON nor text (counts as delivered).
+    GarbageBody,
+    /// Each request picks one mode with its probability; the rest get 200.
+    Chaos(Vec<(f64, SinkMode)>),
+}
+
+impl SinkMode {
+    /// Resolves random modes (`Chaos`) to the concrete mode for one request.
+    fn pick(self) -> SinkMode {
+        match self {
+            SinkMode::Chaos(modes) => {
+                let mut x: f64 = rand::random();
+                for (p, m) in modes {
+                    if x < p {
+                        return m.pick();
+                    }
+                    x -= p;
+                }
+                SinkMode::Ok
+            }
+            other => other,
+        }
+    }
 }
 
 /// One request the sink got.
@@ -143,9 +181,31 @@ impl Sink {
                 return;
             }
             let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let mode = self.mode.lock().expect("mode").clone();
+            let mode = self.mode.lock().expect("mode").clone().pick();
+            let mut delay = Duration::ZERO;
+            let mut raw_answer: Option<&[u8]> = None;
+            let mut reset = false;
             let (status, extra) = match mode {
-                SinkMode::Ok => (200, String::new()),
+                SinkMode::Ok | SinkMode::Chaos(_) => (200, String::new()),
+                SinkMode::Slow { delay: d, status } => {
+                    delay = d;
+                    (status, String::new())
+                }
+                SinkMode::RetryAfter(secs) => (429, format!("Retry-After: {secs}\r\n")),
+                SinkMode::Reset => {
+                    reset = true;
+                    (0, String::new())
+                }
+                SinkMode::Garbage => {
+                    raw_answer = Some(b"\x00\x17garbage, not HTTP at all\r\n\r\n\xff");
+                    (0, String::new())
+                }
+                SinkMode::GarbageBody => {
+                    raw_answer = Some(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 7\r\n\r\n\x00\xff{]\x01\x02\x03",
+                    );
+                    (200, String::new())
+                }
                 SinkMode::Status(s) => (s, String::new()),
                 SinkMode::Hang => (0, String::new()),
                 SinkMode::RejectUser(u) => {
@@ -177,6 +237,22 @@ impl Sink {
                 status,
                 target,
             });
+            if reset {
+                if let Ok(stream) = reader.into_inner().reunite(w) {
+                    let _ = stream.set_zero_linger();
+                }
+                return;
+            }
+            if let Some(bytes) = raw_answer {
+                let _ = w.write_all(bytes).await;
+                if status == 0 {
+                    return;
+                }
+                continue;
+            }
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             if status == 0 {
                 // Never answer; keep the connection open until the client gives up.
                 let mut sink = [0u8; 1024];
