@@ -87,7 +87,9 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("runtime");
     // Warm the isolate (compile) and check the output once.
-    let out = rt.block_on(pool.call(&script, &common, &items, None)).expect("call");
+    let out = rt
+        .block_on(pool.call(&script, &common, &items, None))
+        .expect("call");
     let CallResults::PerEvent(results) = out.results else {
         panic!("per-event results expected")
     };
@@ -95,7 +97,10 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("transform");
     group.throughput(Throughput::Elements(items.len() as u64));
     group.bench_function("enrich_one_isolate_100_event_batches", |b| {
-        b.iter(|| rt.block_on(pool.call(&script, &common, &items, None)).expect("call"))
+        b.iter(|| {
+            rt.block_on(pool.call(&script, &common, &items, None))
+                .expect("call")
+        })
     });
     group.finish();
 }

@@ -391,7 +391,10 @@ async fn run_route(
             }
             break;
         };
-        let metas: Vec<Value> = current.iter().map(|(i, _)| item_metadata(&ctxs[*i])).collect();
+        let metas: Vec<Value> = current
+            .iter()
+            .map(|(i, _)| item_metadata(&ctxs[*i]))
+            .collect();
         let items: Vec<CallItem<'_>> = current
             .iter()
             .zip(&metas)

@@ -789,14 +789,20 @@ fn script_fetch_refuses_private_addresses_unless_allowed() {
         .output()
         .expect("run");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("is not a public address") && err.contains("fetch failed"), "{err}");
+    assert!(
+        !err.contains("is not a public address") && err.contains("fetch failed"),
+        "{err}"
+    );
 }
 
 #[test]
 fn check_config_compiles_every_script() {
     let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(dir.path().join("broken.js"), "export function transformEvent(e) {\n  return e +;\n}\n")
-        .expect("script");
+    std::fs::write(
+        dir.path().join("broken.js"),
+        "export function transformEvent(e) {\n  return e +;\n}\n",
+    )
+    .expect("script");
     std::fs::write(dir.path().join("noexport.js"), "export const x = 1;\n").expect("script");
     let ws = workspace_of(vec![hook(
         "d1",
@@ -813,12 +819,16 @@ fn check_config_compiles_every_script() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("$.sources[0].destinations[0].transformations[2].file") && err.contains("missing.js"),
+        err.contains("$.sources[0].destinations[0].transformations[2].file")
+            && err.contains("missing.js"),
         "{err}"
     );
     // Once the file exists, the two bad scripts are reported with file and line.
-    std::fs::write(dir.path().join("missing.js"), "export function transformEvent(e) { return e; }")
-        .expect("script");
+    std::fs::write(
+        dir.path().join("missing.js"),
+        "export function transformEvent(e) { return e; }",
+    )
+    .expect("script");
     let out = keel_cli()
         .args(["check-config", "--workspace"])
         .arg(&ws_path)
@@ -826,8 +836,14 @@ fn check_config_compiles_every_script() {
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("broken.js:2") && err.contains("SyntaxError"), "{err}");
-    assert!(err.contains("noexport.js") && err.contains("must export"), "{err}");
+    assert!(
+        err.contains("broken.js:2") && err.contains("SyntaxError"),
+        "{err}"
+    );
+    assert!(
+        err.contains("noexport.js") && err.contains("must export"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -455,6 +455,7 @@ mod tests {
             headers: HashMap::new(),
             body: json!({ "messageId": id }),
             status,
+            target: "POST /hook".into(),
         }
     }
 
