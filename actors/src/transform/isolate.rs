@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::TransformSettings;
-use super::{parse_answer, CallError, CallOutput, Libraries, Script, ScriptError, ScriptKind};
+use super::{CallError, Libraries, Script, ScriptError, ScriptKind};
 use crate::destinations::{http, HttpSettings};
 use crate::telemetry as t;
 
@@ -22,10 +22,9 @@ pub(super) struct Job {
     pub script: Arc<Script>,
     /// JSON array of `{e, m}` items.
     pub input: String,
-    /// How many items `input` holds (per-event answers must match).
-    pub items: usize,
     pub destination: Option<String>,
-    pub reply: tokio::sync::oneshot::Sender<Result<CallOutput, CallError>>,
+    /// The answer text (decoded by the caller, off the isolate thread).
+    pub reply: tokio::sync::oneshot::Sender<Result<String, CallError>>,
 }
 
 /// What a try-catch scope caught.
@@ -316,7 +315,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn call(&mut self, job: &Job) -> Result<CallOutput, CallError> {
+    fn call(&mut self, job: &Job) -> Result<String, CallError> {
         if self.runtime.is_none() {
             self.runtime = Some(self.new_runtime().map_err(|message| CallError::Load {
                 script: "prelude".into(),
@@ -348,14 +347,14 @@ impl Worker {
             rt.scripts.clear();
         }
         let Some(e) = stopped else {
-            return result.and_then(|text| parse_answer(&text, job.items));
+            return result;
         };
         // A stopped isolate may be in any state: start afresh. A call that finished just
         // as it was stopped keeps its (complete) answer.
         self.runtime = None;
         metrics::counter!(t::TRANSFORM_ISOLATE_RESTARTS_TOTAL, "reason" => e.reason()).increment(1);
-        match result.and_then(|text| parse_answer(&text, job.items)) {
-            Ok(out) => Ok(out),
+        match result {
+            Ok(text) => Ok(text),
             Err(_) => {
                 tracing::warn!(script = %job.script.name, error = %e, "script stopped; isolate recreated");
                 Err(e)

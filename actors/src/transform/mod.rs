@@ -294,19 +294,10 @@ impl TransformPool {
         let started = Instant::now();
         let input = serde_json::to_string(&CallInput { common, items })
             .map_err(|e| CallError::InvalidOutput(format!("cannot encode the input: {e}")))?;
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        let job = isolate::Job {
-            script: script.clone(),
-            input,
-            items: items.len(),
-            destination: destination.map(Value::to_string),
-            reply,
-        };
-        self.tx
-            .send_async(job)
+        let result = self
+            .call_json(script, input, destination.map(Value::to_string))
             .await
-            .map_err(|_| CallError::Unavailable)?;
-        let result = rx.await.map_err(|_| CallError::Unavailable)?;
+            .and_then(|text| parse_answer(&text, items.len()));
         if items.is_empty() {
             // A compile check, not traffic.
             return result;
@@ -329,6 +320,28 @@ impl TransformPool {
             }
         }
         result
+    }
+
+    /// The isolate's side of a call: `input` is the JSON of `{common, items}` and the
+    /// answer is the script's JSON text, undecoded (what one isolate costs, for benchmarks).
+    pub async fn call_json(
+        &self,
+        script: &Arc<Script>,
+        input: String,
+        destination: Option<String>,
+    ) -> Result<String, CallError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let job = isolate::Job {
+            script: script.clone(),
+            input,
+            destination,
+            reply,
+        };
+        self.tx
+            .send_async(job)
+            .await
+            .map_err(|_| CallError::Unavailable)?;
+        rx.await.map_err(|_| CallError::Unavailable)?
     }
 
     /// Runs one script over one event from synchronous code (the CLI), blocking.
