@@ -104,6 +104,14 @@ fn bench(c: &mut Criterion) {
                 .expect("call")
         })
     });
+    // The isolate alone: the batch's JSON made once, the answer left as JSON text.
+    let input = serde_json::to_string(&json!({"common": common, "items": items})).expect("json");
+    group.bench_function("enrich_isolate_only_json_in_json_out", |b| {
+        b.iter(|| {
+            rt.block_on(pool.call_json(&script, input.clone(), None))
+                .expect("call")
+        })
+    });
     group.finish();
 }
 
