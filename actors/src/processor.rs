@@ -506,6 +506,28 @@ pub enum BatchError {
     Scripts(String),
 }
 
+/// Runs every route group (its scripts concurrently with the others') and assembles the
+/// rows they make.
+async fn map_routes(
+    routing: &RoutingTable,
+    groups: &[(&Route, &str, Vec<usize>)],
+    ctxs: &mut [EventCtx<'_>],
+) -> Result<Assembled, BatchError> {
+    let pool = routing.pool.as_deref();
+    let shared: &[EventCtx<'_>] = ctxs;
+    let outputs = futures::future::join_all(groups.iter().map(|(route, source_id, idx)| {
+        let source_name = routing
+            .source_names
+            .get(*source_id)
+            .map_or("", String::as_str);
+        run_route(pool, route, source_name, shared, idx)
+    }))
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
+    Ok(assemble(groups, outputs, ctxs))
+}
+
 /// The rows a set of route outputs makes.
 struct Assembled {
     rt: Vec<RtJobInsert>,
@@ -637,23 +659,12 @@ async fn replay_transformed(
             filtered: Map::new(),
         });
     }
-    let pool = routing.pool.as_deref();
-    let outputs = futures::future::join_all(groups.iter().map(|(route, source_id, idx)| {
-        let source_name = routing
-            .source_names
-            .get(*source_id)
-            .map_or("", String::as_str);
-        run_route(pool, route, source_name, &ctxs, idx)
-    }))
-    .await
-    .into_iter()
-    .collect::<Result<Vec<_>, _>>()?;
     let Assembled {
         rt,
         wh,
         dlq,
         touched,
-    } = assemble(&groups, outputs, &mut ctxs);
+    } = map_routes(routing, &groups, &mut ctxs).await?;
     let records = ctxs
         .into_iter()
         .map(|ctx| RoutingRecord {
@@ -747,25 +758,14 @@ async fn process_batch(
             });
         }
     }
-    // Phase 2: every route maps its events (script calls run concurrently).
-    let pool = routing.pool.as_deref();
-    let outputs = futures::future::join_all(groups.iter().map(|(route, source_id, idx)| {
-        let source_name = routing
-            .source_names
-            .get(*source_id)
-            .map_or("", String::as_str);
-        run_route(pool, route, source_name, &ctxs, idx)
-    }))
-    .await
-    .into_iter()
-    .collect::<Result<Vec<_>, _>>()?;
-    // Phase 3: rows, in event order per destination.
+    // Phases 2 and 3: every route maps its events (script calls run concurrently), then
+    // the rows, in event order per destination.
     let Assembled {
         rt,
         wh,
         dlq,
         touched,
-    } = assemble(&groups, outputs, &mut ctxs);
+    } = map_routes(routing, &groups, &mut ctxs).await?;
     let (mut routed_n, mut none_n) = (0u64, 0u64);
     let mut records = Vec::with_capacity(ctxs.len());
     for ctx in ctxs {

@@ -56,6 +56,18 @@ async fn dlq(keel: &Keel, destination: &str) -> Vec<Value> {
     body["jobs"].as_array().cloned().unwrap_or_default()
 }
 
+/// Reloads the workspace through the admin API, asserting it was applied.
+async fn reload(keel: &Keel) {
+    let res = http()
+        .post(keel.url("/admin/reload"))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .expect("reload");
+    let status = res.status().as_u16();
+    assert_eq!(status, 200, "{}", res.text().await.unwrap_or_default());
+}
+
 async fn wait_dlq(keel: &Keel, destination: &str, n: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -313,13 +325,7 @@ async fn failing_scripts_dead_letter_only_their_own_events() {
         "export function transformEvent(e) { e.properties = { ...e.properties, fixed: true }; return e; }",
     )
     .expect("rewrite");
-    let res = http()
-        .post(keel.url("/admin/reload"))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .expect("reload");
-    assert_eq!(res.status().as_u16(), 200);
+    reload(&keel).await;
     let res = http()
         .post(keel.url("/admin/dlq/replay"))
         .bearer_auth("admin-secret")
@@ -361,18 +367,7 @@ async fn a_reload_that_swaps_a_script_loses_nothing() {
         &sink.url,
         json!([{"name": "version", "file": "version.js"}]),
     )]));
-    let res = http()
-        .post(keel.url("/admin/reload"))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .expect("reload");
-    assert_eq!(
-        res.status().as_u16(),
-        200,
-        "{}",
-        res.text().await.unwrap_or_default()
-    );
+    reload(&keel).await;
     let dir = keel.ws_path.parent().expect("dir").to_owned();
     let url = keel.url("/v1/batch");
     let sender = tokio::spawn(async move {
@@ -393,13 +388,7 @@ async fn a_reload_that_swaps_a_script_loses_nothing() {
     });
     tokio::time::sleep(Duration::from_millis(1000)).await;
     std::fs::write(dir.join("version.js"), script_src(2)).expect("v2");
-    let res = http()
-        .post(keel.url("/admin/reload"))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .expect("reload");
-    assert_eq!(res.status().as_u16(), 200);
+    reload(&keel).await;
     let sent = sender.await.expect("sender");
     assert_eq!(
         sink.wait_delivered(sent.len(), Duration::from_secs(30))
