@@ -11,9 +11,10 @@ use std::time::Duration;
 use actix_cors::Cors;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
+use keel_actors::cluster::{ClusterConfig, LeaseKeeper};
 use keel_actors::destinations::{BuildEnv, HttpSettings};
 use keel_actors::gateway::GatewayWriterConfig;
-use keel_actors::messages::FlushNow;
+use keel_actors::messages::{FlushNow, LeaveCluster};
 use keel_actors::processor::{ProcessorConfig, RoutingTable};
 use keel_actors::router::policy::RetryPolicy;
 use keel_actors::router::RouterConfig;
@@ -139,6 +140,7 @@ pub fn pipeline_config(
             batch_jobs: config.processor.batch_jobs,
             idle_poll: Duration::from_millis(config.processor.idle_poll_ms),
             routing_log_window: Duration::from_secs(config.gateway.dedup_window_secs),
+            partitions: config.cluster.partitions,
         },
         router: RouterConfig {
             concurrency: r.concurrency,
@@ -186,13 +188,29 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
     let db = database(&config).await?;
     migrate(&db.url).await?;
     let prometheus = install_metrics()?;
+    let listener = TcpListener::bind(&config.server.listen)
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    let node_id = node_id(&config, addr);
     let store = Store::connect(
         &db.url,
         &PoolSettings {
             max_size: config.database.pool_size,
             timeout: Duration::from_secs(config.database.timeout_secs),
         },
-    )?;
+    )?
+    .for_node(&node_id);
+    let partitions = i32::try_from(config.cluster.partitions).unwrap_or(i32::MAX);
+    let recorded = store
+        .cluster_init(partitions)
+        .await
+        .context("setting up partition leases")?;
+    if recorded != partitions {
+        anyhow::bail!(
+            "cluster.partitions is {partitions} but this database was set up with {recorded} \
+             partitions; every node must use {recorded} (the count cannot change while data is in flight)"
+        );
+    }
     let transforms = start_transforms(&config)?;
     let env = build_env(&config, Some(transforms.clone()));
     let pipeline = pipeline_config(&config, &workspace, &env)?;
@@ -201,6 +219,17 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
         anyhow::bail!("invalid scripts:\n{}", problems.join("\n"));
     }
     let (root, children) = RootSupervisor::start(store.clone(), pipeline);
+    tracing::info!(node = %node_id, partitions, "joining the cluster");
+    let keeper_config = ClusterConfig {
+        partitions: config.cluster.partitions,
+        lease_ttl: Duration::from_secs_f64(config.cluster.lease_ttl_secs),
+        heartbeat: config.cluster.heartbeat(),
+        addr: addr.to_string(),
+        worker: config.processor.enabled,
+    };
+    let (keeper_store, assign) = (store.clone(), root.clone().recipient());
+    let keeper =
+        actix::Supervisor::start(move |_| LeaseKeeper::new(keeper_store, keeper_config, assign));
     // Backlog gauges (processor lag, pending and dead-lettered jobs) sampled from Postgres.
     let (sampler_store, sampler_routers) = (store.clone(), children.routers.clone());
     let _sampler = actix::Supervisor::start(move |_| {
@@ -227,9 +256,6 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
         config: config.clone(),
     });
 
-    let listener = TcpListener::bind(&config.server.listen)
-        .with_context(|| format!("binding {}", config.server.listen))?;
-    let addr = listener.local_addr()?;
     let workers = if config.server.workers == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
@@ -285,9 +311,30 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "drain did not finish"),
     }
+    // Nothing of this node's partitions runs any more: hand them over at once.
+    if let Err(e) = keeper
+        .send(LeaveCluster)
+        .timeout(Duration::from_secs(config.database.timeout_secs * 2))
+        .await
+    {
+        tracing::warn!(error = %e, "could not leave the cluster; leases expire by themselves");
+    }
     tracing::info!("stopped");
     drop(db.cluster);
     Ok(())
+}
+
+/// This node's id: `[cluster] node_id`, else `<hostname>:<listen port>` (stable across
+/// restarts, and unique among live processes of one host).
+fn node_id(config: &KeelConfig, addr: std::net::SocketAddr) -> String {
+    if !config.cluster.node_id.is_empty() {
+        return config.cluster.node_id.clone();
+    }
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", addr.port())
 }
 
 /// Waits for SIGTERM or SIGINT (returned); applies a workspace reload on every SIGHUP

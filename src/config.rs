@@ -36,6 +36,46 @@ pub struct KeelConfig {
     pub warehouse: WarehouseSettings,
     /// JavaScript transformations (V8 isolate pool).
     pub transform: TransformConfig,
+    /// Several nodes on one database: partitions and leases.
+    pub cluster: ClusterSettings,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Partitions the work is split into (by a hash of the ordering key). Every node of a
+    /// database must use the same count; it is recorded on first start.
+    pub partitions: u32,
+    /// This node's id (lease owner name). Empty: `<hostname>:<listen port>`, which stays
+    /// the same across restarts, so a restarted node takes its leases back at once.
+    pub node_id: String,
+    /// Seconds a lease lasts without renewal; a dead node's partitions move after this.
+    pub lease_ttl_secs: f64,
+    /// Milliseconds between heartbeats (renewals); 0 = a third of the TTL.
+    pub heartbeat_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            partitions: 16,
+            node_id: String::new(),
+            lease_ttl_secs: 10.0,
+            heartbeat_ms: 0,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// The heartbeat interval in force.
+    pub fn heartbeat(&self) -> std::time::Duration {
+        if self.heartbeat_ms == 0 {
+            std::time::Duration::from_secs_f64(self.lease_ttl_secs / 3.0)
+        } else {
+            std::time::Duration::from_millis(self.heartbeat_ms)
+        }
+    }
 }
 
 /// `[transform]`.
@@ -125,7 +165,7 @@ impl Default for ProcessorSettings {
     fn default() -> Self {
         Self {
             enabled: true,
-            batch_jobs: 64,
+            batch_jobs: 256,
             idle_poll_ms: 20,
         }
     }
@@ -429,6 +469,19 @@ impl KeelConfig {
         }
         if t.call_timeout_ms < 10 {
             return Err(bad("transform.call_timeout_ms", "must be at least 10"));
+        }
+        let c = &self.cluster;
+        if c.partitions == 0 || c.partitions > 4096 {
+            return Err(bad("cluster.partitions", "must be between 1 and 4096"));
+        }
+        if !(c.lease_ttl_secs >= 1.0 && c.lease_ttl_secs <= 3600.0) {
+            return Err(bad("cluster.lease_ttl_secs", "must be between 1 and 3600"));
+        }
+        if c.heartbeat().as_secs_f64() > c.lease_ttl_secs / 2.0 || c.heartbeat().is_zero() {
+            return Err(bad(
+                "cluster.heartbeat_ms",
+                "must be positive and at most half of cluster.lease_ttl_secs",
+            ));
         }
         Ok(())
     }

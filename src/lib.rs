@@ -8,4 +8,5 @@ pub mod embedded_pg;
 pub mod http;
 pub mod process_stats;
 pub mod reload;
+pub mod status;
 pub mod transform_cli;

@@ -61,6 +61,14 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Show the cluster: nodes, their partitions and lease ages (read from the database).
+    Status {
+        #[command(flatten)]
+        common: Common,
+        /// Print one JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// JavaScript transformations and destination scripts.
     Transform {
         #[command(subcommand)]
@@ -172,6 +180,21 @@ fn main() -> ExitCode {
                 )
             })
         }
+        Command::Status { common, json } => actix_web::rt::System::new().block_on(async move {
+            let config = load_config(&common, None)?;
+            // Never start an embedded cluster just to look: the local default or the URL.
+            let url = if config.database.url.is_empty() {
+                format!("{}/keel", config.database.local_url.trim_end_matches('/'))
+            } else {
+                config.database.url.clone()
+            };
+            let text = keel::status::run(&url, config.cluster.lease_ttl_secs, json).await?;
+            print!("{text}");
+            if json {
+                println!();
+            }
+            Ok(())
+        }),
         Command::Migrate { common } => actix_web::rt::System::new().block_on(async move {
             let config = load_config(&common, None)?;
             let db = boot::database(&config).await?;

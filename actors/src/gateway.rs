@@ -1,8 +1,9 @@
 //! GatewayWriter: buffers accepted requests and stores them with group commit — one
-//! statement per flush, many requests per flush, one `gw_jobs` row per request — and
-//! answers each request only after its flush committed. At most one flush runs at a time,
-//! so `gw_jobs` ids commit in increasing order (readers may consume "every id after my
-//! checkpoint"). It never answers a client before commit and never drops a request
+//! statement per flush, many requests per flush, one `gw_jobs` row per request and
+//! partition its events fall in — and
+//! answers each request only after its flush committed. (With several nodes, ids of
+//! different nodes' flushes may commit out of order; the processor therefore reads every
+//! row not yet consumed rather than "every id after my checkpoint".) It never answers a client before commit and never drops a request
 //! silently: a failed flush answers every request in it with [`IngestError::Unavailable`].
 
 use std::time::{Duration, Instant};
@@ -77,15 +78,19 @@ impl GatewayWriter {
         let mut replies = Vec::with_capacity(batch.len());
         let mut events = 0u64;
         for msg in batch {
-            events += msg.event_count as u64;
-            replies.push((msg.reply, msg.source_id.clone(), msg.event_count));
-            rows.push(GwJobInsert {
-                source_id: msg.source_id.to_string(),
-                received_at: msg.received_at,
-                event_count: msg.event_count,
-                payload: msg.payload,
-                message_ids: msg.message_ids,
-            });
+            let count: i32 = msg.parts.iter().map(|p| p.event_count).sum();
+            events += count as u64;
+            replies.push((msg.reply, msg.source_id.clone(), count));
+            for part in msg.parts {
+                rows.push(GwJobInsert {
+                    source_id: msg.source_id.to_string(),
+                    partition: part.partition,
+                    received_at: msg.received_at,
+                    event_count: part.event_count,
+                    payload: part.payload,
+                    message_ids: part.message_ids,
+                });
+            }
         }
         metrics::histogram!(t::GATEWAY_FLUSH_REQUESTS).record(replies.len() as f64);
         metrics::histogram!(t::GATEWAY_FLUSH_EVENTS).record(events as f64);

@@ -4,6 +4,7 @@
 //! Keel's own database, and the metric names. The HTTP layer lives in the `keel` binary;
 //! this crate never parses HTTP and never answers clients directly.
 
+pub mod cluster;
 pub mod destinations;
 pub mod gateway;
 pub mod messages;

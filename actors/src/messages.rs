@@ -15,7 +15,8 @@ pub enum IngestError {
     Unavailable(String),
 }
 
-/// One accepted HTTP request, normalised, to be stored as one `gw_jobs` row.
+/// One accepted HTTP request, normalised, to be stored as one `gw_jobs` row per partition
+/// its events fall in.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Ingest {
@@ -23,14 +24,23 @@ pub struct Ingest {
     pub source_id: Arc<str>,
     /// When the gateway received the request.
     pub received_at: DateTime<Utc>,
+    /// The request's events grouped by partition, in request order within each.
+    pub parts: Vec<IngestPart>,
+    /// Answered after the flush holding this request commits (or fails).
+    pub reply: oneshot::Sender<Result<(), IngestError>>,
+}
+
+/// The events of one request that fall in one partition.
+#[derive(Debug, Clone)]
+pub struct IngestPart {
+    /// Partition (hash of the ordering key).
+    pub partition: i32,
     /// Number of events in `payload`.
     pub event_count: i32,
     /// The normalised events as one JSON array.
     pub payload: String,
     /// The messageId of every event, in payload order, for the dedup table.
     pub message_ids: Vec<String>,
-    /// Answered after the flush holding this request commits (or fails).
-    pub reply: oneshot::Sender<Result<(), IngestError>>,
 }
 
 /// Liveness probe a supervisor sends to a child; the child answers with its state.
@@ -121,3 +131,27 @@ pub struct ReplayTransformed {
     /// Only these ids.
     pub ids: Option<Vec<i64>>,
 }
+
+/// The partitions this node now holds (sent by the lease keeper to the root supervisor):
+/// the processor switches to them and the routers are replaced by routers of these
+/// partitions, after the old ones finished their in-flight deliveries (or `drain_deadline`
+/// passed). Answered once the switch is done, so leases given up can be released safely.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct AssignPartitions {
+    /// Partitions held, sorted.
+    pub partitions: std::sync::Arc<[i32]>,
+    /// Longest wait for the old routers' in-flight deliveries.
+    pub drain_deadline: std::time::Duration,
+}
+
+/// Tells the processor which partitions' requests to read (and fence its commits on).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct SetPartitions(pub std::sync::Arc<[i32]>);
+
+/// Asks the lease keeper to release every lease and leave the cluster (graceful shutdown,
+/// after the routers drained). Answered once done or failed.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct LeaveCluster;

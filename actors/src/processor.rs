@@ -1,10 +1,12 @@
-//! Processor: reads `gw_jobs` in id order after its checkpoint in bounded batches, explodes
+//! Processor: reads the unconsumed `gw_jobs` of the partitions this node holds, in id order
+//! and bounded batches, explodes
 //! each request into events, drops messageId duplicates (the dedup table names the job that
 //! first carried each messageId), routes each event to its source's destinations (enabled,
 //! `integrations`, supported types, event filtering), maps it with the destination kind, and
 //! commits `rt_jobs` + `wh_jobs` (one row per request and warehouse destination) +
-//! `routing_log` + checkpoint + deletion of the consumed `gw_jobs` in one
-//! transaction. Then it wakes the routers it fed. It never delivers anything itself.
+//! `routing_log` + checkpoints + deletion of the consumed `gw_jobs` in one transaction,
+//! fenced on this node's leases (a batch whose partitions moved to another node is rolled
+//! back and left to it). Then it wakes the routers it fed. It never delivers anything itself.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -13,13 +15,14 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde_json::{Map, Value};
 
+use crate::cluster::{ordering_key, partition_of};
 use crate::destinations::{self, BuildEnv, Destination};
 use crate::messages::{
-    Heartbeat, HeartbeatReply, InjectPanic, ReplayTransformed, UpdateRouting, Wake,
+    Heartbeat, HeartbeatReply, InjectPanic, ReplayTransformed, SetPartitions, UpdateRouting, Wake,
 };
 use crate::router::RouterActor;
 use crate::store::{
-    dedup_key, DlqInsert, RoutingRecord, RtJobInsert, Store, StoreError, WhJobInsert,
+    dedup_key, Consumed, DlqInsert, RoutingRecord, RtJobInsert, Store, StoreError, WhJobInsert,
 };
 use crate::telemetry as t;
 use crate::transform::{
@@ -204,15 +207,18 @@ pub struct ProcessorConfig {
     pub idle_poll: Duration,
     /// How long routing records are kept for the explain endpoint.
     pub routing_log_window: Duration,
+    /// Partition count (`[cluster] partitions`): the partition of each delivery job.
+    pub partitions: u32,
 }
 
 impl Default for ProcessorConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            batch_jobs: 64,
+            batch_jobs: 256,
             idle_poll: Duration::from_millis(20),
             routing_log_window: Duration::from_secs(24 * 3600),
+            partitions: 16,
         }
     }
 }
@@ -223,14 +229,14 @@ pub struct Processor {
     routing: Arc<RoutingTable>,
     routers: RouterRegistry,
     config: ProcessorConfig,
-    checkpoint: Option<i64>,
+    /// The partitions this node holds (none until the lease keeper assigns some).
+    partitions: Arc<[i32]>,
     busy: bool,
     backoff_until: Option<Instant>,
     routing_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 struct BatchResult {
-    last_id: i64,
     jobs: usize,
     touched: HashSet<String>,
 }
@@ -248,7 +254,7 @@ impl Processor {
             routing,
             routers,
             config,
-            checkpoint: None,
+            partitions: Arc::from(Vec::new()),
             busy: false,
             backoff_until: None,
             routing_waiters: Vec::new(),
@@ -257,6 +263,7 @@ impl Processor {
 
     fn cycle(&mut self, ctx: &mut Context<Self>) {
         if !self.config.enabled
+            || self.partitions.is_empty()
             || self.busy
             || self.backoff_until.is_some_and(|t| Instant::now() < t)
         {
@@ -265,29 +272,21 @@ impl Processor {
         self.busy = true;
         let store = self.store.clone();
         let routing = self.routing.clone();
-        let checkpoint = self.checkpoint;
+        let partitions = self.partitions.clone();
         let limit = self.config.batch_jobs;
+        let count = self.config.partitions;
         let started = Instant::now();
-        let fut = async move {
-            let after = match checkpoint {
-                Some(c) => c,
-                None => store.processor_checkpoint().await?,
-            };
-            process_batch(&store, &routing, after, limit)
-                .await
-                .map(|r| (after, r))
-        };
+        let fut = async move { process_batch(&store, &routing, &partitions, count, limit).await };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.busy = false;
             for w in act.routing_waiters.drain(..) {
                 let _ = w.send(());
             }
             match result {
-                Ok((after, None)) => act.checkpoint = Some(after),
-                Ok((_, Some(batch))) => {
+                Ok(None) => {}
+                Ok(Some(batch)) => {
                     metrics::histogram!(t::PROCESSOR_BATCH_DURATION_SECONDS)
                         .record(started.elapsed().as_secs_f64());
-                    act.checkpoint = Some(batch.last_id);
                     act.backoff_until = None;
                     if let Ok(routers) = act.routers.read() {
                         for d in &batch.touched {
@@ -301,26 +300,19 @@ impl Processor {
                         act.cycle(ctx);
                     }
                 }
+                Err(BatchError::Store(StoreError::Fenced(why))) => {
+                    // Another node took these partitions: its processor does this work.
+                    metrics::counter!(t::PROCESSOR_FAILURES_TOTAL).increment(1);
+                    tracing::info!(%why, "processor batch fenced off; rolled back");
+                }
                 Err(e) => {
                     metrics::counter!(t::PROCESSOR_FAILURES_TOTAL).increment(1);
                     tracing::warn!(error = %e, "processor batch failed; retrying");
-                    act.checkpoint = None;
                     act.backoff_until = Some(Instant::now() + Duration::from_millis(500));
                 }
             }
         }));
     }
-}
-
-fn ordering_key(event: &Map<String, Value>) -> String {
-    for k in ["userId", "anonymousId"] {
-        match event.get(k) {
-            Some(Value::String(s)) if !s.is_empty() => return s.clone(),
-            Some(Value::Number(n)) => return n.to_string(),
-            _ => {}
-        }
-    }
-    String::new()
 }
 
 /// A request's id, source and events.
@@ -332,6 +324,8 @@ struct EventCtx<'a> {
     source_id: &'a str,
     message_id: String,
     key: String,
+    /// Partition of `key`: where its delivery jobs go.
+    partition: i32,
     event: Map<String, Value>,
     routed: Vec<String>,
     filtered: Map<String, Value>,
@@ -568,6 +562,7 @@ fn assemble(
                     message_id: ctx.message_id.clone(),
                     source_id: (*source_id).to_owned(),
                     payload: payload.to_string(),
+                    partition: ctx.partition,
                 });
                 touched.insert(d.id.clone());
             }
@@ -602,6 +597,7 @@ fn assemble(
                 source_id: (*source_id).to_owned(),
                 payload: Value::Object(event).to_string(),
                 reason,
+                partition: ctx.partition,
             });
         }
     }
@@ -622,6 +618,7 @@ const REPLAY_LIMIT: i64 = 10_000;
 async fn replay_transformed(
     store: &Store,
     routing: &RoutingTable,
+    partitions: u32,
     msg: ReplayTransformed,
 ) -> Result<(i64, HashSet<String>), BatchError> {
     let letters = store
@@ -654,6 +651,7 @@ async fn replay_transformed(
             source_id: l.source_id.as_str(),
             message_id: l.message_id.clone(),
             key: l.ordering_key.clone(),
+            partition: partition_of(&l.ordering_key, partitions),
             event,
             routed: Vec::new(),
             filtered: Map::new(),
@@ -685,14 +683,23 @@ async fn replay_transformed(
 async fn process_batch(
     store: &Store,
     routing: &RoutingTable,
-    after: i64,
+    partitions: &[i32],
+    partition_count: u32,
     limit: i64,
 ) -> Result<Option<BatchResult>, BatchError> {
-    let jobs = store.fetch_gw_jobs(after, limit).await?;
-    let Some(last) = jobs.last() else {
+    let jobs = store.fetch_gw_jobs(partitions, limit).await?;
+    if jobs.is_empty() {
         return Ok(None);
+    }
+    let mut positions: HashMap<i32, i64> = HashMap::new();
+    for j in &jobs {
+        let p = positions.entry(j.partition).or_default();
+        *p = (*p).max(j.id);
+    }
+    let consumed = Consumed {
+        ids: jobs.iter().map(|j| j.id).collect(),
+        positions: positions.into_iter().collect(),
     };
-    let last_id = last.id;
     let mut parsed: Vec<ParsedJob<'_>> = Vec::with_capacity(jobs.len());
     let mut keys = Vec::new();
     for job in &jobs {
@@ -747,10 +754,12 @@ async fn process_batch(
                     });
                 groups[g].2.push(idx);
             }
+            let key = ordering_key(&event);
             ctxs.push(EventCtx {
                 job_id,
                 source_id,
-                key: ordering_key(&event),
+                partition: partition_of(&key, partition_count),
+                key,
                 message_id,
                 event,
                 routed: Vec::new(),
@@ -796,14 +805,13 @@ async fn process_batch(
     }
     let dead_n = dlq.len() as u64;
     store
-        .commit_processed(rt, wh, dlq, records, Some(last_id), Vec::new())
+        .commit_processed(rt, wh, dlq, records, Some(consumed), Vec::new())
         .await?;
     metrics::counter!(t::PROCESSOR_EVENTS_TOTAL, "outcome" => "routed").increment(routed_n);
     metrics::counter!(t::PROCESSOR_EVENTS_TOTAL, "outcome" => "duplicate").increment(dup_n);
     metrics::counter!(t::PROCESSOR_EVENTS_TOTAL, "outcome" => "no_route").increment(none_n);
     metrics::counter!(t::PROCESSOR_DEAD_LETTERED_TOTAL).increment(dead_n);
     Ok(Some(BatchResult {
-        last_id,
         jobs: jobs.len(),
         touched,
     }))
@@ -833,7 +841,16 @@ impl Supervised for Processor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         metrics::counter!(t::SUPERVISOR_RESTARTS_TOTAL, "actor" => "processor").increment(1);
         self.busy = false;
-        self.checkpoint = None;
+    }
+}
+
+impl Handler<SetPartitions> for Processor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetPartitions, ctx: &mut Self::Context) {
+        // A batch under way finishes with the old set; its commit is fenced on the leases.
+        self.partitions = msg.0;
+        self.cycle(ctx);
     }
 }
 
@@ -881,8 +898,9 @@ impl Handler<ReplayTransformed> for Processor {
     fn handle(&mut self, msg: ReplayTransformed, _ctx: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
         let routing = self.routing.clone();
+        let partitions = self.config.partitions;
         Box::pin(
-            async move { replay_transformed(&store, &routing, msg).await }
+            async move { replay_transformed(&store, &routing, partitions, msg).await }
                 .into_actor(self)
                 .map(|result, act, _ctx| match result {
                     Ok((n, touched)) => {

@@ -8,7 +8,10 @@
 //! child a [`Heartbeat`] on an interval and counts the ones not answered in time, which
 //! `/ready` reports. [`Reconfigure`] applies a reloaded workspace: only the actors of
 //! changed destinations drain (finish their in-flight work) and are replaced; [`DrainAll`]
-//! drains every router and uploader at shutdown.
+//! drains every router and uploader at shutdown. [`AssignPartitions`] (from the lease
+//! keeper) switches the processor to the partitions this node holds and replaces every
+//! router by one of those partitions once the old one drained; warehouse uploaders run on
+//! the holder of partition 0 only.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +21,9 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::gateway::{GatewayWriter, GatewayWriterConfig};
-use crate::messages::{Drain, DrainReport, Heartbeat, Retire, UpdateRouting};
+use crate::messages::{
+    AssignPartitions, Drain, DrainReport, Heartbeat, Retire, SetPartitions, UpdateRouting,
+};
 use crate::processor::{Processor, ProcessorConfig, Route, RouterRegistry, RoutingTable};
 use crate::router::{RouterActor, RouterConfig};
 use crate::store::Store;
@@ -128,6 +133,10 @@ pub struct RootSupervisor {
     running: HashMap<String, String>,
     /// Destination id → the route its running actor serves (to revive it).
     routes: HashMap<String, Route>,
+    /// The partitions this node holds, as last assigned.
+    partitions: Arc<[i32]>,
+    /// Set by [`DrainAll`]: the node is shutting down and starts nothing any more.
+    stopping: bool,
     _arbiters: Vec<Arbiter>,
 }
 
@@ -232,6 +241,8 @@ impl RootSupervisor {
             routing: config.routing.clone(),
             running: HashMap::new(),
             routes: HashMap::new(),
+            partitions: Arc::from(Vec::new()),
+            stopping: false,
             _arbiters: vec![router_arbiter, processor_arbiter, warehouse_arbiter],
         };
         for route in config.routing.enabled_destinations() {
@@ -240,10 +251,14 @@ impl RootSupervisor {
         (root.start(), children)
     }
 
-    /// Starts the router or uploader of one enabled destination.
+    /// Starts the router or uploader of one enabled destination (an uploader only while
+    /// this node holds partition 0).
     fn start_destination(&mut self, routing: &RoutingTable, route: &Route) {
         let id = route.destination.id.clone();
         if let Some(spec) = route.kind.warehouse() {
+            if !self.partitions.contains(&0) {
+                return;
+            }
             let spec = Arc::new(spec.clone());
             let sources = routing.sources_of(&id);
             let (s, wc) = (self.store.clone(), self.warehouse_config.clone());
@@ -256,8 +271,9 @@ impl RootSupervisor {
         } else {
             let rc = router_config_for(&self.router_defaults, &route.destination);
             let (rid, kind, s) = (id.clone(), route.kind.clone(), self.store.clone());
+            let parts = self.partitions.clone();
             let addr = actix::Supervisor::start_in_arbiter(&self.router_arbiter, move |_| {
-                RouterActor::new(&rid, kind, s, rc)
+                RouterActor::new(&rid, parts, kind, s, rc)
             });
             if let Ok(mut r) = self.children.routers.write() {
                 r.insert(id.clone(), addr);
@@ -398,6 +414,7 @@ impl RootSupervisor {
                 &self.children.routers,
                 &self.processor_config,
             );
+            addr.do_send(SetPartitions(self.partitions.clone()));
             if let Ok(mut p) = self.children.processor.write() {
                 *p = addr;
             }
@@ -494,10 +511,55 @@ impl Handler<Reconfigure> for RootSupervisor {
     }
 }
 
+impl Handler<AssignPartitions> for RootSupervisor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, msg: AssignPartitions, _ctx: &mut Self::Context) -> Self::Result {
+        let new = msg.partitions;
+        if new == self.partitions || self.stopping {
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        }
+        if let Ok(p) = self.children.processor.read() {
+            p.do_send(SetPartitions(new.clone()));
+        }
+        // Every router serves the old set: replace them all once they drained, so no job
+        // is delivered by two routers at once. Uploaders move with partition 0.
+        let keep_uploaders = self.partitions.contains(&0) == new.contains(&0);
+        let mut ids: Vec<String> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| r.kind.warehouse().is_none() || !keep_uploaders)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        let stopping: Vec<_> = ids
+            .iter()
+            .map(|id| self.stop_destination(id, msg.drain_deadline))
+            .collect();
+        AtomicResponse::new(Box::pin(
+            async move { futures::future::join_all(stopping).await.into_iter().sum::<usize>() }
+                .into_actor(self)
+                .map(move |abandoned, act, _ctx| {
+                    act.partitions = new;
+                    let routing = act.routing.clone();
+                    for route in routing.enabled_destinations() {
+                        if !act.running.contains_key(&route.destination.id) {
+                            act.start_destination(&routing, &route);
+                        }
+                    }
+                    if abandoned > 0 {
+                        tracing::warn!(abandoned, "deliveries abandoned while switching partitions; redone by the partition's holder");
+                    }
+                }),
+        ))
+    }
+}
+
 impl Handler<DrainAll> for RootSupervisor {
     type Result = ResponseFuture<DrainReport>;
 
     fn handle(&mut self, msg: DrainAll, _ctx: &mut Self::Context) -> Self::Result {
+        self.stopping = true;
         let ids: Vec<String> = self.running.keys().cloned().collect();
         let stopping: Vec<_> = ids
             .iter()

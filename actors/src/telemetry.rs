@@ -31,6 +31,16 @@ pub const SUPERVISOR_RESTARTS_TOTAL: &str = "keel_supervisor_restarts_total";
 /// Heartbeats a child did not answer in time, labelled `actor`.
 pub const SUPERVISOR_HEARTBEAT_MISSES_TOTAL: &str = "keel_supervisor_heartbeat_misses_total";
 
+/// Partition leases this node holds.
+pub const CLUSTER_PARTITIONS_OWNED: &str = "keel_cluster_partitions_owned";
+/// Lease changes on this node, labelled `change` (`acquired`, `released`, `lost`,
+/// `expired`, `adopted`).
+pub const CLUSTER_LEASE_CHANGES_TOTAL: &str = "keel_cluster_lease_changes_total";
+/// Worker nodes heard from within the lease TTL, this one included.
+pub const CLUSTER_LIVE_NODES: &str = "keel_cluster_live_nodes";
+/// Cluster heartbeats (announce, renew, acquire) that failed.
+pub const CLUSTER_HEARTBEAT_FAILURES_TOTAL: &str = "keel_cluster_heartbeat_failures_total";
+
 /// Calls into the JavaScript pool, labelled `script`.
 pub const TRANSFORM_CALLS_TOTAL: &str = "keel_transform_calls_total";
 /// Events passed into scripts, labelled `script`.
@@ -67,6 +77,10 @@ pub const ALL: &[&str] = &[
     GATEWAY_RATE_LIMITED_TOTAL,
     SUPERVISOR_RESTARTS_TOTAL,
     SUPERVISOR_HEARTBEAT_MISSES_TOTAL,
+    CLUSTER_PARTITIONS_OWNED,
+    CLUSTER_LEASE_CHANGES_TOTAL,
+    CLUSTER_LIVE_NODES,
+    CLUSTER_HEARTBEAT_FAILURES_TOTAL,
     PROCESSOR_EVENTS_TOTAL,
     PROCESSOR_JOBS_WRITTEN_TOTAL,
     PROCESSOR_FILTERED_TOTAL,
@@ -149,6 +163,19 @@ pub fn describe_all() {
         "Dedup rows pruned out of the window"
     );
     describe_counter!(SUPERVISOR_RESTARTS_TOTAL, "Actor restarts by actor");
+    describe_gauge!(CLUSTER_PARTITIONS_OWNED, "Partition leases this node holds");
+    describe_counter!(
+        CLUSTER_LEASE_CHANGES_TOTAL,
+        "Lease changes on this node by change (acquired, released, lost, expired, adopted)"
+    );
+    describe_gauge!(
+        CLUSTER_LIVE_NODES,
+        "Worker nodes heard from within the lease TTL, this one included"
+    );
+    describe_counter!(
+        CLUSTER_HEARTBEAT_FAILURES_TOTAL,
+        "Cluster heartbeats (announce, renew, acquire) that failed"
+    );
     describe_counter!(
         SUPERVISOR_HEARTBEAT_MISSES_TOTAL,
         "Heartbeats not answered in time"

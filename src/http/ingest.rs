@@ -14,7 +14,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use keel_actors::messages::{Ingest, IngestError};
+use keel_actors::cluster::{ordering_key, partition_of};
+use keel_actors::messages::{Ingest, IngestError, IngestPart};
 use keel_actors::telemetry as t;
 
 use super::body::{check_headers, read_body};
@@ -288,6 +289,48 @@ fn check_rate(
     }
 }
 
+/// Groups a request's events by partition (request order kept within each) and encodes
+/// each group as one JSON array.
+fn split_by_partition(
+    events: &[Map<String, Value>],
+    message_ids: Vec<String>,
+    partitions: u32,
+) -> Result<Vec<IngestPart>, serde_json::Error> {
+    let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    if partitions <= 1 {
+        return Ok(vec![IngestPart {
+            partition: 0,
+            event_count: count(events.len()),
+            payload: serde_json::to_string(events)?,
+            message_ids,
+        }]);
+    }
+    /// A partition's events and their messageIds.
+    type Group<'a> = (i32, Vec<&'a Map<String, Value>>, Vec<String>);
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    for (event, id) in events.iter().zip(message_ids) {
+        let p = partition_of(&ordering_key(event), partitions);
+        match groups.iter_mut().find(|g| g.0 == p) {
+            Some(g) => {
+                g.1.push(event);
+                g.2.push(id);
+            }
+            None => groups.push((p, vec![event], vec![id])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(partition, evs, ids)| {
+            Ok(IngestPart {
+                partition,
+                event_count: count(evs.len()),
+                payload: serde_json::to_string(&evs)?,
+                message_ids: ids,
+            })
+        })
+        .collect()
+}
+
 async fn commit(
     state: &AppState,
     source: Arc<str>,
@@ -299,25 +342,25 @@ async fn commit(
     if let Some(limiter) = &state.rate_limiter {
         check_rate(limiter, &source, events.len(), &state.config.gateway)?;
     }
-    let payload = serde_json::to_string(&events).map_err(|e| {
-        ApiError::bad_request("invalid_event", format!("event cannot be encoded: {e}"))
-    })?;
-    let permits = payload.len().div_ceil(1024).max(1) as u32;
+    let parts =
+        split_by_partition(&events, message_ids, state.config.cluster.partitions).map_err(|e| {
+            ApiError::bad_request("invalid_event", format!("event cannot be encoded: {e}"))
+        })?;
+    let bytes: usize = parts.iter().map(|p| p.payload.len()).sum();
+    let permits = bytes.div_ceil(1024).max(1) as u32;
     let Ok(permit) = state.queue.clone().try_acquire_many_owned(permits) else {
         return Err(ApiError::throttled(
             "ingest queue is full; retry after the indicated delay",
             retry_after,
         ));
     };
-    metrics::gauge!(t::GATEWAY_QUEUE_BYTES).increment(payload.len() as f64);
-    let queued_bytes = payload.len() as f64;
+    metrics::gauge!(t::GATEWAY_QUEUE_BYTES).increment(bytes as f64);
+    let queued_bytes = bytes as f64;
     let (reply, answer) = oneshot::channel();
     let msg = Ingest {
         source_id: source,
         received_at: request.received_at,
-        event_count: events.len() as i32,
-        payload,
-        message_ids,
+        parts,
         reply,
     };
     let sent = state.children.gateway_writer.try_send(msg);

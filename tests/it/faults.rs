@@ -31,7 +31,14 @@ fn pipeline(db_url: &str, hooks: &[(&str, &str)]) -> KeelOptions {
     let opts = KeelOptions {
         workspace: workspace_with_webhooks(&hooks),
         database_url: Some(db_url.to_owned()),
-        env: vec![("KEEL_ALLOW_PRIVATE_TARGETS".into(), "true".into())],
+        env: vec![
+            ("KEEL_ALLOW_PRIVATE_TARGETS".into(), "true".into()),
+            // The same node across restarts: it takes its leases back at once.
+            (
+                "KEEL_CLUSTER__NODE_ID".into(),
+                format!("node-{}", db_url.rsplit('/').next().unwrap_or("x")),
+            ),
+        ],
         cwd: None,
     };
     fast_router(opts)

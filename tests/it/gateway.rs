@@ -87,9 +87,81 @@ async fn accepts_every_single_event_endpoint_and_stores_the_type() {
 }
 
 #[tokio::test]
-async fn batch_and_import_store_one_row_per_request_with_merged_context() {
+async fn a_batch_is_stored_as_one_row_per_partition_in_request_order() {
+    use keel_actors::cluster::partition_of;
     let db = TestDb::create().await;
     let keel = Keel::start(KeelOptions::new(&db)).await;
+    let users: Vec<String> = (0..40).map(|i| format!("user-{i}")).collect();
+    let batch: Vec<Value> = (0..200)
+        .map(|i| json!({"type": "track", "userId": users[i % 40], "event": "E", "messageId": format!("m-{i}"),
+                        "properties": {"seq": i}}))
+        .collect();
+    let got = post(
+        &keel,
+        "/v1/batch",
+        None,
+        json!({"writeKey": WRITE_KEY, "batch": batch}),
+    )
+    .await;
+    assert_eq!(got.0, 200, "{got:?}");
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT id, partition, event_count, payload::json FROM gw_jobs ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("rows");
+    let wanted: std::collections::BTreeSet<i32> =
+        users.iter().map(|u| partition_of(u, 16)).collect();
+    let stored: std::collections::BTreeSet<i32> = rows.iter().map(|r| r.get::<_, i32>(1)).collect();
+    assert_eq!(
+        stored, wanted,
+        "one row per partition the request's users fall in"
+    );
+    assert_eq!(rows.len(), wanted.len());
+    let mut total = 0;
+    for r in &rows {
+        let (id, part, count, events) = (
+            r.get::<_, i64>(0),
+            r.get::<_, i32>(1),
+            r.get::<_, i32>(2),
+            r.get::<_, Value>(3),
+        );
+        let events = events.as_array().expect("array");
+        assert_eq!(events.len() as i32, count);
+        total += events.len();
+        let mut last_seq = -1;
+        for e in events {
+            assert_eq!(
+                partition_of(e["userId"].as_str().expect("userId"), 16),
+                part
+            );
+            let seq = e["properties"]["seq"].as_i64().expect("seq");
+            assert!(seq > last_seq, "request order kept within a partition");
+            last_seq = seq;
+            let owner: i64 = db
+                .client()
+                .await
+                .query_one(
+                    "SELECT job_id FROM dedup WHERE message_id = $1",
+                    &[&e["messageId"].as_str().expect("mid")],
+                )
+                .await
+                .expect("dedup row")
+                .get(0);
+            assert_eq!(owner, id, "dedup names the row holding the event");
+        }
+    }
+    assert_eq!(total, 200);
+}
+
+#[tokio::test]
+async fn batch_and_import_store_one_row_per_request_with_merged_context() {
+    let db = TestDb::create().await;
+    // One partition: one row per request (several partitions split it, tested below).
+    let keel = Keel::start(KeelOptions::new(&db).env("KEEL_CLUSTER__PARTITIONS", "1")).await;
     let body = json!({
         "writeKey": WRITE_KEY,
         "sentAt": "2030-01-01T00:00:10.000Z",

@@ -4,6 +4,7 @@
 mod bad_input;
 mod brokers;
 mod cli;
+mod cluster;
 mod common;
 mod delivery;
 mod faults;

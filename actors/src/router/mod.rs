@@ -1,4 +1,6 @@
-//! RouterActor: one per enabled destination. Loads its destination's `rt_jobs` in id order
+//! RouterActor: one per enabled destination, serving the partitions this node holds (the
+//! supervisor replaces it when they change). Loads its destination's `rt_jobs` of those
+//! partitions in id order
 //! into per-key queues (bounded window), delivers up to `concurrency` at once but never two
 //! jobs of one ordering key, throttles (GCRA), retries with backoff honouring `Retry-After`,
 //! dead-letters refused or exhausted jobs, opens a circuit breaker after sustained failure,
@@ -99,6 +101,7 @@ impl QueuedJob for Job {
 /// The router actor (see the module comment).
 pub struct RouterActor {
     destination_id: Arc<str>,
+    partitions: Arc<[i32]>,
     kind: Arc<dyn Destination>,
     store: Store,
     config: RouterConfig,
@@ -123,9 +126,10 @@ pub struct RouterActor {
 }
 
 impl RouterActor {
-    /// A router for one destination.
+    /// A router for one destination's jobs of `partitions`.
     pub fn new(
         destination_id: &str,
+        partitions: Arc<[i32]>,
         kind: Arc<dyn Destination>,
         store: Store,
         config: RouterConfig,
@@ -134,6 +138,7 @@ impl RouterActor {
         let throttle = Throttle::new(config.throttle_limit, config.throttle_window);
         Self {
             destination_id: Arc::from(destination_id),
+            partitions,
             kind,
             store,
             config,
@@ -200,6 +205,7 @@ impl RouterActor {
         // including those of a status write under way (taken out of `pending`).
         if self.draining
             || self.loading
+            || self.partitions.is_empty()
             || self.max_loaded_id == 0 && (self.flushing || !self.pending.is_empty())
         {
             return;
@@ -216,7 +222,12 @@ impl RouterActor {
         let dest = self.destination_id.clone();
         let after = self.max_loaded_id;
         let generation = self.generation;
-        let fut = async move { store.load_rt_jobs(&dest, after, room as i64).await };
+        let partitions = self.partitions.clone();
+        let fut = async move {
+            store
+                .load_rt_jobs(&dest, &partitions, after, room as i64)
+                .await
+        };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.loading = false;
             if generation != act.generation {

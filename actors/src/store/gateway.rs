@@ -6,11 +6,13 @@ use diesel_async::RunQueryDsl;
 
 use super::{Store, StoreError};
 
-/// One request to store as a `gw_jobs` row.
+/// One request's events of one partition, to store as a `gw_jobs` row.
 #[derive(Debug, Clone)]
 pub struct GwJobInsert {
     /// Source workspace id.
     pub source_id: String,
+    /// Partition of its events.
+    pub partition: i32,
     /// When the gateway received the request.
     pub received_at: DateTime<Utc>,
     /// Number of events in `payload`.
@@ -21,20 +23,21 @@ pub struct GwJobInsert {
     pub message_ids: Vec<String>,
 }
 
-/// One statement for a whole flush: ids are drawn in request order, every request becomes a
-/// `gw_jobs` row and every messageId not yet in the window becomes a `dedup` row naming the
+/// One statement for a whole flush: ids are drawn in request order, every (request,
+/// partition) becomes a `gw_jobs` row and every messageId not yet in the window becomes a `dedup` row naming the
 /// job that first carried it. A single statement is atomic, so no explicit transaction.
 const INSERT_FLUSH: &str = r#"
 WITH input AS (
-    SELECT nextval('gw_jobs_id_seq') AS id, r.source_id, r.received_at, r.event_count, r.payload, r.ord
+    SELECT nextval('gw_jobs_id_seq') AS id, r.source_id, r.received_at, r.event_count, r.payload,
+           r.partition, r.ord
     FROM (
-        SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::text[])
-            WITH ORDINALITY AS u(source_id, received_at, event_count, payload, ord)
+        SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::text[], $8::int4[])
+            WITH ORDINALITY AS u(source_id, received_at, event_count, payload, partition, ord)
         ORDER BY ord
     ) r
 ), jobs AS (
-    INSERT INTO gw_jobs (id, source_id, received_at, event_count, payload)
-    SELECT id, source_id, received_at, event_count, payload FROM input
+    INSERT INTO gw_jobs (id, source_id, received_at, event_count, payload, partition)
+    SELECT id, source_id, received_at, event_count, payload, partition FROM input
 )
 INSERT INTO dedup (key, source_id, message_id, job_id, seen_at)
 SELECT m.key, i.source_id, m.message_id, i.id, i.received_at
@@ -59,6 +62,7 @@ impl Store {
         let mut received = Vec::with_capacity(n);
         let mut counts = Vec::with_capacity(n);
         let mut payloads = Vec::with_capacity(n);
+        let mut partitions = Vec::with_capacity(n);
         let mut ords: Vec<i64> = Vec::new();
         let mut message_ids: Vec<String> = Vec::new();
         let mut keys = Vec::new();
@@ -75,6 +79,7 @@ impl Store {
             received.push(job.received_at);
             counts.push(job.event_count);
             payloads.push(job.payload);
+            partitions.push(job.partition);
         }
         self.timed(async {
             let mut conn = self.conn().await?;
@@ -86,6 +91,7 @@ impl Store {
                 .bind::<Array<BigInt>, _>(ords)
                 .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
                 .bind::<Array<Text>, _>(message_ids)
+                .bind::<Array<Integer>, _>(partitions)
                 .execute(&mut conn)
                 .await?;
             Ok(())

@@ -2,6 +2,7 @@
 //! (module per stage: `gateway`, `processor`, `router`, `warehouse`). Callers get typed methods, never a
 //! connection; nothing outside this module writes SQL.
 
+mod cluster;
 mod gateway;
 mod migrate;
 mod processor;
@@ -17,9 +18,10 @@ use diesel_async::pooled_connection::{
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+pub use cluster::{HeldLease, LeaseRow, NodeRow, Tenure};
 pub use gateway::GwJobInsert;
 pub use migrate::{run_migrations, MIGRATIONS};
-pub use processor::{DlqInsert, GwJob, RoutingRecord, RtJobInsert, PROCESSOR_STAGE};
+pub use processor::{Consumed, DlqInsert, GwJob, RoutingRecord, RtJobInsert, PROCESSOR_STAGE};
 pub use router::{DeadLetter, DlqJob, RetryUpdate, RtJob, StatusBatch, TransformDeadLetter};
 pub use telemetry::{DestinationBacklog, PoolUsage};
 pub use warehouse::{WhBacklog, WhJob, WhJobInsert};
@@ -48,6 +50,10 @@ pub enum StoreError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migration(String),
+    /// This node no longer holds the partitions it worked on (another node took over, or
+    /// the rows were consumed elsewhere): the transaction was rolled back.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// A statement did not finish in time.
     #[error("database did not answer within {0:?}")]
     Timeout(Duration),
@@ -82,6 +88,8 @@ impl Default for PoolSettings {
 pub struct Store {
     pool: Pool<AsyncPgConnection>,
     timeout: Duration,
+    /// This node's id: the owner name its leases carry and its fences check.
+    node: std::sync::Arc<str>,
 }
 
 impl Store {
@@ -105,7 +113,19 @@ impl Store {
         Ok(Self {
             pool,
             timeout: settings.timeout,
+            node: std::sync::Arc::from("local"),
         })
+    }
+
+    /// The same store acting for node `node` (lease owner name and fence identity).
+    pub fn for_node(mut self, node: &str) -> Self {
+        self.node = std::sync::Arc::from(node);
+        self
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     pub(crate) async fn conn(&self) -> Result<Object<AsyncPgConnection>, StoreError> {

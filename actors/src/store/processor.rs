@@ -1,8 +1,9 @@
-//! Processor statements: read `gw_jobs` after the checkpoint, look up dedup owners, and
-//! commit the outputs (`rt_jobs`, `wh_jobs`, `routing_log`) with the checkpoint and the deletion of the
-//! consumed `gw_jobs`, all in one transaction.
+//! Processor statements: read the unconsumed `gw_jobs` of this node's partitions, look up
+//! dedup owners, and commit the outputs (`rt_jobs`, `wh_jobs`, `routing_log`) with the
+//! per-partition checkpoints and the deletion of the consumed `gw_jobs`, all in one
+//! transaction fenced on this node's leases.
 
-use diesel::sql_types::{Array, BigInt, Jsonb, Text};
+use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use scoped_futures::ScopedFutureExt;
@@ -24,12 +25,26 @@ pub struct GwJob {
     /// JSON array of events, as text.
     #[diesel(sql_type = Text)]
     pub payload: String,
+    /// Partition of its events.
+    #[diesel(sql_type = Integer)]
+    pub partition: i32,
 }
 
 #[derive(QueryableByName)]
-struct Position {
-    #[diesel(sql_type = BigInt)]
-    position: i64,
+struct Part {
+    #[diesel(sql_type = Integer)]
+    #[allow(dead_code)]
+    partition: i32,
+}
+
+/// The `gw_jobs` rows a batch consumed: deleted in its commit, which fails (fenced) unless
+/// this node still holds every partition involved and every row was still there.
+#[derive(Debug, Clone, Default)]
+pub struct Consumed {
+    /// Row ids.
+    pub ids: Vec<i64>,
+    /// (partition, highest id consumed in it): the checkpoints to advance.
+    pub positions: Vec<(i32, i64)>,
 }
 
 #[derive(QueryableByName)]
@@ -53,6 +68,8 @@ pub struct RtJobInsert {
     pub source_id: String,
     /// Destination-ready payload (JSON text).
     pub payload: String,
+    /// Partition of its ordering key.
+    pub partition: i32,
 }
 
 /// One event dead-lettered by the processor (a transformation or the destination mapping
@@ -71,6 +88,8 @@ pub struct DlqInsert {
     pub payload: String,
     /// Why (with the script's stack when there is one).
     pub reason: String,
+    /// Partition of its ordering key.
+    pub partition: i32,
 }
 
 /// One `routing_log` row: what the processor decided for one event.
@@ -106,29 +125,21 @@ fn without_nul(v: serde_json::Value) -> serde_json::Value {
 }
 
 impl Store {
-    /// The last `gw_jobs` id the processor consumed (0 when it never ran).
-    pub async fn processor_checkpoint(&self) -> Result<i64, StoreError> {
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            let rows: Vec<Position> = diesel::sql_query(
-                "SELECT position FROM checkpoints WHERE stage = $1 AND partition = 0",
-            )
-            .bind::<Text, _>(PROCESSOR_STAGE)
-            .load(&mut conn)
-            .await?;
-            Ok(rows.into_iter().next().map_or(0, |r| r.position))
-        })
-        .await
-    }
-
-    /// Up to `limit` requests after `after`, in id order.
-    pub async fn fetch_gw_jobs(&self, after: i64, limit: i64) -> Result<Vec<GwJob>, StoreError> {
+    /// Up to `limit` unconsumed requests of `partitions`, in id order. No cursor: with
+    /// several nodes writing, a lower id may commit after a higher one was read, and it must
+    /// still be read (consumed rows are deleted, so "unconsumed" is "still there").
+    pub async fn fetch_gw_jobs(
+        &self,
+        partitions: &[i32],
+        limit: i64,
+    ) -> Result<Vec<GwJob>, StoreError> {
         self.timed(async {
             let mut conn = self.conn().await?;
             Ok(diesel::sql_query(
-                "SELECT id, source_id, payload FROM gw_jobs WHERE id > $1 ORDER BY id LIMIT $2",
+                "SELECT id, source_id, payload, partition FROM gw_jobs \
+                 WHERE partition = ANY($1) ORDER BY id LIMIT $2",
             )
-            .bind::<BigInt, _>(after)
+            .bind::<Array<Integer>, _>(partitions)
             .bind::<BigInt, _>(limit)
             .load(&mut conn)
             .await?)
@@ -153,25 +164,31 @@ impl Store {
         .await
     }
 
-    /// Commits one processed batch: inserts `jobs`, `warehouse`, `dead` and `routing`,
-    /// deletes `gw_jobs` up to `last_id` and moves the checkpoint there — one transaction.
-    /// A replay of dead letters passes no `last_id` and the `replayed` dlq ids to delete.
+    /// Commits one processed batch: deletes the `consumed` rows (fenced: this node must hold
+    /// their partitions and every row must still be there, else nothing is written and
+    /// [`StoreError::Fenced`] comes back), inserts `jobs`, `warehouse`, `dead` and
+    /// `routing` under the order lock, and advances the partitions' checkpoints — one
+    /// transaction. A replay of dead letters passes no `consumed` and the `replayed` dlq
+    /// ids to delete.
     pub async fn commit_processed(
         &self,
         jobs: Vec<RtJobInsert>,
         warehouse: Vec<WhJobInsert>,
         dead: Vec<DlqInsert>,
         routing: Vec<RoutingRecord>,
-        last_id: Option<i64>,
+        consumed: Option<Consumed>,
         replayed: Vec<i64>,
     ) -> Result<(), StoreError> {
+        let node = self.node.clone();
         let mut d_dest = Vec::with_capacity(dead.len());
         let mut d_key = Vec::with_capacity(dead.len());
         let mut d_mid = Vec::with_capacity(dead.len());
         let mut d_src = Vec::with_capacity(dead.len());
         let mut d_payload = Vec::with_capacity(dead.len());
         let mut d_reason = Vec::with_capacity(dead.len());
+        let mut d_part = Vec::with_capacity(dead.len());
         for d in dead {
+            d_part.push(d.partition);
             d_dest.push(d.destination_id);
             d_key.push(d.ordering_key);
             d_mid.push(d.message_id);
@@ -194,7 +211,9 @@ impl Store {
         let mut mids = Vec::with_capacity(jobs.len());
         let mut srcs = Vec::with_capacity(jobs.len());
         let mut payloads = Vec::with_capacity(jobs.len());
+        let mut parts = Vec::with_capacity(jobs.len());
         for j in jobs {
+            parts.push(j.partition);
             dest.push(j.destination_id);
             keys.push(j.ordering_key);
             mids.push(j.message_id);
@@ -218,17 +237,50 @@ impl Store {
             let mut conn = self.conn().await?;
             conn.transaction::<_, StoreError, _>(|conn| {
                 async move {
+                    if let Some(c) = &consumed {
+                        let mut fence: Vec<i32> = c.positions.iter().map(|(p, _)| *p).collect();
+                        fence.sort_unstable();
+                        fence.dedup();
+                        let held: Vec<Part> = diesel::sql_query(
+                            "SELECT partition FROM leases WHERE owner = $1 AND partition = ANY($2) \
+                             ORDER BY partition FOR SHARE",
+                        )
+                        .bind::<Text, _>(&*node)
+                        .bind::<Array<Integer>, _>(&fence)
+                        .load(conn)
+                        .await?;
+                        if held.len() != fence.len() {
+                            return Err(StoreError::Fenced(format!(
+                                "node {node} no longer holds all of partitions {fence:?}"
+                            )));
+                        }
+                        let deleted = diesel::sql_query("DELETE FROM gw_jobs WHERE id = ANY($1)")
+                            .bind::<Array<BigInt>, _>(&c.ids)
+                            .execute(conn)
+                            .await?;
+                        if deleted != c.ids.len() {
+                            return Err(StoreError::Fenced(format!(
+                                "{} of {} requests were consumed by another node",
+                                c.ids.len() - deleted,
+                                c.ids.len()
+                            )));
+                        }
+                    }
+                    if !dest.is_empty() || !w_dest.is_empty() {
+                        super::cluster::take_order_lock(conn).await?;
+                    }
                     if !dest.is_empty() {
                         diesel::sql_query(
-                            "INSERT INTO rt_jobs (destination_id, ordering_key, message_id, source_id, payload) \
-                             SELECT d, k, m, s, p FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-                             AS u(d, k, m, s, p)",
+                            "INSERT INTO rt_jobs (destination_id, ordering_key, message_id, source_id, payload, partition) \
+                             SELECT d, k, m, s, p, n FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[]) \
+                             AS u(d, k, m, s, p, n)",
                         )
                         .bind::<Array<Text>, _>(dest)
                         .bind::<Array<Text>, _>(keys)
                         .bind::<Array<Text>, _>(mids)
                         .bind::<Array<Text>, _>(srcs)
                         .bind::<Array<Text>, _>(payloads)
+                        .bind::<Array<Integer>, _>(parts)
                         .execute(conn)
                         .await?;
                     }
@@ -249,10 +301,10 @@ impl Store {
                         // Ids come from rt_jobs' sequence: dead letters of both stages share it.
                         diesel::sql_query(
                             "INSERT INTO dlq_jobs (id, destination_id, ordering_key, message_id, source_id, payload, \
-                               attempts, reason, created_at, stage) \
-                             SELECT nextval('rt_jobs_id_seq'), d, k, m, s, p::json, 0, r, now(), 'transform' \
-                             FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
-                                   WITH ORDINALITY AS u(d, k, m, s, p, r, o) ORDER BY o) x",
+                               attempts, reason, created_at, stage, partition) \
+                             SELECT nextval('rt_jobs_id_seq'), d, k, m, s, p::json, 0, r, now(), 'transform', n \
+                             FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[]) \
+                                   WITH ORDINALITY AS u(d, k, m, s, p, r, n, o) ORDER BY o) x",
                         )
                         .bind::<Array<Text>, _>(d_dest)
                         .bind::<Array<Text>, _>(d_key)
@@ -260,6 +312,7 @@ impl Store {
                         .bind::<Array<Text>, _>(d_src)
                         .bind::<Array<Text>, _>(d_payload)
                         .bind::<Array<Text>, _>(d_reason)
+                        .bind::<Array<Integer>, _>(d_part)
                         .execute(conn)
                         .await?;
                     }
@@ -283,19 +336,19 @@ impl Store {
                             .execute(conn)
                             .await?;
                     }
-                    let Some(last_id) = last_id else {
+                    let Some(c) = consumed else {
                         return Ok(());
                     };
-                    diesel::sql_query("DELETE FROM gw_jobs WHERE id <= $1")
-                        .bind::<BigInt, _>(last_id)
-                        .execute(conn)
-                        .await?;
+                    let (cp_part, cp_pos): (Vec<i32>, Vec<i64>) = c.positions.into_iter().unzip();
                     diesel::sql_query(
-                        "INSERT INTO checkpoints (stage, partition, position, updated_at) VALUES ($1, 0, $2, now()) \
-                         ON CONFLICT (stage, partition) DO UPDATE SET position = excluded.position, updated_at = now()",
+                        "INSERT INTO checkpoints (stage, partition, position, updated_at) \
+                         SELECT $1, p, n, now() FROM unnest($2::int4[], $3::int8[]) AS u(p, n) \
+                         ON CONFLICT (stage, partition) DO UPDATE \
+                         SET position = greatest(checkpoints.position, excluded.position), updated_at = now()",
                     )
                     .bind::<Text, _>(PROCESSOR_STAGE)
-                    .bind::<BigInt, _>(last_id)
+                    .bind::<Array<Integer>, _>(cp_part)
+                    .bind::<Array<BigInt>, _>(cp_pos)
                     .execute(conn)
                     .await?;
                     Ok(())

@@ -140,10 +140,13 @@ struct Count {
 }
 
 impl Store {
-    /// Up to `limit` jobs of `destination` with id > `after`, in id order.
+    /// Up to `limit` jobs of `destination` in `partitions` with id > `after`, in id order.
+    /// (Every writer of `rt_jobs` takes the order lock, so ids commit in increasing order
+    /// and nothing below `after` can appear later.)
     pub async fn load_rt_jobs(
         &self,
         destination: &str,
+        partitions: &[i32],
         after: i64,
         limit: i64,
     ) -> Result<Vec<RtJob>, StoreError> {
@@ -151,11 +154,12 @@ impl Store {
             let mut conn = self.conn().await?;
             Ok(diesel::sql_query(
                 "SELECT id, ordering_key, message_id, payload, attempts, next_attempt_at, first_failed_at \
-                 FROM rt_jobs WHERE destination_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                 FROM rt_jobs WHERE destination_id = $1 AND id > $2 AND partition = ANY($4) ORDER BY id LIMIT $3",
             )
             .bind::<Text, _>(destination)
             .bind::<BigInt, _>(after)
             .bind::<BigInt, _>(limit)
+            .bind::<Array<Integer>, _>(partitions)
             .load(&mut conn)
             .await?)
         })
@@ -163,7 +167,10 @@ impl Store {
     }
 
     /// Records a batch of outcomes in one transaction (the batch is kept for a retry).
+    /// Deliveries are recorded whoever holds the job's partition now (the destination has
+    /// the event); retries and dead letters only while this node still holds it.
     pub async fn apply_status_ref(&self, batch: &StatusBatch) -> Result<(), StoreError> {
+        let node = self.node.clone();
         let delivered = batch.delivered.clone();
         // A job may fail twice before a write; only its latest state counts.
         let mut latest = std::collections::HashMap::new();
@@ -195,13 +202,15 @@ impl Store {
                             "UPDATE rt_jobs SET attempts = u.a, next_attempt_at = u.n, \
                              first_failed_at = coalesce(rt_jobs.first_failed_at, u.f), last_error = u.e \
                              FROM unnest($1::int8[], $2::int4[], $3::timestamptz[], $4::timestamptz[], $5::text[]) AS u(id, a, n, f, e) \
-                             WHERE rt_jobs.id = u.id",
+                             WHERE rt_jobs.id = u.id \
+                             AND rt_jobs.partition IN (SELECT partition FROM leases WHERE owner = $6)",
                         )
                         .bind::<Array<BigInt>, _>(ids)
                         .bind::<Array<Integer>, _>(att)
                         .bind::<Array<Timestamptz>, _>(next)
                         .bind::<Array<Timestamptz>, _>(first)
                         .bind::<Array<Text>, _>(err)
+                        .bind::<Text, _>(&*node)
                         .execute(conn)
                         .await?;
                     }
@@ -215,11 +224,12 @@ impl Store {
                             resp.push(d.last_response);
                         }
                         diesel::sql_query(
-                            "WITH moved AS (DELETE FROM rt_jobs WHERE id = ANY($1) RETURNING *) \
+                            "WITH moved AS (DELETE FROM rt_jobs WHERE id = ANY($1) \
+                               AND partition IN (SELECT partition FROM leases WHERE owner = $6) RETURNING *) \
                              INSERT INTO dlq_jobs (id, destination_id, ordering_key, message_id, source_id, payload, attempts, \
-                                                   reason, last_status, last_response, created_at) \
+                                                   reason, last_status, last_response, created_at, partition) \
                              SELECT m.id, m.destination_id, m.ordering_key, m.message_id, m.source_id, m.payload::json, u.a, \
-                                    u.r, u.s, u.b, m.created_at \
+                                    u.r, u.s, u.b, m.created_at, m.partition \
                              FROM moved m JOIN unnest($1::int8[], $2::int4[], $3::text[], $4::int4[], $5::text[]) AS u(id, a, r, s, b) \
                              ON u.id = m.id ON CONFLICT (id) DO NOTHING",
                         )
@@ -228,6 +238,7 @@ impl Store {
                         .bind::<Array<Text>, _>(reason)
                         .bind::<Array<Nullable<Integer>>, _>(status)
                         .bind::<Array<Nullable<Text>>, _>(resp)
+                        .bind::<Text, _>(&*node)
                         .execute(conn)
                         .await?;
                     }
@@ -294,20 +305,27 @@ impl Store {
     ) -> Result<i64, StoreError> {
         self.timed(async {
             let mut conn = self.conn().await?;
-            let rows: Vec<Count> = diesel::sql_query(
-                "WITH moved AS ( \
-                   DELETE FROM dlq_jobs WHERE stage = 'delivery' AND ($1::text IS NULL OR destination_id = $1) AND ($2::int8[] IS NULL OR id = ANY($2)) \
-                   RETURNING id, destination_id, ordering_key, message_id, source_id, payload), \
-                 ins AS ( \
-                   INSERT INTO rt_jobs (destination_id, ordering_key, message_id, source_id, payload) \
-                   SELECT destination_id, ordering_key, message_id, source_id, payload::text FROM moved ORDER BY id RETURNING 1) \
-                 SELECT count(*) AS n FROM ins",
-            )
-            .bind::<Nullable<Text>, _>(destination)
-            .bind::<Nullable<Array<BigInt>>, _>(ids)
-            .load(&mut conn)
-            .await?;
-            Ok(rows.into_iter().next().map_or(0, |r| r.n))
+            conn.transaction::<_, StoreError, _>(|conn| {
+                async move {
+                    super::cluster::take_order_lock(conn).await?;
+                    let rows: Vec<Count> = diesel::sql_query(
+                        "WITH moved AS ( \
+                           DELETE FROM dlq_jobs WHERE stage = 'delivery' AND ($1::text IS NULL OR destination_id = $1) AND ($2::int8[] IS NULL OR id = ANY($2)) \
+                           RETURNING id, destination_id, ordering_key, message_id, source_id, payload, partition), \
+                         ins AS ( \
+                           INSERT INTO rt_jobs (destination_id, ordering_key, message_id, source_id, payload, partition) \
+                           SELECT destination_id, ordering_key, message_id, source_id, payload::text, partition FROM moved ORDER BY id RETURNING 1) \
+                         SELECT count(*) AS n FROM ins",
+                    )
+                    .bind::<Nullable<Text>, _>(destination)
+                    .bind::<Nullable<Array<BigInt>>, _>(ids)
+                    .load(conn)
+                    .await?;
+                    Ok(rows.into_iter().next().map_or(0, |r| r.n))
+                }
+                .scope_boxed()
+            })
+            .await
         })
         .await
     }

@@ -29,23 +29,37 @@ pub fn long_run() -> bool {
     std::env::var("KEEL_FAULT_LONG").is_ok_and(|v| v == "1")
 }
 
-/// The base URL the users send to; a test points it at a restarted Keel.
+/// The base URLs the users send to, taken in turn (round robin, as a load balancer does);
+/// a test points it at a restarted Keel, or at the nodes still alive.
 #[derive(Clone)]
-pub struct Target(Arc<RwLock<String>>);
+pub struct Target(Arc<RwLock<Vec<String>>>, Arc<AtomicUsize>);
 
 impl Target {
     /// A target at `base` (`http://127.0.0.1:PORT`).
     pub fn new(base: &str) -> Self {
-        Self(Arc::new(RwLock::new(base.to_owned())))
+        Self::round_robin(&[base])
+    }
+
+    /// Requests go to `bases` in turn.
+    pub fn round_robin(bases: &[&str]) -> Self {
+        let bases = bases.iter().map(|b| (*b).to_owned()).collect();
+        Self(Arc::new(RwLock::new(bases)), Arc::new(AtomicUsize::new(0)))
     }
 
     /// Points the users at `base` from their next request on.
     pub fn set(&self, base: &str) {
-        *self.0.write().expect("target") = base.to_owned();
+        self.set_all(&[base]);
+    }
+
+    /// Points the users at `bases`, in turn, from their next request on.
+    pub fn set_all(&self, bases: &[&str]) {
+        *self.0.write().expect("target") = bases.iter().map(|b| (*b).to_owned()).collect();
     }
 
     fn get(&self) -> String {
-        self.0.read().expect("target").clone()
+        let bases = self.0.read().expect("target");
+        let i = self.1.fetch_add(1, Ordering::Relaxed);
+        bases[i % bases.len()].clone()
     }
 }
 

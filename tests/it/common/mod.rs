@@ -128,6 +128,10 @@ impl KeelOptions {
                 ("KEEL_PROCESSOR__ENABLED".into(), "false".into()),
                 // Test destinations are local servers.
                 ("KEEL_ALLOW_PRIVATE_TARGETS".into(), "true".into()),
+                // One node per test database, the same across restarts (a restarted node
+                // takes its leases back at once, as one on a fixed port does). Cluster
+                // tests give each node its own id.
+                ("KEEL_CLUSTER__NODE_ID".into(), format!("node-{}", db.name)),
             ],
             cwd: None,
         }

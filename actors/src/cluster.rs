@@ -1,0 +1,400 @@
+//! Scaling out: the partition function and the `LeaseKeeper` actor.
+//!
+//! Work is split into `partitions` by a hash of each event's ordering key. A partition's
+//! processing and routing run on the node holding its lease. On every heartbeat the keeper
+//! announces its node, renews its leases, and moves towards an even share
+//! (`ceil(partitions / live nodes)`): it acquires free or expired leases when it holds fewer
+//! (`FOR UPDATE SKIP LOCKED`), and gives up the excess when it holds more — first switching
+//! its actors away from them (routers finish their in-flight deliveries), then releasing the
+//! rows, so a partition never runs on two nodes at once. A node that cannot renew stops its
+//! partitions' work before its leases expire (`valid_until`), so the next holder, which
+//! waits for the expiry, never overlaps with it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::messages::{AssignPartitions, Heartbeat, HeartbeatReply, LeaveCluster};
+use crate::store::{HeldLease, Store, StoreError};
+use crate::telemetry as t;
+
+/// The ordering key of an event: its `userId`, else its `anonymousId` (strings, or numbers
+/// as their JSON text); empty when it has neither.
+pub fn ordering_key(event: &Map<String, Value>) -> String {
+    for k in ["userId", "anonymousId"] {
+        match event.get(k) {
+            Some(Value::String(s)) if !s.is_empty() => return s.clone(),
+            Some(Value::Number(n)) => return n.to_string(),
+            _ => {}
+        }
+    }
+    String::new()
+}
+
+/// The partition of an ordering key: xxh3-64 of its UTF-8 bytes modulo `partitions`.
+/// Every node and every version must agree on it, so it never changes.
+pub fn partition_of(key: &str, partitions: u32) -> i32 {
+    let p = u64::from(partitions.max(1));
+    // The remainder is below `partitions` (a u32), so it fits an i32 for any sane count.
+    i32::try_from(xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % p).unwrap_or(0)
+}
+
+/// Lease keeper settings (from `[cluster]`).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Number of partitions.
+    pub partitions: u32,
+    /// Lease lifetime without renewal.
+    pub lease_ttl: Duration,
+    /// Heartbeat (renewal) interval.
+    pub heartbeat: Duration,
+    /// Address the node's HTTP server listens on (shown by `keel status`).
+    pub addr: String,
+    /// False on a gateway-only node: it announces itself but takes no leases.
+    pub worker: bool,
+}
+
+impl ClusterConfig {
+    /// How long before a lease's expiry this node stops its partitions' work when it could
+    /// not renew: a fifth of the TTL, at least one heartbeat's worth of slack.
+    fn safety_margin(&self) -> Duration {
+        (self.lease_ttl / 5).max(Duration::from_millis(500))
+    }
+}
+
+/// What one heartbeat found and decided.
+struct Tick {
+    live: i64,
+    renewed: Vec<HeldLease>,
+    acquired: Vec<HeldLease>,
+    release: Vec<i32>,
+}
+
+/// The lease keeper actor (see the module comment).
+pub struct LeaseKeeper {
+    store: Store,
+    config: ClusterConfig,
+    assign: Recipient<AssignPartitions>,
+    started_at: DateTime<Utc>,
+    /// Partition → epoch of every lease held.
+    held: BTreeMap<i32, i64>,
+    /// The partitions the actors were last told to run.
+    assigned: Arc<[i32]>,
+    /// Until when the held leases are surely valid (renewal start + TTL − margin).
+    valid_until: Option<Instant>,
+    expiry_check: Option<SpawnHandle>,
+    busy: bool,
+    left: bool,
+}
+
+impl LeaseKeeper {
+    /// A keeper for this node (the store carries the node id).
+    pub fn new(store: Store, config: ClusterConfig, assign: Recipient<AssignPartitions>) -> Self {
+        Self {
+            store,
+            config,
+            assign,
+            started_at: Utc::now(),
+            held: BTreeMap::new(),
+            assigned: Arc::from(Vec::new()),
+            valid_until: None,
+            expiry_check: None,
+            busy: false,
+            left: false,
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.busy || self.left {
+            return;
+        }
+        self.busy = true;
+        let store = self.store.clone();
+        let config = self.config.clone();
+        let started_at = self.started_at;
+        let ttl = config.lease_ttl.as_secs_f64();
+        let began = Instant::now();
+        let fut = async move {
+            let role = if config.worker { "worker" } else { "gateway" };
+            let live = store
+                .node_heartbeat(&config.addr, role, started_at, ttl)
+                .await?;
+            if !config.worker {
+                return Ok::<_, StoreError>(Tick {
+                    live,
+                    renewed: Vec::new(),
+                    acquired: Vec::new(),
+                    release: Vec::new(),
+                });
+            }
+            let renewed = store.renew_leases(ttl).await?;
+            let live_u = u64::try_from(live.max(1)).unwrap_or(1);
+            let target = usize::try_from(u64::from(config.partitions).div_ceil(live_u))
+                .unwrap_or(usize::MAX);
+            let mut release = Vec::new();
+            let mut acquired = Vec::new();
+            if renewed.len() > target {
+                // Give up the highest-numbered ones; the rest stay where they are.
+                let mut parts: Vec<i32> = renewed.iter().map(|l| l.partition).collect();
+                parts.sort_unstable();
+                release = parts.split_off(target);
+            } else if renewed.len() < target {
+                let want = i32::try_from(target - renewed.len()).unwrap_or(i32::MAX);
+                acquired = store.acquire_leases(ttl, want).await?;
+            }
+            Ok(Tick {
+                live,
+                renewed,
+                acquired,
+                release,
+            })
+        };
+        ctx.spawn(fut.into_actor(self).then(move |result, act, ctx| {
+            let mut release = Vec::new();
+            match result {
+                Ok(tick) => {
+                    metrics::gauge!(t::CLUSTER_LIVE_NODES).set(tick.live as f64);
+                    if act.config.worker {
+                        act.valid_until =
+                            Some(began + act.config.lease_ttl - act.config.safety_margin());
+                        act.schedule_expiry_check(ctx);
+                        act.apply(tick.renewed, tick.acquired, &tick.release);
+                        release = tick.release;
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!(t::CLUSTER_HEARTBEAT_FAILURES_TOTAL).increment(1);
+                    tracing::warn!(error = %e, "cluster heartbeat failed; leases are kept until they would expire");
+                }
+            }
+            act.reassign_then_release(release)
+        }));
+    }
+
+    /// Updates the held set from a heartbeat: lost ones (taken over) go, acquired ones come,
+    /// ones to release go.
+    fn apply(&mut self, renewed: Vec<HeldLease>, acquired: Vec<HeldLease>, release: &[i32]) {
+        let renewed: BTreeMap<i32, i64> = renewed
+            .into_iter()
+            .map(|l| (l.partition, l.epoch))
+            .collect();
+        let lost: Vec<i32> = self
+            .held
+            .keys()
+            .filter(|p| !renewed.contains_key(p))
+            .copied()
+            .collect();
+        if !lost.is_empty() {
+            metrics::counter!(t::CLUSTER_LEASE_CHANGES_TOTAL, "change" => "lost")
+                .increment(lost.len() as u64);
+            tracing::warn!(partitions = ?lost, "leases lost to another node");
+        }
+        let adopted = renewed
+            .keys()
+            .filter(|p| !self.held.contains_key(p))
+            .count();
+        if adopted > 0 {
+            // Held by this node id before (a restart): continued, not re-acquired.
+            metrics::counter!(t::CLUSTER_LEASE_CHANGES_TOTAL, "change" => "adopted")
+                .increment(adopted as u64);
+        }
+        self.held = renewed;
+        if !acquired.is_empty() {
+            metrics::counter!(t::CLUSTER_LEASE_CHANGES_TOTAL, "change" => "acquired")
+                .increment(acquired.len() as u64);
+            tracing::info!(partitions = ?acquired.iter().map(|l| l.partition).collect::<Vec<_>>(), "leases acquired");
+        }
+        for l in acquired {
+            self.held.insert(l.partition, l.epoch);
+        }
+        for p in release {
+            self.held.remove(p);
+        }
+    }
+
+    /// Tells the actors the held set if it changed, then releases `release` (after the
+    /// switch is done, so their work stopped here before another node can take them).
+    fn reassign_then_release(&mut self, release: Vec<i32>) -> ResponseActFuture<Self, ()> {
+        let partitions: Arc<[i32]> = self.held.keys().copied().collect::<Vec<_>>().into();
+        let changed = partitions != self.assigned;
+        self.assigned = partitions.clone();
+        metrics::gauge!(t::CLUSTER_PARTITIONS_OWNED).set(partitions.len() as f64);
+        let assign = self.assign.clone();
+        let store = self.store.clone();
+        let drain_deadline = self.config.lease_ttl / 2;
+        Box::pin(
+            async move {
+                if changed {
+                    tracing::info!(partitions = ?partitions, "running partitions");
+                    if let Err(e) = assign
+                        .send(AssignPartitions {
+                            partitions,
+                            drain_deadline,
+                        })
+                        .await
+                    {
+                        tracing::error!(error = %e, "supervisor did not take the partition set");
+                    }
+                }
+                if !release.is_empty() {
+                    match store.release_leases(Some(release.clone())).await {
+                        Ok(gone) => {
+                            metrics::counter!(t::CLUSTER_LEASE_CHANGES_TOTAL, "change" => "released")
+                                .increment(gone.len() as u64);
+                            tracing::info!(partitions = ?release, "leases released for rebalancing");
+                        }
+                        // They expire by themselves; nothing runs them here any more.
+                        Err(e) => tracing::warn!(error = %e, "releasing leases failed"),
+                    }
+                }
+            }
+            .into_actor(self)
+            .map(|(), act, _ctx| {
+                act.busy = false;
+            }),
+        )
+    }
+
+    fn schedule_expiry_check(&mut self, ctx: &mut Context<Self>) {
+        if let Some(h) = self.expiry_check.take() {
+            ctx.cancel_future(h);
+        }
+        let Some(until) = self.valid_until else {
+            return;
+        };
+        let delay = until.saturating_duration_since(Instant::now());
+        self.expiry_check = Some(ctx.run_later(delay, |act, ctx| {
+            act.expiry_check = None;
+            if act.valid_until.is_some_and(|u| Instant::now() >= u) && !act.held.is_empty() {
+                tracing::error!(
+                    partitions = act.held.len(),
+                    "could not renew leases in time: stopping this node's partitions before they expire"
+                );
+                metrics::counter!(t::CLUSTER_LEASE_CHANGES_TOTAL, "change" => "expired")
+                    .increment(act.held.len() as u64);
+                act.held.clear();
+                let partitions: Arc<[i32]> = Arc::from(Vec::new());
+                act.assigned = partitions.clone();
+                metrics::gauge!(t::CLUSTER_PARTITIONS_OWNED).set(0.0);
+                // Whatever still runs is abandoned quickly: the leases are about to go.
+                act.assign.do_send(AssignPartitions {
+                    partitions,
+                    drain_deadline: act.config.safety_margin() / 2,
+                });
+            }
+            // Renewal may come back later and adopt the leases again if nobody took them.
+            let _ = ctx;
+        }));
+    }
+}
+
+impl Actor for LeaseKeeper {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.tick(ctx);
+        ctx.run_interval(self.config.heartbeat, |act, ctx| act.tick(ctx));
+    }
+}
+
+impl Supervised for LeaseKeeper {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        metrics::counter!(t::SUPERVISOR_RESTARTS_TOTAL, "actor" => "lease_keeper").increment(1);
+        self.busy = false;
+        self.expiry_check = None;
+    }
+}
+
+impl Handler<LeaveCluster> for LeaseKeeper {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _msg: LeaveCluster, _ctx: &mut Self::Context) -> Self::Result {
+        self.left = true;
+        let store = self.store.clone();
+        let held = self.held.len();
+        self.held.clear();
+        metrics::gauge!(t::CLUSTER_PARTITIONS_OWNED).set(0.0);
+        Box::pin(
+            async move {
+                match store.release_leases(None).await {
+                    Ok(gone) => {
+                        metrics::counter!(t::CLUSTER_LEASE_CHANGES_TOTAL, "change" => "released")
+                            .increment(gone.len() as u64);
+                        tracing::info!(released = gone.len(), held, "left the cluster: leases released");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not release leases at shutdown; they expire by themselves"),
+                }
+                if let Err(e) = store.leave_cluster().await {
+                    tracing::warn!(error = %e, "could not remove this node from the node list");
+                }
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<Heartbeat> for LeaseKeeper {
+    type Result = HeartbeatReply;
+
+    fn handle(&mut self, _msg: Heartbeat, _ctx: &mut Self::Context) -> HeartbeatReply {
+        HeartbeatReply {
+            actor: "lease_keeper",
+            pending: self.held.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `partition_of` of "user-1", "user-2", "anon-3", "42" and "" for 16 partitions.
+    const PINNED: [i32; 5] = [9, 4, 13, 1, 2];
+
+    #[test]
+    fn partition_of_is_stable_and_in_range() {
+        // Pinned values: changing the function would move keys between partitions of a
+        // running cluster, so these must never change.
+        let pinned: Vec<i32> = ["user-1", "user-2", "anon-3", "42", ""]
+            .iter()
+            .map(|k| partition_of(k, 16))
+            .collect();
+        assert_eq!(pinned, PINNED);
+        for p in [1u32, 2, 16, 1024] {
+            for i in 0..1000 {
+                let k = format!("u{i}");
+                let got = partition_of(&k, p);
+                assert!((0..p as i32).contains(&got));
+            }
+        }
+        assert_eq!(partition_of("anything", 1), 0);
+    }
+
+    #[test]
+    fn partitions_spread_keys_evenly() {
+        let mut counts = [0u32; 16];
+        for i in 0..16_000 {
+            counts[partition_of(&format!("user-{i}"), 16) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn ordering_key_prefers_user_id() {
+        let e: Map<String, Value> =
+            serde_json::from_str(r#"{"userId":"u","anonymousId":"a"}"#).unwrap();
+        assert_eq!(ordering_key(&e), "u");
+        let e: Map<String, Value> =
+            serde_json::from_str(r#"{"userId":"","anonymousId":"a"}"#).unwrap();
+        assert_eq!(ordering_key(&e), "a");
+        let e: Map<String, Value> = serde_json::from_str(r#"{"userId":42}"#).unwrap();
+        assert_eq!(ordering_key(&e), "42");
+    }
+}
