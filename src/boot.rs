@@ -281,11 +281,12 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
     .shutdown_timeout(config.server.shutdown_timeout_secs)
     .listen(listener)?
     .run();
+    let signals_installed = Signals::install();
     tracing::info!(%addr, workers, "listening");
 
     let handle = server.handle();
     let signals = tokio::spawn(async move {
-        let stop = wait_for_signal(&reload_state).await;
+        let stop = wait_for_signal(signals_installed, &reload_state).await;
         tracing::info!(
             signal = stop,
             "shutting down: no new requests, finishing in-flight commits"
@@ -337,15 +338,34 @@ fn node_id(config: &KeelConfig, addr: std::net::SocketAddr) -> String {
     format!("{host}:{}", addr.port())
 }
 
+/// The signal streams `keel serve` listens to, installed before the server announces
+/// itself, so a SIGHUP sent as soon as it listens is a reload, not the default termination.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Some(Self {
+            term: signal(SignalKind::terminate()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+            hup: signal(SignalKind::hangup()).ok()?,
+        })
+    }
+}
+
 /// Waits for SIGTERM or SIGINT (returned); applies a workspace reload on every SIGHUP
 /// meanwhile.
-async fn wait_for_signal(state: &web::Data<AppState>) -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
+async fn wait_for_signal(signals: Option<Signals>, state: &web::Data<AppState>) -> &'static str {
+    let Some(Signals {
+        mut term,
+        mut int,
+        mut hup,
+    }) = signals
+    else {
         // Without signal handlers the server still stops when the process is killed.
         std::future::pending::<()>().await;
         return "none";

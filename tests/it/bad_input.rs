@@ -327,10 +327,12 @@ async fn ten_thousand_events_in_one_batch_are_stored() {
     assert_eq!(got.0, 200, "{}", got.1);
     let stored = stored_events(&db).await;
     assert_eq!(stored.len(), 10_000);
-    assert_eq!(
-        stored[9_999]["userId"], "9999",
+    // Rows are per partition, so look the last one up rather than index it.
+    assert!(
+        stored.iter().all(|e| e["userId"].is_string()),
         "numeric ids become strings"
     );
+    assert!(stored.iter().any(|e| e["userId"] == "9999"));
 }
 
 #[tokio::test]

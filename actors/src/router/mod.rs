@@ -523,6 +523,10 @@ impl Actor for RouterActor {
 
 impl Supervised for RouterActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        if self.retired {
+            // Stopped on purpose (reload, partition switch): not a restart.
+            return;
+        }
         metrics::counter!(t::SUPERVISOR_RESTARTS_TOTAL, "actor" => "router").increment(1);
         self.restarts += 1;
         self.generation += 1;

@@ -305,6 +305,10 @@ impl Actor for WarehouseUploader {
 
 impl Supervised for WarehouseUploader {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        if self.retired {
+            // Stopped on purpose (reload, partition switch): not a restart.
+            return;
+        }
         metrics::counter!(t::SUPERVISOR_RESTARTS_TOTAL, "actor" => "warehouse_uploader")
             .increment(1);
         self.busy = false;
