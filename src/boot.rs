@@ -11,7 +11,7 @@ use std::time::Duration;
 use actix_cors::Cors;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
-use keel_actors::cluster::{ClusterConfig, LeaseKeeper};
+use keel_actors::cluster::{ClusterConfig, LeaseGuard, LeaseKeeper};
 use keel_actors::destinations::{BuildEnv, HttpSettings};
 use keel_actors::gateway::GatewayWriterConfig;
 use keel_actors::messages::{FlushNow, LeaveCluster};
@@ -164,6 +164,7 @@ pub fn pipeline_config(
         },
         routing: Arc::new(routing),
         supervisor: SupervisorConfig::default(),
+        guard: LeaseGuard::new(),
     })
 }
 
@@ -218,6 +219,7 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
     if !problems.is_empty() {
         anyhow::bail!("invalid scripts:\n{}", problems.join("\n"));
     }
+    let guard = pipeline.guard.clone();
     let (root, children) = RootSupervisor::start(store.clone(), pipeline);
     tracing::info!(node = %node_id, partitions, "joining the cluster");
     let keeper_config = ClusterConfig {
@@ -228,8 +230,9 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
         worker: config.processor.enabled,
     };
     let (keeper_store, assign) = (store.clone(), root.clone().recipient());
-    let keeper =
-        actix::Supervisor::start(move |_| LeaseKeeper::new(keeper_store, keeper_config, assign));
+    let keeper = actix::Supervisor::start(move |_| {
+        LeaseKeeper::new(keeper_store, keeper_config, assign, guard)
+    });
     // Backlog gauges (processor lag, pending and dead-lettered jobs) sampled from Postgres.
     let (sampler_store, sampler_routers) = (store.clone(), children.routers.clone());
     let _sampler = actix::Supervisor::start(move |_| {

@@ -304,6 +304,8 @@ impl Processor {
                     // Another node took these partitions: its processor does this work.
                     metrics::counter!(t::PROCESSOR_FAILURES_TOTAL).increment(1);
                     tracing::info!(%why, "processor batch fenced off; rolled back");
+                    // Until the lease keeper notices and reassigns, do not spin on it.
+                    act.backoff_until = Some(Instant::now() + Duration::from_millis(500));
                 }
                 Err(e) => {
                     metrics::counter!(t::PROCESSOR_FAILURES_TOTAL).increment(1);

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use crate::cluster::LeaseGuard;
 use crate::gateway::{GatewayWriter, GatewayWriterConfig};
 use crate::messages::{
     AssignPartitions, Drain, DrainReport, Heartbeat, Retire, SetPartitions, UpdateRouting,
@@ -62,6 +63,8 @@ pub struct PipelineConfig {
     pub routing: Arc<RoutingTable>,
     /// Heartbeats.
     pub supervisor: SupervisorConfig,
+    /// The lease keeper's guard, which routers check before every dispatch.
+    pub guard: Arc<LeaseGuard>,
 }
 
 /// Addresses of the running warehouse uploaders, by destination id.
@@ -137,6 +140,7 @@ pub struct RootSupervisor {
     partitions: Arc<[i32]>,
     /// Set by [`DrainAll`]: the node is shutting down and starts nothing any more.
     stopping: bool,
+    guard: Arc<LeaseGuard>,
     _arbiters: Vec<Arbiter>,
 }
 
@@ -243,6 +247,7 @@ impl RootSupervisor {
             routes: HashMap::new(),
             partitions: Arc::from(Vec::new()),
             stopping: false,
+            guard: config.guard.clone(),
             _arbiters: vec![router_arbiter, processor_arbiter, warehouse_arbiter],
         };
         for route in config.routing.enabled_destinations() {
@@ -271,9 +276,9 @@ impl RootSupervisor {
         } else {
             let rc = router_config_for(&self.router_defaults, &route.destination);
             let (rid, kind, s) = (id.clone(), route.kind.clone(), self.store.clone());
-            let parts = self.partitions.clone();
+            let (parts, guard) = (self.partitions.clone(), self.guard.clone());
             let addr = actix::Supervisor::start_in_arbiter(&self.router_arbiter, move |_| {
-                RouterActor::new(&rid, parts, kind, s, rc)
+                RouterActor::new(&rid, parts, guard, kind, s, rc)
             });
             if let Ok(mut r) = self.children.routers.write() {
                 r.insert(id.clone(), addr);

@@ -17,6 +17,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::cluster::LeaseGuard;
 use crate::destinations::{DeliveryOutcome, Destination, Failure};
 use crate::messages::{
     Drain, DrainReport, GetRouterStatus, Heartbeat, HeartbeatReply, InjectPanic, Retire,
@@ -102,6 +103,7 @@ impl QueuedJob for Job {
 pub struct RouterActor {
     destination_id: Arc<str>,
     partitions: Arc<[i32]>,
+    guard: Arc<LeaseGuard>,
     kind: Arc<dyn Destination>,
     store: Store,
     config: RouterConfig,
@@ -126,10 +128,12 @@ pub struct RouterActor {
 }
 
 impl RouterActor {
-    /// A router for one destination's jobs of `partitions`.
+    /// A router for one destination's jobs of `partitions`; it dispatches only while
+    /// `guard` says this node surely holds them.
     pub fn new(
         destination_id: &str,
         partitions: Arc<[i32]>,
+        guard: Arc<LeaseGuard>,
         kind: Arc<dyn Destination>,
         store: Store,
         config: RouterConfig,
@@ -139,6 +143,7 @@ impl RouterActor {
         Self {
             destination_id: Arc::from(destination_id),
             partitions,
+            guard,
             kind,
             store,
             config,
@@ -284,6 +289,14 @@ impl RouterActor {
     /// Starts every delivery that may start now, and arranges to be called again.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         if self.draining || self.paused_until.is_some_and(|p| Instant::now() < p) {
+            return;
+        }
+        if !self.guard.allows_all(&self.partitions) {
+            // Leases being given up, expired or not renewed: dispatch nothing; the
+            // supervisor replaces this router (or the renewal comes back).
+            if !self.partitions.is_empty() {
+                self.schedule(ctx, Instant::now() + Duration::from_millis(100));
+            }
             return;
         }
         let now = Instant::now();
