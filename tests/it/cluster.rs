@@ -316,3 +316,64 @@ async fn joining_and_leaving_nodes_rebalance_under_load_without_losing_anything(
     );
     assert_one_holder_at_a_time(&db).await;
 }
+
+#[tokio::test]
+async fn a_node_cut_off_from_the_database_stops_delivering_before_its_leases_expire() {
+    use crate::common::proxy::{Mode, Proxy};
+    let db = TestDb::create().await;
+    let sink = Sink::start(SinkMode::Ok).await;
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let mut cut_off = node(&db, "p1", &sink).env("KEEL_DATABASE__TIMEOUT_SECS", "1");
+    cut_off.database_url = Some(db.url_via(&proxy.addr));
+    let p1 = Keel::start(cut_off).await;
+    let p2 = Keel::start(node(&db, "p2", &sink)).await;
+    let held = wait_balanced(&db, &["p1", "p2"], Duration::from_secs(30)).await;
+    let target = Target::new(&p2.base);
+    let load = Load::start(
+        &target,
+        LoadSpec {
+            users: 20,
+            batch: 10,
+            pause: Duration::from_millis(10),
+        },
+    );
+    assert!(load.wait_acked(2_000, Duration::from_secs(60)).await);
+    assert!(delivered_by(&p1).await > 0.0, "p1 delivers its partitions");
+    // Every byte between p1 and Postgres is held: p1 can neither renew nor record.
+    proxy.set(Mode::Hang);
+    let cut = Instant::now();
+    let mut last = delivered_by(&p1).await;
+    let mut last_growth = cut;
+    while cut.elapsed() < Duration::from_secs(TTL + 3) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = delivered_by(&p1).await;
+        if now > last {
+            last = now;
+            last_growth = Instant::now();
+        }
+    }
+    let stopped_after = last_growth.duration_since(cut);
+    println!(
+        "p1 delivered its last event {stopped_after:?} after losing the database (TTL {TTL} s)"
+    );
+    assert!(
+        stopped_after < Duration::from_secs(TTL),
+        "p1 still delivered {stopped_after:?} after the cut, when its leases may have passed on"
+    );
+    let h = holders(&db).await;
+    assert!(
+        held["p1"].iter().all(|p| h[p].as_deref() == Some("p2")),
+        "p2 took p1's partitions: {h:?}"
+    );
+    // p1 comes back: it takes its share again.
+    proxy.set(Mode::Pass);
+    wait_balanced(&db, &["p1", "p2"], Duration::from_secs(30)).await;
+    assert!(load.wait_acked(1_000, Duration::from_secs(60)).await);
+    let history = load.stop().await;
+    let report = history
+        .settle(&sink, &db.url, "hook", Duration::from_secs(60))
+        .await;
+    println!("{report}");
+    report.assert_guarantees("a node cut off from the database");
+    assert_one_holder_at_a_time(&db).await;
+}
