@@ -67,12 +67,15 @@ bash scripts/fuzz.sh "${KEEL_FUZZ_SECONDS:-10}"
 
 cargo build --workspace --all-targets >&2
 
-# Licences, banned crates and sources of the dependency tree (deny.toml), offline (the build
-# above fetched every crate). Advisories are left out: they need the advisory database.
+# Licences, banned crates and sources of the dependency tree (deny.toml). The build above
+# fetched the crates of this platform only; `cargo metadata` (under cargo-deny) reads every
+# platform's, so fetch those first, then check offline. Advisories are left out: they need
+# the advisory database.
 if ! cargo deny --version >/dev/null 2>&1; then
     log "installing cargo-deny"
     cargo install --locked cargo-deny >&2
 fi
+cargo fetch --locked >&2
 log "cargo deny check licenses bans sources"
 cargo deny --frozen --log-level error check licenses bans sources >&2
 
