@@ -291,6 +291,8 @@ pub struct GatewayConfig {
     pub max_request_bytes: usize,
     /// Requests per group commit at most.
     pub max_batch: usize,
+    /// Group commits running at once at most.
+    pub max_concurrent_flushes: usize,
     /// Milliseconds an idle writer waits to gather a group.
     pub max_wait_ms: u64,
     /// Events per second each source may send (0 = unlimited); more is answered 429.
@@ -322,6 +324,7 @@ impl Default for GatewayConfig {
             max_event_bytes: 32 * 1024,
             max_request_bytes: 500 * 1024,
             max_batch: 128,
+            max_concurrent_flushes: 2,
             max_wait_ms: 0,
             rate_limit_events_per_sec: 0,
             rate_limit_burst: 0,
@@ -431,6 +434,12 @@ impl KeelConfig {
         }
         if g.max_batch == 0 {
             return Err(bad("gateway.max_batch", "must be at least 1"));
+        }
+        if g.max_concurrent_flushes == 0 || g.max_concurrent_flushes > 16 {
+            return Err(bad(
+                "gateway.max_concurrent_flushes",
+                "must be between 1 and 16",
+            ));
         }
         if g.queue_bytes < g.max_request_bytes {
             return Err(bad(

@@ -1,9 +1,11 @@
 //! GatewayWriter: buffers accepted requests and stores them with group commit — one
 //! statement per flush, many requests per flush, one `gw_jobs` row per request and
 //! partition its events fall in — and
-//! answers each request only after its flush committed. (With several nodes, ids of
-//! different nodes' flushes may commit out of order; the processor therefore reads every
-//! row not yet consumed rather than "every id after my checkpoint".) It never answers a client before commit and never drops a request
+//! answers each request only after its flush committed. Up to `max_flushes` flushes run at
+//! once (each one statement, committed on its own), so Postgres' group commit merges them;
+//! ids of concurrent flushes (and of other nodes') may commit out of order, so the
+//! processor reads every row not yet consumed rather than "every id after my checkpoint".
+//! It never answers a client before commit and never drops a request
 //! silently: a failed flush answers every request in it with [`IngestError::Unavailable`].
 
 use std::time::{Duration, Instant};
@@ -22,6 +24,12 @@ pub const MAILBOX_CAPACITY: usize = 65_536;
 pub struct GatewayWriterConfig {
     /// Flush as soon as this many requests are waiting.
     pub max_batch: usize,
+    /// Flushes running at once at most.
+    pub max_flushes: usize,
+    /// Events that must be waiting before a flush starts beside a running one: small
+    /// requests (single events) gain more from one larger group than from a second
+    /// statement.
+    pub concurrent_flush_min_events: usize,
     /// Flush at most this long after the first request arrived in an idle writer.
     pub max_wait: Duration,
     /// messageId dedup window; older dedup rows are pruned.
@@ -34,6 +42,8 @@ impl Default for GatewayWriterConfig {
     fn default() -> Self {
         Self {
             max_batch: 128,
+            max_flushes: 2,
+            concurrent_flush_min_events: 200,
             max_wait: Duration::ZERO,
             dedup_window: Duration::from_secs(24 * 3600),
             dedup_prune_interval: Duration::from_secs(60),
@@ -46,7 +56,10 @@ pub struct GatewayWriter {
     store: Store,
     config: GatewayWriterConfig,
     buffer: Vec<Ingest>,
-    flushing: bool,
+    /// Flushes running.
+    flushing: usize,
+    /// Events in `buffer`.
+    buffered_events: usize,
     timer: Option<SpawnHandle>,
     pruning: bool,
 }
@@ -58,7 +71,8 @@ impl GatewayWriter {
             store,
             config,
             buffer: Vec::new(),
-            flushing: false,
+            flushing: 0,
+            buffered_events: 0,
             timer: None,
             pruning: false,
         }
@@ -68,7 +82,11 @@ impl GatewayWriter {
         if let Some(handle) = self.timer.take() {
             ctx.cancel_future(handle);
         }
-        if self.flushing || self.buffer.is_empty() {
+        if self.flushing >= self.config.max_flushes.max(1) || self.buffer.is_empty() {
+            return;
+        }
+        if self.flushing > 0 && self.buffered_events < self.config.concurrent_flush_min_events {
+            // The running flush takes these when it commits.
             return;
         }
         let take = self.buffer.len().min(self.config.max_batch);
@@ -80,6 +98,9 @@ impl GatewayWriter {
         for msg in batch {
             let count: i32 = msg.parts.iter().map(|p| p.event_count).sum();
             events += count as u64;
+            self.buffered_events = self
+                .buffered_events
+                .saturating_sub(usize::try_from(count).unwrap_or(0));
             replies.push((msg.reply, msg.source_id.clone(), count));
             for part in msg.parts {
                 rows.push(GwJobInsert {
@@ -94,12 +115,12 @@ impl GatewayWriter {
         }
         metrics::histogram!(t::GATEWAY_FLUSH_REQUESTS).record(replies.len() as f64);
         metrics::histogram!(t::GATEWAY_FLUSH_EVENTS).record(events as f64);
-        self.flushing = true;
+        self.flushing += 1;
         let store = self.store.clone();
         let started = Instant::now();
         let fut = async move { store.insert_gw_jobs(rows).await };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
-            act.flushing = false;
+            act.flushing = act.flushing.saturating_sub(1);
             match result {
                 Ok(()) => {
                     metrics::histogram!(t::GATEWAY_COMMIT_DURATION_SECONDS)
@@ -174,7 +195,7 @@ impl Actor for GatewayWriter {
     }
 
     fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
-        if !self.buffer.is_empty() || self.flushing {
+        if !self.buffer.is_empty() || self.flushing > 0 {
             tracing::info!(
                 pending = self.buffer.len(),
                 "gateway writer stopping with work in hand"
@@ -188,7 +209,7 @@ impl Supervised for GatewayWriter {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         metrics::counter!(t::SUPERVISOR_RESTARTS_TOTAL, "actor" => "gateway_writer").increment(1);
         tracing::warn!("gateway writer restarting");
-        self.flushing = false;
+        self.flushing = 0;
         self.timer = None;
         self.pruning = false;
     }
@@ -198,10 +219,17 @@ impl Handler<Ingest> for GatewayWriter {
     type Result = ();
 
     fn handle(&mut self, msg: Ingest, ctx: &mut Self::Context) {
+        self.buffered_events += msg
+            .parts
+            .iter()
+            .map(|p| usize::try_from(p.event_count).unwrap_or(0))
+            .sum::<usize>();
         self.buffer.push(msg);
         metrics::gauge!(t::GATEWAY_QUEUE_DEPTH).set(self.buffer.len() as f64);
-        if self.flushing {
-            // The running flush picks these up as soon as it commits.
+        if self.flushing > 0 {
+            // A running flush picks these up as soon as it commits, unless enough waits
+            // for another one beside it (`flush` decides).
+            self.flush(ctx);
             return;
         }
         if self.buffer.len() >= self.config.max_batch || self.config.max_wait.is_zero() {

@@ -43,6 +43,9 @@ INSERT INTO dedup (key, source_id, message_id, job_id, seen_at)
 SELECT m.key, i.source_id, m.message_id, i.id, i.received_at
 FROM unnest($5::int8[], $6::uuid[], $7::text[]) AS m(ord, key, message_id)
 JOIN input i ON i.ord = m.ord
+-- Key order: concurrent flushes carrying the same messageIds (a client's retry) wait for
+-- each other in one order and never deadlock.
+ORDER BY m.key
 ON CONFLICT DO NOTHING
 "#;
 
