@@ -100,6 +100,24 @@ impl Store {
         // and retried); verifying every checkout cost a round trip per group commit.
         let mut manager_config = ManagerConfig::default();
         manager_config.recycling_method = RecyclingMethod::Fast;
+        // A client that stops mid-transaction (its network hangs) must not hold its locks —
+        // lease rows, the order lock — until TCP notices: Postgres ends such a session after
+        // twice the statement timeout, as Keel's own side gives up after it.
+        let idle_ms = (settings.timeout * 2).as_millis().max(1000);
+        manager_config.custom_setup = Box::new(move |url| {
+            let url = url.to_owned();
+            Box::pin(async move {
+                use diesel_async::AsyncConnection;
+                let mut conn = AsyncPgConnection::establish(&url).await?;
+                diesel::sql_query(format!(
+                    "SET idle_in_transaction_session_timeout = {idle_ms}"
+                ))
+                .execute(&mut conn)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                Ok(conn)
+            })
+        });
         let manager =
             AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
         let pool = Pool::builder(manager)

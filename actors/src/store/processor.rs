@@ -237,6 +237,11 @@ impl Store {
             let mut conn = self.conn().await?;
             conn.transaction::<_, StoreError, _>(|conn| {
                 async move {
+                    // The order lock first: waiting for it (another node's commit) holds no
+                    // lease row, so this node's renewals never queue behind that wait.
+                    if !dest.is_empty() || !w_dest.is_empty() {
+                        super::cluster::take_order_lock(conn).await?;
+                    }
                     if let Some(c) = &consumed {
                         let mut fence: Vec<i32> = c.positions.iter().map(|(p, _)| *p).collect();
                         fence.sort_unstable();
@@ -265,9 +270,6 @@ impl Store {
                                 c.ids.len()
                             )));
                         }
-                    }
-                    if !dest.is_empty() || !w_dest.is_empty() {
-                        super::cluster::take_order_lock(conn).await?;
                     }
                     if !dest.is_empty() {
                         diesel::sql_query(
