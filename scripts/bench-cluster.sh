@@ -82,6 +82,14 @@ start_node() {
     NODE_URLS+=("http://127.0.0.1:$(wait_port "$pid" "$TMP/$id.log")")
 }
 
+# start_sink: starts the webhook sink; sets SINK_PID and SINK_URL.
+start_sink() {
+    "$SINK" --listen 127.0.0.1:0 >/dev/null 2>"$TMP/sink.log" &
+    SINK_PID=$!
+    PIDS+=("$SINK_PID")
+    SINK_URL="http://127.0.0.1:$(wait_port "$SINK_PID" "$TMP/sink.log")"
+}
+
 # wait_held N_NODES: until every partition has a live holder and no node holds more than
 # its share (bounded).
 wait_held() {
@@ -156,10 +164,7 @@ for n in 1 2 3; do
 
     # --- end to end: worker nodes and a webhook sink ---
     new_db
-    "$SINK" --listen 127.0.0.1:0 >/dev/null 2>"$TMP/sink.log" &
-    SINK_PID=$!
-    PIDS+=("$SINK_PID")
-    SINK_URL="http://127.0.0.1:$(wait_port "$SINK_PID" "$TMP/sink.log")"
+    start_sink
     cat >"$TMP/e2e.json" <<EOF
 {"sources":[{"id":"src1","name":"bench","writeKey":"$WRITE_KEY","enabled":true,"destinations":[
  {"id":"sink","name":"Sink","enabled":true,"config":{"webhookUrl":"$SINK_URL/hook","webhookMethod":"POST"},"destinationDefinition":{"name":"WEBHOOK"}}]}]}
@@ -198,10 +203,7 @@ done
 
 # --- recovery after kill -9 ---
 new_db
-"$SINK" --listen 127.0.0.1:0 >/dev/null 2>"$TMP/sink.log" &
-SINK_PID=$!
-PIDS+=("$SINK_PID")
-SINK_URL="http://127.0.0.1:$(wait_port "$SINK_PID" "$TMP/sink.log")"
+start_sink
 sed "s#http://127.0.0.1:[0-9]*/hook#$SINK_URL/hook#" "$TMP/e2e.json" >"$TMP/e2e-r.json"
 NODE_PIDS=()
 NODE_URLS=()

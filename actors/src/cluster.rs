@@ -19,7 +19,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use crate::messages::{AssignPartitions, Heartbeat, HeartbeatReply, LeaveCluster};
+use crate::messages::{AssignPartitions, LeaveCluster};
 use crate::store::{HeldLease, Store, StoreError};
 use crate::telemetry as t;
 
@@ -440,17 +440,6 @@ impl Handler<LeaveCluster> for LeaseKeeper {
             }
             .into_actor(self),
         )
-    }
-}
-
-impl Handler<Heartbeat> for LeaseKeeper {
-    type Result = HeartbeatReply;
-
-    fn handle(&mut self, _msg: Heartbeat, _ctx: &mut Self::Context) -> HeartbeatReply {
-        HeartbeatReply {
-            actor: "lease_keeper",
-            pending: self.held.len(),
-        }
     }
 }
 

@@ -96,11 +96,9 @@ impl GatewayWriter {
         let mut replies = Vec::with_capacity(batch.len());
         let mut events = 0u64;
         for msg in batch {
-            let count: i32 = msg.parts.iter().map(|p| p.event_count).sum();
+            let count = msg.event_count();
             events += count as u64;
-            self.buffered_events = self
-                .buffered_events
-                .saturating_sub(usize::try_from(count).unwrap_or(0));
+            self.buffered_events = self.buffered_events.saturating_sub(count);
             replies.push((msg.reply, msg.source_id.clone(), count));
             for part in msg.parts {
                 rows.push(GwJobInsert {
@@ -219,11 +217,7 @@ impl Handler<Ingest> for GatewayWriter {
     type Result = ();
 
     fn handle(&mut self, msg: Ingest, ctx: &mut Self::Context) {
-        self.buffered_events += msg
-            .parts
-            .iter()
-            .map(|p| usize::try_from(p.event_count).unwrap_or(0))
-            .sum::<usize>();
+        self.buffered_events += msg.event_count();
         self.buffer.push(msg);
         metrics::gauge!(t::GATEWAY_QUEUE_DEPTH).set(self.buffer.len() as f64);
         if self.flushing > 0 {

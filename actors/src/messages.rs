@@ -30,6 +30,16 @@ pub struct Ingest {
     pub reply: oneshot::Sender<Result<(), IngestError>>,
 }
 
+impl Ingest {
+    /// Events in the request, over all its parts.
+    pub fn event_count(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|p| usize::try_from(p.event_count).unwrap_or(0))
+            .sum()
+    }
+}
+
 /// The events of one request that fall in one partition.
 #[derive(Debug, Clone)]
 pub struct IngestPart {

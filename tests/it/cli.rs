@@ -1,23 +1,13 @@
 //! The command line: `check-config` reports every error with its path and exits non-zero;
 //! `migrate` applies the schema; bad configuration names the file and field.
 
-use std::process::Command;
-
 use serde_json::json;
 
 use crate::common::*;
 
-fn keel() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_keel"));
-    c.env_remove("DATABASE_URL")
-        .env_remove("KEEL_CONFIG")
-        .env_remove("KEEL_WORKSPACE");
-    c
-}
-
 #[test]
 fn check_config_accepts_the_shipped_example() {
-    let out = keel()
+    let out = keel_command()
         .current_dir(repo_root())
         .arg("check-config")
         .output()
@@ -34,7 +24,7 @@ fn check_config_accepts_the_shipped_example() {
 /// fails and returns what it printed on stderr.
 fn check_config_fails(path: &std::path::Path, workspace: &serde_json::Value) -> String {
     std::fs::write(path, workspace.to_string()).expect("write");
-    let out = keel()
+    let out = keel_command()
         .current_dir(repo_root())
         .arg("check-config")
         .arg("--workspace")
@@ -60,7 +50,7 @@ fn check_config_prints_every_error_with_its_json_path() {
         .to_string(),
     )
     .expect("write");
-    let out = keel()
+    let out = keel_command()
         .arg("check-config")
         .arg("--workspace")
         .arg(&ws)
@@ -120,7 +110,7 @@ fn bad_settings_name_the_file_and_field() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("keel.toml");
     std::fs::write(&cfg, "[gateway]\nmax_batch = \"lots\"\n").expect("write");
-    let out = keel()
+    let out = keel_command()
         .current_dir(repo_root())
         .arg("check-config")
         .arg("--config")
@@ -133,7 +123,7 @@ fn bad_settings_name_the_file_and_field() {
         err.contains("max_batch") && err.contains("keel.toml"),
         "{err}"
     );
-    let out = keel()
+    let out = keel_command()
         .current_dir(repo_root())
         .env("KEEL_GATEWAY__MAX_EVENT_BYTES", "0")
         .arg("check-config")
@@ -141,7 +131,7 @@ fn bad_settings_name_the_file_and_field() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("gateway.max_event_bytes"));
-    let out = keel()
+    let out = keel_command()
         .current_dir(repo_root())
         .args(["serve", "--listen", "nowhere"])
         .output()
@@ -154,7 +144,7 @@ fn bad_settings_name_the_file_and_field() {
 async fn migrate_applies_the_schema_and_is_idempotent() {
     let db = TestDb::create().await;
     for _ in 0..2 {
-        let out = keel()
+        let out = keel_command()
             .current_dir(repo_root())
             .arg("migrate")
             .env("DATABASE_URL", &db.url)

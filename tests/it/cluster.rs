@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::common::history::{Load, LoadSpec, Target};
+use crate::common::history::{Load, LoadSpec, Report, Target};
 use crate::common::sink::{Sink, SinkMode};
 use crate::common::*;
 
@@ -23,6 +23,56 @@ fn node(db: &TestDb, id: &str, sink: &Sink) -> KeelOptions {
     opts.env("KEEL_CLUSTER__NODE_ID", id)
         .env("KEEL_CLUSTER__LEASE_TTL_SECS", &TTL.to_string())
         .env("KEEL_CLUSTER__HEARTBEAT_MS", "500")
+}
+
+/// Starts one node per id, in order.
+async fn start_nodes(db: &TestDb, sink: &Sink, ids: &[&str]) -> Vec<Keel> {
+    let mut nodes = Vec::new();
+    for id in ids {
+        nodes.push(Keel::start(node(db, id, sink)).await);
+    }
+    nodes
+}
+
+/// Stops the users, waits until the sink has everything acked, prints the report and
+/// asserts the history checker's guarantees (nothing lost, per-user order, nothing unknown).
+async fn finish(load: Load, sink: &Sink, db: &TestDb, what: &str) -> Report {
+    let history = load.stop().await;
+    let report = history
+        .settle(sink, &db.url, "hook", Duration::from_secs(60))
+        .await;
+    println!("{report}");
+    report.assert_guarantees(what);
+    report
+}
+
+/// Waits until every one of `parts` has a live holder among `to`; returns how long after
+/// `since` that was (failing after TTL + 10 s).
+async fn wait_moved(db: &TestDb, parts: &[i32], to: &[&str], since: Instant) -> Duration {
+    loop {
+        let h = holders(db).await;
+        if parts
+            .iter()
+            .all(|p| h[p].as_deref().is_some_and(|o| to.contains(&o)))
+        {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(TTL + 10),
+            "partitions {parts:?} did not move to {to:?}: {h:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `keel status` against `db`, with extra arguments.
+fn keel_status(db: &TestDb, args: &[&str]) -> std::process::Output {
+    keel_command()
+        .arg("status")
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .expect("keel status")
 }
 
 /// Partition → holder with an unexpired lease (`None`: free or expired).
@@ -122,10 +172,7 @@ async fn three_nodes_share_the_partitions_and_deliver_everything_in_order() {
     let db = TestDb::create().await;
     let sink = Sink::start(SinkMode::Ok).await;
     let ids = ["n1", "n2", "n3"];
-    let mut nodes = Vec::new();
-    for id in ids {
-        nodes.push(Keel::start(node(&db, id, &sink)).await);
-    }
+    let nodes = start_nodes(&db, &sink, &ids).await;
     let held = wait_balanced(&db, &ids, Duration::from_secs(30)).await;
     println!("holdings: {held:?}");
 
@@ -141,12 +188,7 @@ async fn three_nodes_share_the_partitions_and_deliver_everything_in_order() {
         load.wait_acked(50 * 200, Duration::from_secs(120)).await,
         "10,000 events not acknowledged in time"
     );
-    let history = load.stop().await;
-    let report = history
-        .settle(&sink, &db.url, "hook", Duration::from_secs(60))
-        .await;
-    println!("{report}");
-    report.assert_guarantees("three nodes");
+    let report = finish(load, &sink, &db, "three nodes").await;
     assert!(report.acked >= 10_000);
     assert_eq!(report.duplicates, 0, "no node changed hands: no duplicate");
     for (id, keel) in ids.iter().zip(&nodes) {
@@ -157,11 +199,7 @@ async fn three_nodes_share_the_partitions_and_deliver_everything_in_order() {
     let tenures = assert_one_holder_at_a_time(&db).await;
     assert!(tenures >= PARTITIONS);
     // `keel status` shows the three nodes and who holds what.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["status", "--json"])
-        .env("DATABASE_URL", &db.url)
-        .output()
-        .expect("keel status");
+    let out = keel_status(&db, &["--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -179,11 +217,7 @@ async fn three_nodes_share_the_partitions_and_deliver_everything_in_order() {
         let parts = n["partitions"].as_array().expect("partitions").len();
         assert!((1..=6).contains(&parts), "{n}");
     }
-    let text = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-        .arg("status")
-        .env("DATABASE_URL", &db.url)
-        .output()
-        .expect("keel status");
+    let text = keel_status(&db, &[]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("n1") && text.contains("partitions"), "{text}");
 }
@@ -193,10 +227,7 @@ async fn a_killed_nodes_partitions_move_within_the_lease_ttl_and_nothing_is_lost
     let db = TestDb::create().await;
     let sink = Sink::start(SinkMode::Ok).await;
     let ids = ["k1", "k2", "k3"];
-    let mut nodes = Vec::new();
-    for id in ids {
-        nodes.push(Keel::start(node(&db, id, &sink)).await);
-    }
+    let mut nodes = start_nodes(&db, &sink, &ids).await;
     let held = wait_balanced(&db, &ids, Duration::from_secs(30)).await;
     let bases: Vec<String> = nodes.iter().map(|k| k.base.clone()).collect();
     let target = Target::round_robin(&bases.iter().map(String::as_str).collect::<Vec<_>>());
@@ -213,32 +244,14 @@ async fn a_killed_nodes_partitions_move_within_the_lease_ttl_and_nothing_is_lost
     nodes[2].kill();
     let killed = Instant::now();
     target.set_all(&[&bases[0], &bases[1]]);
-    let moved = loop {
-        let h = holders(&db).await;
-        if victim
-            .iter()
-            .all(|p| matches!(h[p].as_deref(), Some("k1" | "k2")))
-        {
-            break killed.elapsed();
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(TTL + 10),
-            "partitions {victim:?} of the killed node did not move: {h:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let moved = wait_moved(&db, &victim, &["k1", "k2"], killed).await;
     println!("partitions {victim:?} moved {moved:?} after kill -9 (lease TTL {TTL} s)");
     assert!(
         moved <= Duration::from_secs(TTL + 5),
         "moved after {moved:?}, more than the TTL + 5 s"
     );
     assert!(load.wait_acked(2_000, Duration::from_secs(60)).await);
-    let history = load.stop().await;
-    let report = history
-        .settle(&sink, &db.url, "hook", Duration::from_secs(60))
-        .await;
-    println!("{report}");
-    report.assert_guarantees("kill -9 of one node of three");
+    finish(load, &sink, &db, "kill -9 of one node of three").await;
     assert_one_holder_at_a_time(&db).await;
     wait_balanced(&db, &ids[..2], Duration::from_secs(10)).await;
 }
@@ -279,17 +292,7 @@ async fn joining_and_leaving_nodes_rebalance_under_load_without_losing_anything(
         let mut a = a;
         a.terminate()
     });
-    let moved = loop {
-        let h = holders(&db).await;
-        if gone
-            .iter()
-            .all(|p| matches!(h[p].as_deref(), Some("j2" | "j3")))
-        {
-            break left.elapsed();
-        }
-        assert!(left.elapsed() < Duration::from_secs(TTL + 10), "{h:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let moved = wait_moved(&db, &gone, &["j2", "j3"], left).await;
     println!("partitions {gone:?} of the leaving node moved {moved:?} after SIGTERM");
     assert_eq!(
         exit.await.expect("join"),
@@ -301,12 +304,7 @@ async fn joining_and_leaving_nodes_rebalance_under_load_without_losing_anything(
         "a graceful leave hands over before the TTL ({moved:?})"
     );
     assert!(load.wait_acked(1_000, Duration::from_secs(60)).await);
-    let history = load.stop().await;
-    let report = history
-        .settle(&sink, &db.url, "hook", Duration::from_secs(60))
-        .await;
-    println!("{report}");
-    report.assert_guarantees("a node joins, another leaves");
+    let report = finish(load, &sink, &db, "a node joins, another leaves").await;
     // Hand-overs finish in-flight deliveries first: only a delivery abandoned at a drain
     // deadline could repeat, at most a router's concurrency per hand-over.
     assert!(
@@ -376,11 +374,6 @@ async fn a_node_cut_off_from_the_database_stops_delivering_before_its_leases_exp
     proxy.set(Mode::Pass);
     wait_balanced(&db, &["p1", "p2"], Duration::from_secs(30)).await;
     assert!(load.wait_acked(1_000, Duration::from_secs(60)).await);
-    let history = load.stop().await;
-    let report = history
-        .settle(&sink, &db.url, "hook", Duration::from_secs(60))
-        .await;
-    println!("{report}");
-    report.assert_guarantees("a node cut off from the database");
+    finish(load, &sink, &db, "a node cut off from the database").await;
     assert_one_holder_at_a_time(&db).await;
 }

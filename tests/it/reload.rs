@@ -25,19 +25,6 @@ fn ws(dests: Vec<Value>) -> Value {
                         "destinations": dests}]})
 }
 
-async fn admin_reload(keel: &Keel) -> (u16, Value) {
-    let res = http()
-        .post(keel.url("/admin/reload"))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .expect("reload");
-    (
-        res.status().as_u16(),
-        res.json().await.unwrap_or(Value::Null),
-    )
-}
-
 /// Sends batches of 10 events (users u0..u3, increasing `seq`) every 20 ms until `stop`;
 /// returns the messageIds in send order, each with the moment its request was answered.
 fn spawn_load(
@@ -116,7 +103,7 @@ async fn admin_reload_applies_destination_changes_under_load_without_loss_or_reo
 
     // 1. Change A (a header) and add B, under load.
     keel.write_workspace(&ws(vec![hook("a", &a.url, "2"), hook("b", &b.url, "1")]));
-    let (status, body) = admin_reload(&keel).await;
+    let (status, body) = keel.admin_reload().await;
     let reloaded_at = Instant::now();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["changes"]["started"], json!(["a", "b"]), "{body}");
@@ -127,7 +114,7 @@ async fn admin_reload_applies_destination_changes_under_load_without_loss_or_reo
     keel.write_workspace(&json!({"sources": [{"id": SOURCE_ID, "writeKey": WRITE_KEY, "enabled": true,
         "destinations": [{"id": "a", "name": "A", "enabled": true, "config": {"webhookUrl": "not a url"},
                           "destinationDefinition": {"name": "WEBHOOK"}}]}]}));
-    let (status, body) = admin_reload(&keel).await;
+    let (status, body) = keel.admin_reload().await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "invalid_workspace");
     let problems = body["problems"].to_string();
@@ -143,7 +130,7 @@ async fn admin_reload_applies_destination_changes_under_load_without_loss_or_reo
 
     // 3. Remove B.
     keel.write_workspace(&ws(vec![hook("a", &a.url, "2")]));
-    let (status, body) = admin_reload(&keel).await;
+    let (status, body) = keel.admin_reload().await;
     let removed_at = Instant::now();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["changes"]["stopped"], json!(["b"]), "{body}");

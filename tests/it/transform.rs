@@ -58,14 +58,8 @@ async fn dlq(keel: &Keel, destination: &str) -> Vec<Value> {
 
 /// Reloads the workspace through the admin API, asserting it was applied.
 async fn reload(keel: &Keel) {
-    let res = http()
-        .post(keel.url("/admin/reload"))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .expect("reload");
-    let status = res.status().as_u16();
-    assert_eq!(status, 200, "{}", res.text().await.unwrap_or_default());
+    let (status, body) = keel.admin_reload().await;
+    assert_eq!(status, 200, "{body}");
 }
 
 async fn wait_dlq(keel: &Keel, destination: &str, n: usize) -> Vec<Value> {
@@ -665,9 +659,8 @@ async fn a_destination_script_5xx_is_retried_by_the_router_and_4xx_dead_letters(
 }
 
 fn keel_cli() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+    let mut cmd = keel_command();
     cmd.current_dir(repo_root())
-        .env_remove("KEEL_CONFIG")
         .env("KEEL_TRANSFORM__CALL_TIMEOUT_MS", "500");
     cmd
 }

@@ -288,6 +288,20 @@ impl Keel {
         None
     }
 
+    /// `POST /admin/reload` with the test admin token: status and JSON body.
+    pub async fn admin_reload(&self) -> (u16, Value) {
+        let res = http()
+            .post(self.url("/admin/reload"))
+            .bearer_auth("admin-secret")
+            .send()
+            .await
+            .expect("reload");
+        (
+            res.status().as_u16(),
+            res.json().await.unwrap_or(Value::Null),
+        )
+    }
+
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
         http()
@@ -321,6 +335,16 @@ pub fn basic(key: &str) -> String {
 }
 
 /// An HTTP client for tests.
+/// The `keel` binary as a command, without the caller's database, config or workspace
+/// variables.
+pub fn keel_command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_keel"));
+    c.env_remove("DATABASE_URL")
+        .env_remove("KEEL_CONFIG")
+        .env_remove("KEEL_WORKSPACE");
+    c
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
