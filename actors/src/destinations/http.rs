@@ -9,7 +9,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{DeliveryOutcome, Failure, HttpSettings};
@@ -260,9 +263,49 @@ fn value_str(v: &Value) -> String {
 
 const BODY_KEEP: usize = 1024;
 
-/// Sends `payload` (a serialised [`DeliveryRequest`]) and classifies the result.
+/// A stored [`DeliveryRequest`] read in place: strings borrowed where they need no
+/// unescaping and JSON bodies kept as their text, so sending one builds no JSON tree.
+#[derive(Deserialize)]
+struct StoredRequest<'a> {
+    #[serde(default = "default_method_cow", borrow)]
+    method: Cow<'a, str>,
+    #[serde(borrow)]
+    endpoint: Cow<'a, str>,
+    #[serde(default)]
+    headers: Map<String, Value>,
+    #[serde(default)]
+    params: Map<String, Value>,
+    #[serde(default, borrow)]
+    body: StoredBody<'a>,
+}
+
+fn default_method_cow() -> Cow<'static, str> {
+    Cow::Borrowed("POST")
+}
+
+/// [`RequestBody`] with its JSON encodings as raw text.
+#[derive(Default, Deserialize)]
+struct StoredBody<'a> {
+    #[serde(rename = "JSON", default, borrow)]
+    json: Option<&'a RawValue>,
+    #[serde(rename = "JSON_ARRAY", default, borrow)]
+    json_array: Option<&'a RawValue>,
+    #[serde(rename = "FORM", default)]
+    form: Option<Map<String, Value>>,
+    #[serde(rename = "XML", default)]
+    xml: Option<String>,
+}
+
+/// Sends `payload` (a [`DeliveryRequest`] as a JSON tree) and classifies the result.
 pub async fn send(client: &HttpClient, payload: &Value) -> DeliveryOutcome {
-    let req: DeliveryRequest = match DeliveryRequest::deserialize(payload) {
+    send_text(client, &payload.to_string()).await
+}
+
+/// Sends `payload` (a serialised [`DeliveryRequest`], as stored) and classifies the result.
+/// JSON bodies go out as the stored text: serde_json wrote both, so the bytes are the same
+/// as serialising the parsed body again.
+pub async fn send_text(client: &HttpClient, payload: &str) -> DeliveryOutcome {
+    let req: StoredRequest<'_> = match serde_json::from_str(payload) {
         Ok(r) => r,
         Err(e) => {
             return DeliveryOutcome::Abort(Failure {
@@ -286,10 +329,14 @@ pub async fn send(client: &HttpClient, payload: &Value) -> DeliveryOutcome {
             ..Failure::default()
         });
     }
-    let mut builder = client.inner.request(method, &req.endpoint);
+    let mut builder = client.inner.request(method, req.endpoint.as_ref());
     for (k, v) in &req.headers {
         builder = builder.header(k.as_str(), value_str(v));
     }
+    let has_content_type = req
+        .headers
+        .keys()
+        .any(|k| k.eq_ignore_ascii_case("content-type"));
     if !req.params.is_empty() {
         let params: Vec<(String, String)> = req
             .params
@@ -299,10 +346,11 @@ pub async fn send(client: &HttpClient, payload: &Value) -> DeliveryOutcome {
         builder = builder.query(&params);
     }
     let body = &req.body;
-    builder = if let Some(json) = &body.json {
-        builder.json(json)
-    } else if let Some(arr) = &body.json_array {
-        builder.json(arr)
+    builder = if let Some(json) = body.json.or(body.json_array) {
+        if !has_content_type {
+            builder = builder.header(reqwest::header::CONTENT_TYPE, "application/json");
+        }
+        builder.body(json.get().to_owned())
     } else if let Some(form) = &body.form {
         let form: Vec<(String, String)> = form
             .iter()

@@ -98,6 +98,20 @@ pub trait Destination: Send + Sync {
     }
     /// Delivers one payload produced by [`Destination::transform`].
     fn deliver<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, DeliveryOutcome>;
+    /// Delivers a stored payload as `rt_jobs` holds it (JSON text); what routers call.
+    /// Kinds that can send it without building a JSON tree override this; the default
+    /// parses it and calls [`Destination::deliver`]. Text that is not JSON is refused.
+    fn deliver_text<'a>(&'a self, payload: &'a str) -> BoxFuture<'a, DeliveryOutcome> {
+        Box::pin(async move {
+            match serde_json::from_str::<Value>(payload) {
+                Ok(v) => self.deliver(&v).await,
+                Err(e) => DeliveryOutcome::Abort(Failure {
+                    error: format!("stored payload is not JSON: {e}"),
+                    ..Failure::default()
+                }),
+            }
+        })
+    }
     /// For script-backed kinds, their script (checked by `keel check-config`).
     fn script(&self) -> Option<&Arc<transform::Script>> {
         None

@@ -126,4 +126,8 @@ impl Destination for Webhook {
     fn deliver<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, DeliveryOutcome> {
         Box::pin(http::send(&self.client, payload))
     }
+
+    fn deliver_text<'a>(&'a self, payload: &'a str) -> BoxFuture<'a, DeliveryOutcome> {
+        Box::pin(http::send_text(&self.client, payload))
+    }
 }

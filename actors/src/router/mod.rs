@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
 use crate::cluster::LeaseGuard;
 use crate::destinations::{DeliveryOutcome, Destination, Failure};
@@ -81,7 +80,8 @@ impl Default for RouterConfig {
 struct Job {
     id: i64,
     message_id: Arc<str>,
-    payload: Arc<Value>,
+    /// The stored payload (JSON text), handed to the kind as is.
+    payload: Arc<str>,
     attempts: i32,
     due: Instant,
     first_failed_at: Option<DateTime<Utc>>,
@@ -261,23 +261,10 @@ impl RouterActor {
         let wait = (j.next_attempt_at - now_utc)
             .to_std()
             .unwrap_or(Duration::ZERO);
-        let payload = match serde_json::from_str(&j.payload) {
-            Ok(v) => v,
-            Err(e) => {
-                self.pending.dead.push(DeadLetter {
-                    id: j.id,
-                    attempts: j.attempts,
-                    reason: format!("stored payload is not JSON: {e}"),
-                    last_status: None,
-                    last_response: None,
-                });
-                return;
-            }
-        };
         let job = Job {
             id: j.id,
             message_id: Arc::from(j.message_id.as_str()),
-            payload: Arc::new(payload),
+            payload: Arc::from(j.payload),
             attempts: j.attempts,
             due: now + wait,
             first_failed_at: j.first_failed_at,
@@ -360,7 +347,7 @@ impl RouterActor {
         let payload = job.payload.clone();
         let started = Instant::now();
         let generation = self.generation;
-        let fut = async move { kind.deliver(&payload).await };
+        let fut = async move { kind.deliver_text(&payload).await };
         ctx.spawn(fut.into_actor(self).map(move |outcome, act, ctx| {
             if generation != act.generation {
                 return;

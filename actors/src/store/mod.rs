@@ -35,6 +35,19 @@ pub fn dedup_key(source_id: &str, message_id: &str) -> uuid::Uuid {
     uuid::Uuid::from_u128(h.digest128())
 }
 
+/// Lets the running transaction commit without waiting for its WAL flush
+/// (`synchronous_commit = off`). Only for stage hand-offs whose input is consumed in the same
+/// transaction (processor commits, router outcomes): a Postgres crash can lose the last few
+/// hundred milliseconds of them, and then their input comes back and is redone — at most a
+/// repeated delivery, never a lost event. A Keel crash loses nothing (Postgres has the
+/// commit). The gateway's commits stay synchronous: an ack means durable.
+pub(crate) async fn relaxed_commit(conn: &mut AsyncPgConnection) -> Result<(), StoreError> {
+    diesel::sql_query("SET LOCAL synchronous_commit = off")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Errors from the store: the database could not be reached or a statement failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -102,17 +115,19 @@ impl Store {
         manager_config.recycling_method = RecyclingMethod::Fast;
         // A client that stops mid-transaction (its network hangs) must not hold its locks —
         // lease rows, the order lock — until TCP notices: Postgres ends such a session after
-        // twice the statement timeout, as Keel's own side gives up after it.
+        // twice the statement timeout, as Keel's own side gives up after it. Parallel query
+        // is off for Keel's sessions: every statement is an indexed queue operation, and
+        // worker processes only add start-up cost and take the cores the pipeline needs.
         let idle_ms = (settings.timeout * 2).as_millis().max(1000);
         manager_config.custom_setup = Box::new(move |url| {
             let url = url.to_owned();
             Box::pin(async move {
-                use diesel_async::AsyncConnection;
+                use diesel_async::{AsyncConnection, SimpleAsyncConnection};
                 let mut conn = AsyncPgConnection::establish(&url).await?;
-                diesel::sql_query(format!(
-                    "SET idle_in_transaction_session_timeout = {idle_ms}"
+                conn.batch_execute(&format!(
+                    "SET idle_in_transaction_session_timeout = {idle_ms}; \
+                     SET max_parallel_workers_per_gather = 0"
                 ))
-                .execute(&mut conn)
                 .await
                 .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
                 Ok(conn)

@@ -155,7 +155,12 @@ impl Store {
         self.timed(async {
             let mut conn = self.conn().await?;
             let rows: Vec<Owner> =
-                diesel::sql_query("SELECT key, job_id FROM dedup WHERE key = ANY($1)")
+                // One primary-key probe per key (LATERAL): the planner's estimate of a
+                // growing, never-analysed dedup table must not turn this into a scan.
+                diesel::sql_query(
+                    "SELECT d.key, d.job_id FROM unnest($1::uuid[]) AS k(key) \
+                     CROSS JOIN LATERAL (SELECT key, job_id FROM dedup WHERE dedup.key = k.key) d",
+                )
                     .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
                     .load(&mut conn)
                     .await?;
@@ -237,6 +242,7 @@ impl Store {
             let mut conn = self.conn().await?;
             conn.transaction::<_, StoreError, _>(|conn| {
                 async move {
+                    super::relaxed_commit(conn).await?;
                     // The order lock first: waiting for it (another node's commit) holds no
                     // lease row, so this node's renewals never queue behind that wait.
                     if !dest.is_empty() || !w_dest.is_empty() {

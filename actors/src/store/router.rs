@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
 use diesel::QueryableByName;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use scoped_futures::ScopedFutureExt;
 use serde::Serialize;
 
@@ -152,16 +152,28 @@ impl Store {
     ) -> Result<Vec<RtJob>, StoreError> {
         self.timed(async {
             let mut conn = self.conn().await?;
-            Ok(diesel::sql_query(
-                "SELECT id, ordering_key, message_id, payload, attempts, next_attempt_at, first_failed_at \
-                 FROM rt_jobs WHERE destination_id = $1 AND id > $2 AND partition = ANY($4) ORDER BY id LIMIT $3",
-            )
-            .bind::<Text, _>(destination)
-            .bind::<BigInt, _>(after)
-            .bind::<BigInt, _>(limit)
-            .bind::<Array<Integer>, _>(partitions)
-            .load(&mut conn)
-            .await?)
+            conn.transaction::<_, StoreError, _>(|conn| {
+                async move {
+                    // Walk the (destination_id, id) index in order. A queue table's
+                    // statistics are always stale ("id > after" looks nearly empty), and the
+                    // planner then prefers a bitmap scan plus a sort of the whole window,
+                    // which spills to disk: many times slower.
+                    conn.batch_execute("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off")
+                        .await?;
+                    Ok(diesel::sql_query(
+                        "SELECT id, ordering_key, message_id, payload, attempts, next_attempt_at, first_failed_at \
+                         FROM rt_jobs WHERE destination_id = $1 AND id > $2 AND partition = ANY($4) ORDER BY id LIMIT $3",
+                    )
+                    .bind::<Text, _>(destination)
+                    .bind::<BigInt, _>(after)
+                    .bind::<BigInt, _>(limit)
+                    .bind::<Array<Integer>, _>(partitions)
+                    .load(conn)
+                    .await?)
+                }
+                .scope_boxed()
+            })
+            .await
         })
         .await
     }
@@ -183,6 +195,7 @@ impl Store {
             let mut conn = self.conn().await?;
             conn.transaction::<_, StoreError, _>(|conn| {
                 async move {
+                    super::relaxed_commit(conn).await?;
                     if !delivered.is_empty() {
                         diesel::sql_query("DELETE FROM rt_jobs WHERE id = ANY($1)")
                             .bind::<Array<BigInt>, _>(delivered)
