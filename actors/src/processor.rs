@@ -8,6 +8,7 @@
 //! fenced on this node's leases (a batch whose partitions moved to another node is rolled
 //! back and left to it). Then it wakes the routers it fed. It never delivers anything itself.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -337,7 +338,7 @@ struct EventCtx<'a> {
 /// index of the event (in the batch) it came from.
 #[derive(Default)]
 struct RouteOutput {
-    payloads: Vec<(usize, Value)>,
+    payloads: Vec<(usize, String)>,
     dropped: Vec<(usize, String)>,
     dead: Vec<(usize, Map<String, Value>, String)>,
 }
@@ -369,9 +370,10 @@ async fn run_route(
     indices: &[usize],
 ) -> Result<RouteOutput, BatchError> {
     let mut out = RouteOutput::default();
-    let mut current: Vec<(usize, Map<String, Value>)> = indices
+    // Events are borrowed from the batch until a transformation hands back new ones.
+    let mut current: Vec<(usize, Cow<'_, Map<String, Value>>)> = indices
         .iter()
-        .map(|&i| (i, ctxs[i].event.clone()))
+        .map(|&i| (i, Cow::Borrowed(&ctxs[i].event)))
         .collect();
     let source_id = indices.first().map_or("", |&i| ctxs[i].source_id);
     let common = common_metadata(route, source_id, source_name);
@@ -382,8 +384,11 @@ async fn run_route(
         let name = script.name.as_str();
         let Some(pool) = pool else {
             for (i, e) in current.drain(..) {
-                out.dead
-                    .push((i, e, format!("transformation {name}: no JavaScript pool")));
+                out.dead.push((
+                    i,
+                    e.into_owned(),
+                    format!("transformation {name}: no JavaScript pool"),
+                ));
             }
             break;
         };
@@ -394,7 +399,10 @@ async fn run_route(
         let items: Vec<CallItem<'_>> = current
             .iter()
             .zip(&metas)
-            .map(|((_, event), metadata)| CallItem { event, metadata })
+            .map(|((_, event), metadata)| CallItem {
+                event: event.as_ref(),
+                metadata,
+            })
             .collect();
         let result = pool.call(script, &common, &items, None).await;
         drop(items);
@@ -410,8 +418,11 @@ async fn run_route(
             Err(e) => {
                 n_error = before.len() as u64;
                 for (i, ev) in before {
-                    out.dead
-                        .push((i, ev, format!("transformation {name} failed: {e}")));
+                    out.dead.push((
+                        i,
+                        ev.into_owned(),
+                        format!("transformation {name} failed: {e}"),
+                    ));
                 }
             }
             Ok(output) => match output.results {
@@ -425,14 +436,17 @@ async fn run_route(
                             }
                             ItemResult::Out(evs) => {
                                 n_out += evs.len() as u64;
-                                current.extend(evs.into_iter().map(|e| (i, e)));
+                                current.extend(evs.into_iter().map(|e| (i, Cow::Owned(e))));
                             }
                             ItemResult::Failed(e) => {
                                 n_error += 1;
                                 metrics::counter!(t::TRANSFORM_ERRORS_TOTAL, "script" => name.to_owned(), "reason" => "exception")
                                     .increment(1);
-                                out.dead
-                                    .push((i, ev, format!("transformation {name} threw: {e}")));
+                                out.dead.push((
+                                    i,
+                                    ev.into_owned(),
+                                    format!("transformation {name} threw: {e}"),
+                                ));
                             }
                         }
                     }
@@ -453,7 +467,7 @@ async fn run_route(
                             .unwrap_or(first);
                         kept.insert(i);
                         n_out += 1;
-                        current.push((i, e));
+                        current.push((i, Cow::Owned(e)));
                     }
                     for (i, _) in before.iter().filter(|(i, _)| !kept.contains(i)) {
                         n_filtered += 1;
@@ -473,9 +487,10 @@ async fn run_route(
     if current.is_empty() {
         return Ok(out);
     }
-    let (idx, events): (Vec<usize>, Vec<Map<String, Value>>) = current.into_iter().unzip();
+    let events: Vec<&Map<String, Value>> = current.iter().map(|(_, e)| e.as_ref()).collect();
     let mapped = route.kind.transform_batch(&events).await;
-    for ((i, event), r) in idx.into_iter().zip(events).zip(mapped) {
+    drop(events);
+    for ((i, event), r) in current.into_iter().zip(mapped) {
         match r {
             Ok(payloads) if payloads.is_empty() => {
                 // The kind sends nothing for this event (e.g. REDIS hash mode and a track).
@@ -485,7 +500,9 @@ async fn run_route(
                 ));
             }
             Ok(payloads) => out.payloads.extend(payloads.into_iter().map(|p| (i, p))),
-            Err(e) => out.dead.push((i, event, format!("mapping failed: {e}"))),
+            Err(e) => out
+                .dead
+                .push((i, event.into_owned(), format!("mapping failed: {e}"))),
         }
     }
     Ok(out)
@@ -547,7 +564,7 @@ fn assemble(
         let d = &route.destination;
         let warehouse = route.kind.warehouse().is_some();
         // Warehouse kinds: one wh_jobs row per request (job) and destination.
-        let mut for_warehouse: Vec<(i64, Vec<Value>)> = Vec::new();
+        let mut for_warehouse: Vec<(i64, Vec<String>)> = Vec::new();
         let mut routed_idx = HashSet::new();
         for (i, payload) in output.payloads {
             let ctx = &ctxs[i];
@@ -563,7 +580,7 @@ fn assemble(
                     ordering_key: ctx.key.clone(),
                     message_id: ctx.message_id.clone(),
                     source_id: (*source_id).to_owned(),
-                    payload: payload.to_string(),
+                    payload,
                     partition: ctx.partition,
                 });
                 touched.insert(d.id.clone());
@@ -574,7 +591,7 @@ fn assemble(
                 destination_id: d.id.clone(),
                 source_id: (*source_id).to_owned(),
                 event_count: i32::try_from(events.len()).unwrap_or(i32::MAX),
-                payload: Value::Array(events).to_string(),
+                payload: format!("[{}]", events.join(",")),
             });
         }
         for i in routed_idx {

@@ -86,14 +86,21 @@ pub trait Destination: Send + Sync {
     fn kind(&self) -> &'static str;
     /// Maps a normalised event to zero or more destination-ready payloads.
     fn transform(&self, event: &Map<String, Value>) -> Result<Vec<Value>, TransformError>;
-    /// Maps a batch of events (one result per event, in order). Kinds that map in Rust
-    /// use [`Destination::transform`]; script-backed kinds make one script call per batch.
+    /// [`Destination::transform`] with each payload serialised, as `rt_jobs` stores it.
+    /// Kinds that can write their payload straight from the event override this.
+    fn transform_text(&self, event: &Map<String, Value>) -> Result<Vec<String>, TransformError> {
+        self.transform(event)
+            .map(|payloads| payloads.iter().map(Value::to_string).collect())
+    }
+    /// Maps a batch of events to serialised payloads (one result per event, in order).
+    /// Kinds that map in Rust use [`Destination::transform_text`]; script-backed kinds make
+    /// one script call per batch.
     fn transform_batch<'a>(
         &'a self,
-        events: &'a [Map<String, Value>],
-    ) -> BoxFuture<'a, Vec<Result<Vec<Value>, TransformError>>> {
+        events: &'a [&'a Map<String, Value>],
+    ) -> BoxFuture<'a, Vec<Result<Vec<String>, TransformError>>> {
         Box::pin(futures::future::ready(
-            events.iter().map(|e| self.transform(e)).collect(),
+            events.iter().map(|e| self.transform_text(e)).collect(),
         ))
     }
     /// Delivers one payload produced by [`Destination::transform`].

@@ -72,13 +72,13 @@ impl ScriptDestination {
         })
     }
 
-    async fn run(&self, events: &[Map<String, Value>]) -> Result<Vec<ItemResult>, CallError> {
+    async fn run(&self, events: &[&Map<String, Value>]) -> Result<Vec<ItemResult>, CallError> {
         let pool = self.pool.as_ref().ok_or(CallError::Unavailable)?;
         let meta = Value::Null;
         let items: Vec<CallItem<'_>> = events
             .iter()
             .map(|event| CallItem {
-                event,
+                event: *event,
                 metadata: &meta,
             })
             .collect();
@@ -95,7 +95,7 @@ impl ScriptDestination {
 }
 
 /// The request descriptions a script returned, checked and serialised.
-fn requests(script: &str, out: Vec<Map<String, Value>>) -> Result<Vec<Value>, TransformError> {
+fn requests(script: &str, out: Vec<Map<String, Value>>) -> Result<Vec<String>, TransformError> {
     out.into_iter()
         .map(|r| {
             let r = Value::Object(r);
@@ -106,7 +106,7 @@ fn requests(script: &str, out: Vec<Map<String, Value>>) -> Result<Vec<Value>, Tr
                     ))
                 })
                 .and_then(|req| {
-                    serde_json::to_value(req).map_err(|e| TransformError(e.to_string()))
+                    serde_json::to_string(&req).map_err(|e| TransformError(e.to_string()))
                 })
         })
         .collect()
@@ -133,8 +133,8 @@ impl Destination for ScriptDestination {
 
     fn transform_batch<'a>(
         &'a self,
-        events: &'a [Map<String, Value>],
-    ) -> BoxFuture<'a, Vec<Result<Vec<Value>, TransformError>>> {
+        events: &'a [&'a Map<String, Value>],
+    ) -> BoxFuture<'a, Vec<Result<Vec<String>, TransformError>>> {
         Box::pin(async move {
             let name = &self.script.name;
             match self.run(events).await {
@@ -148,7 +148,7 @@ impl Destination for ScriptDestination {
                     .map(|(r, event)| match r {
                         ItemResult::Out(out) => requests(name, out),
                         ItemResult::Failed(e) if retryable(&e) => {
-                            Ok(vec![json!({ DEFERRED: event, "error": e.message })])
+                            Ok(vec![json!({ DEFERRED: event, "error": e.message }).to_string()])
                         }
                         ItemResult::Failed(e) => {
                             Err(TransformError(format!("destination script {name}: {e}")))
@@ -171,7 +171,7 @@ impl Destination for ScriptDestination {
                 error,
                 ..Failure::default()
             };
-            let result = match self.run(std::slice::from_ref(event)).await {
+            let result = match self.run(&[event]).await {
                 Err(CallError::Unavailable) => {
                     return DeliveryOutcome::Retry(failure(
                         "the transformation pool is unavailable".into(),
@@ -207,7 +207,7 @@ impl Destination for ScriptDestination {
                 Err(e) => return DeliveryOutcome::Abort(failure(e.0, None)),
             };
             for req in &reqs {
-                let outcome = http::send(&self.client, req).await;
+                let outcome = http::send_text(&self.client, req).await;
                 if outcome != DeliveryOutcome::Delivered {
                     return outcome;
                 }

@@ -3,7 +3,7 @@
 //! `headers` (`[{ "from": name, "to": value }]`).
 
 use futures::future::BoxFuture;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::http::{self, DeliveryRequest, RequestBody};
@@ -76,24 +76,71 @@ impl Webhook {
     }
 }
 
-impl Destination for Webhook {
-    fn kind(&self) -> &'static str {
-        KIND
+/// A webhook's stored request written straight from the event (no copy of it): the
+/// serialised [`DeliveryRequest`] of a body-carrying method, fields in the order a JSON
+/// tree of it would have.
+#[derive(Serialize)]
+struct BodyRequest<'a> {
+    body: JsonBody<'a>,
+    endpoint: &'a str,
+    headers: &'a Map<String, Value>,
+    method: &'a str,
+    params: Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct JsonBody<'a> {
+    #[serde(rename = "JSON")]
+    json: &'a Map<String, Value>,
+}
+
+impl Webhook {
+    fn method(&self) -> String {
+        self.config
+            .webhook_method
+            .as_deref()
+            .unwrap_or("POST")
+            .to_ascii_uppercase()
     }
 
-    fn transform(&self, event: &Map<String, Value>) -> Result<Vec<Value>, TransformError> {
-        let method = self
-            .config
-            .webhook_method
-            .clone()
-            .unwrap_or_else(|| "POST".into())
-            .to_ascii_uppercase();
+    fn headers(&self) -> Map<String, Value> {
         let mut headers = Map::new();
         for h in &self.config.headers {
             if !h.from.is_empty() {
                 headers.insert(h.from.clone(), Value::String(h.to.clone()));
             }
         }
+        headers
+    }
+}
+
+impl Destination for Webhook {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn transform_text(&self, event: &Map<String, Value>) -> Result<Vec<String>, TransformError> {
+        let method = self.method();
+        if method == "GET" {
+            return self
+                .transform(event)
+                .map(|payloads| payloads.iter().map(Value::to_string).collect());
+        }
+        let req = BodyRequest {
+            body: JsonBody { json: event },
+            endpoint: &self.config.webhook_url,
+            headers: &self.headers(),
+            method: &method,
+            params: Map::new(),
+        };
+        serde_json::to_string(&req)
+            .map(|p| vec![p])
+            .map_err(|e| TransformError(format!("cannot encode webhook request: {e}")))
+    }
+
+    fn transform(&self, event: &Map<String, Value>) -> Result<Vec<Value>, TransformError> {
+        let method = self.method();
+        let headers = self.headers();
         let (params, body) = if method == "GET" {
             // RudderStack sends GET webhooks with the event's top-level scalars as query params.
             let params = event
