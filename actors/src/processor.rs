@@ -318,8 +318,14 @@ impl Processor {
     }
 }
 
-/// A request's id, source and events.
-type ParsedJob<'a> = (i64, &'a str, Vec<Map<String, Value>>);
+/// A request's id, source, the dedup keys of its duplicates (if the gateway recorded them)
+/// and its events.
+type ParsedJob<'a> = (
+    i64,
+    &'a str,
+    Option<HashSet<uuid::Uuid>>,
+    Vec<Map<String, Value>>,
+);
 
 /// One event that passed dedup, with what the processor decided for it.
 struct EventCtx<'a> {
@@ -720,6 +726,7 @@ async fn process_batch(
         positions: positions.into_iter().collect(),
     };
     let mut parsed: Vec<ParsedJob<'_>> = Vec::with_capacity(jobs.len());
+    // Rows stored before the gateway recorded duplicates: their events' dedup owners.
     let mut keys = Vec::new();
     for job in &jobs {
         let events: Vec<Map<String, Value>> = serde_json::from_str(&job.payload).unwrap_or_else(|e| {
@@ -727,21 +734,29 @@ async fn process_batch(
             tracing::error!(job = job.id, error = %e, "gw_jobs payload is not an event array; skipped");
             Vec::new()
         });
-        for e in &events {
-            if let Some(m) = e.get("messageId").and_then(Value::as_str) {
-                keys.push(dedup_key(&job.source_id, m));
+        if job.duplicates.is_none() {
+            for e in &events {
+                if let Some(m) = e.get("messageId").and_then(Value::as_str) {
+                    keys.push(dedup_key(&job.source_id, m));
+                }
             }
         }
-        parsed.push((job.id, job.source_id.as_str(), events));
+        let duplicates: Option<HashSet<uuid::Uuid>> =
+            job.duplicates.as_ref().map(|d| d.iter().copied().collect());
+        parsed.push((job.id, job.source_id.as_str(), duplicates, events));
     }
-    let owners = store.dedup_owners(keys).await?;
+    let owners = if keys.is_empty() {
+        HashMap::new()
+    } else {
+        store.dedup_owners(keys).await?
+    };
     let empty = Vec::new();
     let mut dup_n = 0u64;
     // Phase 1: dedup and filters; each route collects the indices of the events it takes.
     let mut ctxs: Vec<EventCtx<'_>> = Vec::new();
     let mut groups: Vec<(&Route, &str, Vec<usize>)> = Vec::new();
     let mut group_of: HashMap<(&str, &str), usize> = HashMap::new();
-    for (job_id, source_id, events) in parsed {
+    for (job_id, source_id, duplicates, events) in parsed {
         let routes = routing.by_source.get(source_id).unwrap_or(&empty);
         let mut seen_in_job = HashSet::new();
         for event in events {
@@ -750,8 +765,13 @@ async fn process_batch(
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_owned();
-            let owner = owners.get(&dedup_key(source_id, &message_id));
-            if owner.is_some_and(|o| *o != job_id) || !seen_in_job.insert(message_id.clone()) {
+            let duplicate = match &duplicates {
+                Some(d) => !d.is_empty() && d.contains(&dedup_key(source_id, &message_id)),
+                None => owners
+                    .get(&dedup_key(source_id, &message_id))
+                    .is_some_and(|o| *o != job_id),
+            };
+            if duplicate || !seen_in_job.insert(message_id.clone()) {
                 dup_n += 1;
                 continue;
             }

@@ -24,8 +24,11 @@ pub struct GwJobInsert {
 }
 
 /// One statement for a whole flush: ids are drawn in request order, every (request,
-/// partition) becomes a `gw_jobs` row and every messageId not yet in the window becomes a `dedup` row naming the
-/// job that first carried it. A single statement is atomic, so no explicit transaction.
+/// partition) becomes a `gw_jobs` row and every messageId not yet in the window becomes a
+/// `dedup` row naming the job that first carried it. Each `gw_jobs` row records, in
+/// `duplicates`, the keys of its events that did not get their own dedup row (already in the
+/// window), so the processor drops them without a lookup. A single statement is atomic, so
+/// no explicit transaction.
 const INSERT_FLUSH: &str = r#"
 WITH input AS (
     SELECT nextval('gw_jobs_id_seq') AS id, r.source_id, r.received_at, r.event_count, r.payload,
@@ -35,18 +38,28 @@ WITH input AS (
             WITH ORDINALITY AS u(source_id, received_at, event_count, payload, partition, ord)
         ORDER BY ord
     ) r
-), jobs AS (
-    INSERT INTO gw_jobs (id, source_id, received_at, event_count, payload, partition)
-    SELECT id, source_id, received_at, event_count, payload, partition FROM input
+), keys AS (
+    SELECT m.ord, m.key, m.message_id, i.id AS job_id, i.source_id, i.received_at
+    FROM unnest($5::int8[], $6::uuid[], $7::text[]) AS m(ord, key, message_id)
+    JOIN input i ON i.ord = m.ord
+), fresh AS (
+    INSERT INTO dedup (key, source_id, message_id, job_id, seen_at)
+    SELECT key, source_id, message_id, job_id, received_at FROM keys
+    -- Key order: concurrent flushes carrying the same messageIds (a client's retry) wait
+    -- for each other in one order and never deadlock.
+    ORDER BY key
+    ON CONFLICT DO NOTHING
+    RETURNING key, job_id
+), dups AS (
+    SELECT k.ord, array_agg(k.key) AS keys
+    FROM keys k LEFT JOIN fresh f ON f.key = k.key AND f.job_id = k.job_id
+    WHERE f.key IS NULL
+    GROUP BY k.ord
 )
-INSERT INTO dedup (key, source_id, message_id, job_id, seen_at)
-SELECT m.key, i.source_id, m.message_id, i.id, i.received_at
-FROM unnest($5::int8[], $6::uuid[], $7::text[]) AS m(ord, key, message_id)
-JOIN input i ON i.ord = m.ord
--- Key order: concurrent flushes carrying the same messageIds (a client's retry) wait for
--- each other in one order and never deadlock.
-ORDER BY m.key
-ON CONFLICT DO NOTHING
+INSERT INTO gw_jobs (id, source_id, received_at, event_count, payload, partition, duplicates)
+SELECT i.id, i.source_id, i.received_at, i.event_count, i.payload, i.partition,
+       coalesce(d.keys, '{}')
+FROM input i LEFT JOIN dups d ON d.ord = i.ord
 "#;
 
 const PRUNE_DEDUP: &str = r#"

@@ -3,7 +3,7 @@
 //! per-partition checkpoints and the deletion of the consumed `gw_jobs`, all in one
 //! transaction fenced on this node's leases.
 
-use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Text};
+use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use scoped_futures::ScopedFutureExt;
@@ -28,6 +28,10 @@ pub struct GwJob {
     /// Partition of its events.
     #[diesel(sql_type = Integer)]
     pub partition: i32,
+    /// Dedup keys of its events that were already in the window when it was stored (to
+    /// drop); `None` for a row stored before the gateway recorded them (look them up).
+    #[diesel(sql_type = Nullable<Array<diesel::sql_types::Uuid>>)]
+    pub duplicates: Option<Vec<uuid::Uuid>>,
 }
 
 #[derive(QueryableByName)]
@@ -136,7 +140,7 @@ impl Store {
         self.timed(async {
             let mut conn = self.conn().await?;
             Ok(diesel::sql_query(
-                "SELECT id, source_id, payload, partition FROM gw_jobs \
+                "SELECT id, source_id, payload, partition, duplicates FROM gw_jobs \
                  WHERE partition = ANY($1) ORDER BY id LIMIT $2",
             )
             .bind::<Array<Integer>, _>(partitions)
@@ -234,7 +238,6 @@ impl Store {
             r_src.push(r.source_id);
             r_mid.push(r.message_id);
             r_job.push(r.job_id);
-            // text[] cannot nest in unnest; carry the routed list as JSON.
             r_routed.push(serde_json::Value::from(r.routed));
             r_filtered.push(without_nul(r.filtered));
         }
@@ -326,8 +329,8 @@ impl Store {
                     }
                     if !r_src.is_empty() {
                         diesel::sql_query(
-                            "INSERT INTO routing_log (source_id, message_id, job_id, routed, filtered) \
-                             SELECT s, m, j, ARRAY(SELECT jsonb_array_elements_text(r)), f \
+                            "INSERT INTO routing_log (source_id, message_id, job_id, routed_to, filtered) \
+                             SELECT s, m, j, r, f \
                              FROM unnest($1::text[], $2::text[], $3::int8[], $4::jsonb[], $5::jsonb[]) AS u(s, m, j, r, f)",
                         )
                         .bind::<Array<Text>, _>(r_src)

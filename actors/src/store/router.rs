@@ -380,7 +380,7 @@ SELECT json_build_object(
         'processed', NOT EXISTS (SELECT 1 FROM gw_jobs g WHERE g.id = d.job_id))), '[]'::json)
       FROM dedup d WHERE d.key = ANY($2) AND d.message_id = $1),
   'routing', (SELECT coalesce(json_agg(json_build_object(
-        'source_id', source_id, 'job_id', job_id, 'routed', routed, 'filtered', filtered,
+        'source_id', source_id, 'job_id', job_id, 'routed', coalesce(routed_to, to_jsonb(routed)), 'filtered', filtered,
         'processed_at', processed_at) ORDER BY processed_at), '[]'::json)
       FROM routing_log WHERE message_id = $1),
   'pending', (SELECT coalesce(json_agg(json_build_object(
