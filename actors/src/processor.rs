@@ -1,7 +1,7 @@
 //! Processor: reads the unconsumed `gw_jobs` of the partitions this node holds, in id order
 //! and bounded batches, explodes
-//! each request into events, drops messageId duplicates (the dedup table names the job that
-//! first carried each messageId), routes each event to its source's destinations (enabled,
+//! each request into events, drops messageId duplicates (the gateway listed them in the row;
+//! older rows are looked up in the dedup table), routes each event to its source's destinations (enabled,
 //! `integrations`, supported types, event filtering), maps it with the destination kind, and
 //! commits `rt_jobs` + `wh_jobs` (one row per request and warehouse destination) +
 //! `routing_log` + checkpoints + deletion of the consumed `gw_jobs` in one transaction,

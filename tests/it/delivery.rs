@@ -45,6 +45,59 @@ async fn admin_get(keel: &Keel, path: &str) -> (u16, Value) {
 }
 
 #[tokio::test]
+async fn rows_stored_before_ingest_dedup_are_checked_against_the_dedup_table() {
+    use keel_actors::cluster::partition_of;
+    use keel_actors::store::dedup_key;
+    let db = TestDb::create().await;
+    let sink = Sink::start(SinkMode::Ok).await;
+    let mut opts = fast_router(KeelOptions::new(&db));
+    opts.workspace = workspace_with_webhooks(&[("hook", &sink.url, json!({}))]);
+    let keel = Keel::start(opts).await;
+    let c = db.client().await;
+    // As a gateway before migration 000006 stored them: `duplicates` NULL. "old-dup" is
+    // owned by another (long consumed) job, "old-new" by this one.
+    c.execute(
+        "INSERT INTO dedup (key, source_id, message_id, job_id, seen_at) \
+         VALUES ($1::text::uuid, $2, 'old-dup', -5, now())",
+        &[&dedup_key(SOURCE_ID, "old-dup").to_string(), &SOURCE_ID],
+    )
+    .await
+    .expect("dedup row");
+    let events = json!([
+        {"type": "track", "userId": "legacy", "event": "E", "messageId": "old-dup"},
+        {"type": "track", "userId": "legacy", "event": "E", "messageId": "old-new"},
+    ]);
+    c.execute(
+        "WITH g AS (INSERT INTO gw_jobs (source_id, received_at, event_count, payload, partition) \
+                    VALUES ($1, now(), 2, $2, $3) RETURNING id) \
+         INSERT INTO dedup (key, source_id, message_id, job_id, seen_at) \
+         SELECT $4::text::uuid, $1, 'old-new', id, now() FROM g",
+        &[
+            &SOURCE_ID,
+            &events.to_string(),
+            &partition_of("legacy", 16),
+            &dedup_key(SOURCE_ID, "old-new").to_string(),
+        ],
+    )
+    .await
+    .expect("legacy row");
+    assert_eq!(sink.wait_delivered(1, Duration::from_secs(20)).await, 1);
+    // A later request with the same messageId as a delivered one is dropped as well.
+    send_batches(&keel, &[track("legacy", 3, "old-new")], 1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let got: Vec<String> = sink
+        .received()
+        .iter()
+        .map(|r| r.body["messageId"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(
+        got,
+        vec!["old-new".to_owned()],
+        "the owned repeat is dropped"
+    );
+}
+
+#[tokio::test]
 async fn delivers_every_event_once_with_body_headers_and_filters() {
     let db = TestDb::create().await;
     let sink = Sink::start(SinkMode::Ok).await;

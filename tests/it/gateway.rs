@@ -547,6 +547,23 @@ async fn deduplicates_message_ids_in_the_window_table() {
         rows[0].get::<_, i64>(1),
         "first job owns the messageId"
     );
+    // The decision is stored with each row: the repeat's row lists the messageId's key.
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT cardinality(duplicates), duplicates[1] = (SELECT key FROM dedup) \
+             FROM gw_jobs ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("gw_jobs");
+    let got: Vec<(i32, Option<bool>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        got,
+        vec![(0, None), (1, Some(true))],
+        "first row: no duplicates; second: the repeated key"
+    );
 }
 
 #[tokio::test]

@@ -78,7 +78,7 @@ impl ScriptDestination {
         let items: Vec<CallItem<'_>> = events
             .iter()
             .map(|event| CallItem {
-                event: *event,
+                event,
                 metadata: &meta,
             })
             .collect();
@@ -147,9 +147,9 @@ impl Destination for ScriptDestination {
                     .zip(events)
                     .map(|(r, event)| match r {
                         ItemResult::Out(out) => requests(name, out),
-                        ItemResult::Failed(e) if retryable(&e) => {
-                            Ok(vec![json!({ DEFERRED: event, "error": e.message }).to_string()])
-                        }
+                        ItemResult::Failed(e) if retryable(&e) => Ok(vec![
+                            json!({ DEFERRED: event, "error": e.message }).to_string(),
+                        ]),
                         ItemResult::Failed(e) => {
                             Err(TransformError(format!("destination script {name}: {e}")))
                         }

@@ -46,8 +46,9 @@ WITH input AS (
     INSERT INTO dedup (key, source_id, message_id, job_id, seen_at)
     SELECT key, source_id, message_id, job_id, received_at FROM keys
     -- Key order: concurrent flushes carrying the same messageIds (a client's retry) wait
-    -- for each other in one order and never deadlock.
-    ORDER BY key
+    -- for each other in one order and never deadlock. Within a flush, the earliest request
+    -- carrying a key owns it.
+    ORDER BY key, ord
     ON CONFLICT DO NOTHING
     RETURNING key, job_id
 ), dups AS (

@@ -35,19 +35,6 @@ pub fn dedup_key(source_id: &str, message_id: &str) -> uuid::Uuid {
     uuid::Uuid::from_u128(h.digest128())
 }
 
-/// Lets the running transaction commit without waiting for its WAL flush
-/// (`synchronous_commit = off`). Only for stage hand-offs whose input is consumed in the same
-/// transaction (processor commits, router outcomes): a Postgres crash can lose the last few
-/// hundred milliseconds of them, and then their input comes back and is redone — at most a
-/// repeated delivery, never a lost event. A Keel crash loses nothing (Postgres has the
-/// commit). The gateway's commits stay synchronous: an ack means durable.
-pub(crate) async fn relaxed_commit(conn: &mut AsyncPgConnection) -> Result<(), StoreError> {
-    diesel::sql_query("SET LOCAL synchronous_commit = off")
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// Errors from the store: the database could not be reached or a statement failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

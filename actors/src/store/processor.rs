@@ -245,7 +245,6 @@ impl Store {
             let mut conn = self.conn().await?;
             conn.transaction::<_, StoreError, _>(|conn| {
                 async move {
-                    super::relaxed_commit(conn).await?;
                     // The order lock first: waiting for it (another node's commit) holds no
                     // lease row, so this node's renewals never queue behind that wait.
                     if !dest.is_empty() || !w_dest.is_empty() {

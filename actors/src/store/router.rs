@@ -195,7 +195,6 @@ impl Store {
             let mut conn = self.conn().await?;
             conn.transaction::<_, StoreError, _>(|conn| {
                 async move {
-                    super::relaxed_commit(conn).await?;
                     if !delivered.is_empty() {
                         diesel::sql_query("DELETE FROM rt_jobs WHERE id = ANY($1)")
                             .bind::<Array<BigInt>, _>(delivered)
