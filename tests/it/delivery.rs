@@ -542,3 +542,115 @@ async fn routers_restart_after_a_database_outage_and_resume() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Explain finds pending jobs without a messageId index on `rt_jobs`: through the id range
+/// its routing row recorded (retrying and not yet attempted jobs), through the per-event
+/// row a dead-letter replay writes, and in the destination's whole queue for a routing row
+/// from before migration 000007.
+#[tokio::test]
+async fn explain_finds_pending_retrying_replayed_and_legacy_jobs() {
+    let db = TestDb::create().await;
+    let failing = Sink::start(SinkMode::Status(503)).await;
+    let picky = Sink::start(SinkMode::RejectUser("bad".into())).await;
+    let slow = Sink::start(SinkMode::Ok).await;
+    let mut opts = fast_router(KeelOptions::new(&db)).env("KEEL_ROUTER__MAX_ATTEMPTS", "100000");
+    opts.workspace = workspace_with_webhooks(&[
+        ("failing", &failing.url, json!({})),
+        ("picky", &picky.url, json!({})),
+        // One delivery per minute: the second event waits, never attempted.
+        (
+            "slow",
+            &slow.url,
+            json!({"throttling": {"limit": 1, "timeWindow": 60}}),
+        ),
+    ]);
+    let keel = Keel::start(opts).await;
+    send_batches(
+        &keel,
+        &[track("bad", 0, "e-bad"), track("good", 1, "e-good")],
+        2,
+    )
+    .await;
+    assert_eq!(picky.wait_delivered(1, Duration::from_secs(20)).await, 1);
+    assert_eq!(slow.wait_delivered(1, Duration::from_secs(20)).await, 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (bad, good) = loop {
+        let bad = admin_get(&keel, "/admin/events/e-bad").await.1;
+        let good = admin_get(&keel, "/admin/events/e-good").await.1;
+        let retried = |d: &Value| d["destinations"]["failing"]["attempts"].as_i64() >= Some(1);
+        if (retried(&bad)
+            && retried(&good)
+            && bad["destinations"]["picky"]["status"] == "dead_lettered")
+            || Instant::now() > deadline
+        {
+            break (bad, good);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for doc in [&bad, &good] {
+        let failing = &doc["destinations"]["failing"];
+        assert_eq!(failing["status"], "pending", "{doc}");
+        assert!(
+            failing["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("503")),
+            "{doc}"
+        );
+    }
+    assert_eq!(
+        bad["destinations"]["picky"]["status"], "dead_lettered",
+        "{bad}"
+    );
+    assert_eq!(
+        good["destinations"]["picky"]["status"], "delivered",
+        "{good}"
+    );
+    let slow_delivered = slow.received()[0].body["messageId"].clone();
+    for doc in [&bad, &good] {
+        let status = &doc["destinations"]["slow"];
+        if doc["messageId"] == slow_delivered {
+            assert_eq!(status["status"], "delivered", "{doc}");
+        } else {
+            assert_eq!(status["status"], "pending", "{doc}");
+            assert_eq!(status["attempts"], 0, "{doc}");
+        }
+    }
+
+    // A replayed dead letter is a new job: explain finds it through the replay's record.
+    picky.set_mode(SinkMode::Status(503));
+    let res = http()
+        .post(keel.url("/admin/dlq/replay"))
+        .bearer_auth("admin-secret")
+        .json(&json!({"destination": "picky"}))
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(res.status().as_u16(), 200);
+    let doc = admin_get(&keel, "/admin/events/e-bad").await.1;
+    assert_eq!(doc["destinations"]["picky"]["status"], "pending", "{doc}");
+
+    // A routing_log row and a job as Keel stored them before routing_jobs existed.
+    let c = db.client().await;
+    c.execute(
+        "INSERT INTO routing_log (source_id, message_id, job_id, routed_to, filtered) \
+         VALUES ($1, 'legacy-1', 7, '[\"failing\"]', '{}')",
+        &[&SOURCE_ID],
+    )
+    .await
+    .expect("legacy routing row");
+    c.execute(
+        "INSERT INTO rt_jobs (destination_id, ordering_key, message_id, source_id, payload) \
+         VALUES ('failing', 'legacy', 'legacy-1', $1, $2)",
+        &[
+            &SOURCE_ID,
+            &json!({"method": "POST", "endpoint": failing.url, "headers": {}, "params": {},
+                    "body": {"JSON": {"messageId": "legacy-1"}}})
+            .to_string(),
+        ],
+    )
+    .await
+    .expect("legacy job");
+    let (status, doc) = admin_get(&keel, "/admin/events/legacy-1").await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["destinations"]["failing"]["status"], "pending", "{doc}");
+}

@@ -1,5 +1,5 @@
 //! Processor statements: read the unconsumed `gw_jobs` of this node's partitions, look up
-//! dedup owners, and commit the outputs (`rt_jobs`, `wh_jobs`, `routing_log`) with the
+//! dedup owners, and commit the outputs (`rt_jobs`, `wh_jobs`, `routing_jobs` per request, `routing_log` for replays) with the
 //! per-partition checkpoints and the deletion of the consumed `gw_jobs`, all in one
 //! transaction fenced on this node's leases.
 
@@ -7,6 +7,7 @@ use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use scoped_futures::ScopedFutureExt;
+use serde_json::Value;
 
 use super::{Store, StoreError, WhJobInsert};
 
@@ -49,6 +50,19 @@ pub struct Consumed {
     pub ids: Vec<i64>,
     /// (partition, highest id consumed in it): the checkpoints to advance.
     pub positions: Vec<(i32, i64)>,
+}
+
+/// The routing records of one stored request: (job id, source id, messageIds, routed,
+/// filtered), the arrays in event order.
+type RequestRouting = (i64, String, Vec<String>, Vec<Value>, Vec<Value>);
+
+/// Lowest and highest id of the rows one insert wrote.
+#[derive(QueryableByName)]
+struct IdRange {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    lo: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    hi: Option<i64>,
 }
 
 #[derive(QueryableByName)]
@@ -108,14 +122,13 @@ pub struct RoutingRecord {
     /// Destination ids it was routed to.
     pub routed: Vec<String>,
     /// `{destination id: reason}` for destinations it was not routed to (JSON text).
-    pub filtered: serde_json::Value,
+    pub filtered: Value,
 }
 
 /// `v` with every NUL character removed from its strings and keys: jsonb cannot hold
 /// `\u0000`, and a filter reason may quote event data (a transform error message), so one
 /// such reason must not fail the processor's whole commit again and again.
-fn without_nul(v: serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
+fn without_nul(v: Value) -> Value {
     match v {
         Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "")),
         Value::Array(a) => Value::Array(a.into_iter().map(without_nul).collect()),
@@ -229,17 +242,58 @@ impl Store {
             srcs.push(j.source_id);
             payloads.push(j.payload);
         }
-        let mut r_src = Vec::with_capacity(routing.len());
-        let mut r_mid = Vec::with_capacity(routing.len());
-        let mut r_job = Vec::with_capacity(routing.len());
-        let mut r_routed = Vec::with_capacity(routing.len());
-        let mut r_filtered = Vec::with_capacity(routing.len());
+        let routing_n = routing.len();
+        // Records of a stored request (job id > 0) become one routing_jobs row per request;
+        // the others (replays) one routing_log row each.
+        let mut r_src = Vec::new();
+        let mut r_mid = Vec::new();
+        let mut r_job = Vec::new();
+        let mut r_routed = Vec::new();
+        let mut r_filtered = Vec::new();
+        let mut grouped: Vec<RequestRouting> = Vec::new();
         for r in routing {
-            r_src.push(r.source_id);
-            r_mid.push(r.message_id);
-            r_job.push(r.job_id);
-            r_routed.push(serde_json::Value::from(r.routed));
-            r_filtered.push(without_nul(r.filtered));
+            let routed = Value::from(r.routed);
+            let filtered = without_nul(r.filtered);
+            if r.job_id <= 0 {
+                r_src.push(r.source_id);
+                r_mid.push(r.message_id);
+                r_job.push(r.job_id);
+                r_routed.push(routed);
+                r_filtered.push(filtered);
+                continue;
+            }
+            match grouped.last_mut() {
+                Some(g) if g.0 == r.job_id => {
+                    g.2.push(r.message_id);
+                    g.3.push(routed);
+                    g.4.push(filtered);
+                }
+                _ => grouped.push((
+                    r.job_id,
+                    r.source_id,
+                    vec![r.message_id],
+                    vec![routed],
+                    vec![filtered],
+                )),
+            }
+        }
+        let mut g_job = Vec::with_capacity(grouped.len());
+        let mut g_src = Vec::with_capacity(grouped.len());
+        // All messageIds in one flat array; request i's are g_mids[g_first[i]..=g_last[i]]
+        // (1-based, as Postgres slices).
+        let mut g_mids = Vec::with_capacity(routing_n);
+        let mut g_first = Vec::with_capacity(grouped.len());
+        let mut g_last = Vec::with_capacity(grouped.len());
+        let mut g_routed = Vec::with_capacity(grouped.len());
+        let mut g_filtered = Vec::with_capacity(grouped.len());
+        for (job, src, mids, routed, filtered) in grouped {
+            g_job.push(job);
+            g_src.push(src);
+            g_first.push(g_mids.len() as i32 + 1);
+            g_mids.extend(mids);
+            g_last.push(g_mids.len() as i32);
+            g_routed.push(Value::Array(routed));
+            g_filtered.push(Value::Array(filtered));
         }
         self.timed(async {
             let mut conn = self.conn().await?;
@@ -279,11 +333,15 @@ impl Store {
                             )));
                         }
                     }
+                    // The id range this commit wrote: explain finds an event's pending jobs in
+                    // it (per destination, on the (destination_id, id) index).
+                    let mut range = IdRange { lo: None, hi: None };
                     if !dest.is_empty() {
-                        diesel::sql_query(
-                            "INSERT INTO rt_jobs (destination_id, ordering_key, message_id, source_id, payload, partition) \
+                        let ranges: Vec<IdRange> = diesel::sql_query(
+                            "WITH ins AS (INSERT INTO rt_jobs (destination_id, ordering_key, message_id, source_id, payload, partition) \
                              SELECT d, k, m, s, p, n FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[]) \
-                             AS u(d, k, m, s, p, n)",
+                             AS u(d, k, m, s, p, n) RETURNING id) \
+                             SELECT min(id) AS lo, max(id) AS hi FROM ins",
                         )
                         .bind::<Array<Text>, _>(dest)
                         .bind::<Array<Text>, _>(keys)
@@ -291,8 +349,11 @@ impl Store {
                         .bind::<Array<Text>, _>(srcs)
                         .bind::<Array<Text>, _>(payloads)
                         .bind::<Array<Integer>, _>(parts)
-                        .execute(conn)
+                        .load(conn)
                         .await?;
+                        if let Some(r) = ranges.into_iter().next() {
+                            range = r;
+                        }
                     }
                     if !w_dest.is_empty() {
                         diesel::sql_query(
@@ -326,10 +387,29 @@ impl Store {
                         .execute(conn)
                         .await?;
                     }
+                    if !g_job.is_empty() {
+                        diesel::sql_query(
+                            "INSERT INTO routing_jobs (job_id, source_id, message_ids, routed, filtered, rt_first, rt_last) \
+                             SELECT j, s, ($3::text[])[a:b], r, f, $7, $8 \
+                             FROM unnest($1::int8[], $2::text[], $4::int4[], $5::jsonb[], $6::jsonb[], $9::int4[]) \
+                             AS u(j, s, a, r, f, b)",
+                        )
+                        .bind::<Array<BigInt>, _>(g_job)
+                        .bind::<Array<Text>, _>(g_src)
+                        .bind::<Array<Text>, _>(g_mids)
+                        .bind::<Array<Integer>, _>(g_first)
+                        .bind::<Array<Jsonb>, _>(g_routed)
+                        .bind::<Array<Jsonb>, _>(g_filtered)
+                        .bind::<Nullable<BigInt>, _>(range.lo)
+                        .bind::<Nullable<BigInt>, _>(range.hi)
+                        .bind::<Array<Integer>, _>(g_last)
+                        .execute(conn)
+                        .await?;
+                    }
                     if !r_src.is_empty() {
                         diesel::sql_query(
-                            "INSERT INTO routing_log (source_id, message_id, job_id, routed_to, filtered) \
-                             SELECT s, m, j, r, f \
+                            "INSERT INTO routing_log (source_id, message_id, job_id, routed_to, filtered, rt_first, rt_last) \
+                             SELECT s, m, j, r, f, $6, $7 \
                              FROM unnest($1::text[], $2::text[], $3::int8[], $4::jsonb[], $5::jsonb[]) AS u(s, m, j, r, f)",
                         )
                         .bind::<Array<Text>, _>(r_src)
@@ -337,6 +417,8 @@ impl Store {
                         .bind::<Array<BigInt>, _>(r_job)
                         .bind::<Array<Jsonb>, _>(r_routed)
                         .bind::<Array<Jsonb>, _>(r_filtered)
+                        .bind::<Nullable<BigInt>, _>(range.lo)
+                        .bind::<Nullable<BigInt>, _>(range.hi)
                         .execute(conn)
                         .await?;
                     }
@@ -370,7 +452,8 @@ impl Store {
         .await
     }
 
-    /// Deletes routing records older than `window_secs` (up to `limit`).
+    /// Deletes routing records (`routing_jobs` and `routing_log` rows) older than
+    /// `window_secs`, up to `limit` of each table; returns how many went.
     pub async fn prune_routing_log(
         &self,
         window_secs: f64,
@@ -378,14 +461,18 @@ impl Store {
     ) -> Result<usize, StoreError> {
         self.timed(async {
             let mut conn = self.conn().await?;
-            Ok(diesel::sql_query(
-                "DELETE FROM routing_log WHERE ctid = ANY(ARRAY(SELECT ctid FROM routing_log \
-                 WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2))",
-            )
-            .bind::<diesel::sql_types::Double, _>(window_secs)
-            .bind::<diesel::sql_types::Integer, _>(limit)
-            .execute(&mut conn)
-            .await?)
+            let mut total = 0;
+            for table in ["routing_jobs", "routing_log"] {
+                total += diesel::sql_query(format!(
+                    "DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} \
+                     WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2))"
+                ))
+                .bind::<diesel::sql_types::Double, _>(window_secs)
+                .bind::<diesel::sql_types::Integer, _>(limit)
+                .execute(&mut conn)
+                .await?;
+            }
+            Ok(total)
         })
         .await
     }

@@ -308,7 +308,8 @@ impl Store {
     }
 
     /// Moves dead-lettered jobs back to `rt_jobs` as new jobs (fresh attempts), keeping
-    /// their relative order; filters combine (destination and/or ids; neither = all).
+    /// their relative order; filters combine (destination and/or ids; neither = all). Each
+    /// new job gets a `routing_log` row naming its id, where explain finds it.
     /// Returns how many moved.
     pub async fn replay_dlq(
         &self,
@@ -326,7 +327,11 @@ impl Store {
                            RETURNING id, destination_id, ordering_key, message_id, source_id, payload, partition), \
                          ins AS ( \
                            INSERT INTO rt_jobs (destination_id, ordering_key, message_id, source_id, payload, partition) \
-                           SELECT destination_id, ordering_key, message_id, source_id, payload::text, partition FROM moved ORDER BY id RETURNING 1) \
+                           SELECT destination_id, ordering_key, message_id, source_id, payload::text, partition FROM moved ORDER BY id \
+                           RETURNING id, destination_id, message_id, source_id), \
+                         logged AS ( \
+                           INSERT INTO routing_log (source_id, message_id, job_id, routed_to, filtered, rt_first, rt_last) \
+                           SELECT source_id, message_id, 0, jsonb_build_array(destination_id), '{}'::jsonb, id, id FROM ins) \
                          SELECT count(*) AS n FROM ins",
                     )
                     .bind::<Nullable<Text>, _>(destination)
@@ -372,20 +377,49 @@ struct Doc {
     doc: String,
 }
 
+/// The explain document. An event's routing decision is in the `routing_jobs` row of the
+/// request its dedup row names (or, for replays and rows from before migration 000007, in
+/// `routing_log`); its pending jobs are found per destination it was routed to, in the
+/// `rt_jobs` id range that routing row's commit wrote (the whole queue of the destination
+/// for an old row without a range). Every lookup is an index probe or a bounded range.
 const EXPLAIN: &str = r#"
+WITH stored AS (
+  SELECT d.source_id, d.job_id, d.seen_at FROM dedup d WHERE d.key = ANY($2) AND d.message_id = $1
+), routing AS (
+  SELECT r.source_id, r.job_id, r.routed -> (e.i - 1)::int AS routed,
+         r.filtered -> (e.i - 1)::int AS filtered, r.processed_at, r.rt_first, r.rt_last
+  FROM stored s
+  CROSS JOIN LATERAL (SELECT * FROM routing_jobs rj WHERE rj.job_id = s.job_id) r
+  CROSS JOIN LATERAL unnest(r.message_ids) WITH ORDINALITY AS e(mid, i)
+  WHERE e.mid = $1
+  UNION ALL
+  SELECT source_id, job_id, coalesce(routed_to, to_jsonb(routed)), filtered, processed_at,
+         rt_first, rt_last
+  FROM routing_log WHERE message_id = $1
+), pending AS (
+  SELECT DISTINCT j.id, j.destination_id, j.attempts, j.next_attempt_at, j.last_error
+  FROM routing r
+  CROSS JOIN LATERAL jsonb_array_elements_text(
+      CASE WHEN jsonb_typeof(r.routed) = 'array' THEN r.routed ELSE '[]' END) AS t(dest)
+  CROSS JOIN LATERAL (
+      SELECT id, destination_id, attempts, next_attempt_at, last_error FROM rt_jobs
+      WHERE destination_id = t.dest
+        AND id BETWEEN coalesce(r.rt_first, 0) AND coalesce(r.rt_last, 9223372036854775807)
+        AND message_id = $1) j
+)
 SELECT json_build_object(
   'stored', (SELECT coalesce(json_agg(json_build_object(
-        'source_id', d.source_id, 'job_id', d.job_id, 'received_at', d.seen_at,
-        'processed', NOT EXISTS (SELECT 1 FROM gw_jobs g WHERE g.id = d.job_id))), '[]'::json)
-      FROM dedup d WHERE d.key = ANY($2) AND d.message_id = $1),
+        'source_id', s.source_id, 'job_id', s.job_id, 'received_at', s.seen_at,
+        'processed', NOT EXISTS (SELECT 1 FROM gw_jobs g WHERE g.id = s.job_id))), '[]'::json)
+      FROM stored s),
   'routing', (SELECT coalesce(json_agg(json_build_object(
-        'source_id', source_id, 'job_id', job_id, 'routed', coalesce(routed_to, to_jsonb(routed)), 'filtered', filtered,
+        'source_id', source_id, 'job_id', job_id, 'routed', routed, 'filtered', filtered,
         'processed_at', processed_at) ORDER BY processed_at), '[]'::json)
-      FROM routing_log WHERE message_id = $1),
+      FROM routing),
   'pending', (SELECT coalesce(json_agg(json_build_object(
         'destination', destination_id, 'job_id', id, 'attempts', attempts,
         'next_attempt_at', next_attempt_at, 'last_error', last_error) ORDER BY id), '[]'::json)
-      FROM rt_jobs WHERE message_id = $1),
+      FROM pending),
   'dead_lettered', (SELECT coalesce(json_agg(json_build_object(
         'destination', destination_id, 'job_id', id, 'attempts', attempts, 'reason', reason,
         'last_status', last_status, 'last_response', last_response, 'failed_at', failed_at) ORDER BY id), '[]'::json)
