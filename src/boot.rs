@@ -131,6 +131,7 @@ pub fn pipeline_config(
     Ok(PipelineConfig {
         writer: GatewayWriterConfig {
             max_batch: config.gateway.max_batch,
+            concurrent_flush_min_events: config.gateway.concurrent_flush_min_events,
             max_flushes: config.gateway.max_concurrent_flushes,
             max_wait: config.gateway.max_wait(),
             dedup_window: Duration::from_secs(config.gateway.dedup_window_secs),

@@ -293,6 +293,8 @@ pub struct GatewayConfig {
     pub max_batch: usize,
     /// Group commits running at once at most.
     pub max_concurrent_flushes: usize,
+    /// Events that must wait before a group commit starts beside a running one.
+    pub concurrent_flush_min_events: usize,
     /// Milliseconds an idle writer waits to gather a group.
     pub max_wait_ms: u64,
     /// Events per second each source may send (0 = unlimited); more is answered 429.
@@ -325,6 +327,7 @@ impl Default for GatewayConfig {
             max_request_bytes: 500 * 1024,
             max_batch: 128,
             max_concurrent_flushes: 2,
+            concurrent_flush_min_events: 200,
             max_wait_ms: 0,
             rate_limit_events_per_sec: 0,
             rate_limit_burst: 0,

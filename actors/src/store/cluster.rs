@@ -5,6 +5,7 @@
 //! Every statement that locks lease rows locks them in partition order, so a node's renewal
 //! and its processor's fenced commit never deadlock.
 
+use super::CacheExt;
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Double, Integer, Nullable, Text, Timestamptz};
 use diesel::QueryableByName;
@@ -23,6 +24,7 @@ const ORDER_LOCK: i64 = 0x6b65_656c_0002;
 pub(crate) async fn take_order_lock(conn: &mut AsyncPgConnection) -> Result<(), StoreError> {
     diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
         .bind::<BigInt, _>(ORDER_LOCK)
+        .cached()
         .execute(conn)
         .await?;
     Ok(())
@@ -185,10 +187,12 @@ impl Store {
                         "INSERT INTO cluster_settings (partitions) VALUES ($1) ON CONFLICT DO NOTHING",
                     )
                     .bind::<Integer, _>(partitions)
+                    .cached()
                     .execute(conn)
                     .await?;
                     let set: Vec<Partitions> =
                         diesel::sql_query("SELECT partitions FROM cluster_settings")
+                            .cached()
                             .load(conn)
                             .await?;
                     let set = set.into_iter().next().map_or(partitions, |p| p.partitions);
@@ -196,6 +200,7 @@ impl Store {
                         "INSERT INTO leases (partition) SELECT generate_series(0, $1 - 1) ON CONFLICT DO NOTHING",
                     )
                     .bind::<Integer, _>(set)
+                    .cached()
                     .execute(conn)
                     .await?;
                     Ok(set)
@@ -233,6 +238,7 @@ impl Store {
             .bind::<Text, _>(role)
             .bind::<Timestamptz, _>(started_at)
             .bind::<Double, _>(ttl_secs)
+            .cached()
             .load(&mut conn)
             .await?;
             let others = rows.into_iter().next().map_or(0, |r| r.n);
@@ -249,6 +255,7 @@ impl Store {
             Ok(diesel::sql_query(RENEW)
                 .bind::<Text, _>(&*self.node)
                 .bind::<Double, _>(ttl_secs)
+                .cached()
                 .load(&mut conn)
                 .await?)
         })
@@ -267,6 +274,7 @@ impl Store {
                 .bind::<Text, _>(&*self.node)
                 .bind::<Double, _>(ttl_secs)
                 .bind::<Integer, _>(n)
+                .cached()
                 .load(&mut conn)
                 .await?)
         })
@@ -283,6 +291,7 @@ impl Store {
             Ok(diesel::sql_query(RELEASE)
                 .bind::<Text, _>(&*self.node)
                 .bind::<Nullable<Array<Integer>>, _>(partitions)
+                .cached()
                 .load(&mut conn)
                 .await?)
         })
@@ -295,6 +304,7 @@ impl Store {
             let mut conn = self.conn().await?;
             diesel::sql_query("DELETE FROM nodes WHERE node_id = $1")
                 .bind::<Text, _>(&*self.node)
+                .cached()
                 .execute(&mut conn)
                 .await?;
             Ok(())
@@ -311,6 +321,7 @@ impl Store {
                  extract(epoch FROM now() - last_seen)::float8 AS seen_secs_ago \
                  FROM nodes ORDER BY node_id",
             )
+            .cached()
             .load(&mut conn)
             .await?;
             let leases: Vec<LeaseRow> = diesel::sql_query(
@@ -320,6 +331,7 @@ impl Store {
                  (owner IS NOT NULL AND expires_at < now()) AS expired \
                  FROM leases ORDER BY partition",
             )
+            .cached()
             .load(&mut conn)
             .await?;
             Ok((nodes, leases))
@@ -335,6 +347,7 @@ impl Store {
                 "SELECT partition, epoch, owner, acquired_at, ended_at, released \
                  FROM lease_history ORDER BY partition, epoch",
             )
+            .cached()
             .load(&mut conn)
             .await?)
         })

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Double, Integer, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 
+use super::CacheExt;
 use super::{Store, StoreError};
 
 /// One request's events of one partition, to store as a `gw_jobs` row.
@@ -109,6 +110,7 @@ impl Store {
                 .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
                 .bind::<Array<Text>, _>(message_ids)
                 .bind::<Array<Integer>, _>(partitions)
+                .cached()
                 .execute(&mut conn)
                 .await?;
             Ok(())
@@ -123,6 +125,7 @@ impl Store {
             Ok(diesel::sql_query(PRUNE_DEDUP)
                 .bind::<Double, _>(window_secs)
                 .bind::<Integer, _>(limit)
+                .cached()
                 .execute(&mut conn)
                 .await?)
         })

@@ -2,6 +2,7 @@
 //! (module per stage: `gateway`, `processor`, `router`, `warehouse`). Callers get typed methods, never a
 //! connection; nothing outside this module writes SQL.
 
+mod cached;
 mod cluster;
 mod gateway;
 mod migrate;
@@ -18,6 +19,7 @@ use diesel_async::pooled_connection::{
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use cached::CacheExt;
 pub use cluster::{HeldLease, LeaseRow, NodeRow, Tenure};
 pub use gateway::GwJobInsert;
 pub use migrate::{run_migrations, MIGRATIONS};
@@ -167,7 +169,10 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.timed(async {
             let mut conn = self.conn().await?;
-            diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+            diesel::sql_query("SELECT 1")
+                .cached()
+                .execute(&mut conn)
+                .await?;
             Ok(())
         })
         .await

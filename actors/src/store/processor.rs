@@ -3,6 +3,7 @@
 //! per-partition checkpoints and the deletion of the consumed `gw_jobs`, all in one
 //! transaction fenced on this node's leases.
 
+use super::CacheExt;
 use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, RunQueryDsl};
@@ -158,6 +159,7 @@ impl Store {
             )
             .bind::<Array<Integer>, _>(partitions)
             .bind::<BigInt, _>(limit)
+            .cached()
             .load(&mut conn)
             .await?)
         })
@@ -179,6 +181,7 @@ impl Store {
                      CROSS JOIN LATERAL (SELECT key, job_id FROM dedup WHERE dedup.key = k.key) d",
                 )
                     .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
+                    .cached()
                     .load(&mut conn)
                     .await?;
             Ok(rows.into_iter().map(|o| (o.key, o.job_id)).collect())
@@ -314,6 +317,7 @@ impl Store {
                         )
                         .bind::<Text, _>(&*node)
                         .bind::<Array<Integer>, _>(&fence)
+                        .cached()
                         .load(conn)
                         .await?;
                         if held.len() != fence.len() {
@@ -323,6 +327,7 @@ impl Store {
                         }
                         let deleted = diesel::sql_query("DELETE FROM gw_jobs WHERE id = ANY($1)")
                             .bind::<Array<BigInt>, _>(&c.ids)
+                            .cached()
                             .execute(conn)
                             .await?;
                         if deleted != c.ids.len() {
@@ -349,6 +354,7 @@ impl Store {
                         .bind::<Array<Text>, _>(srcs)
                         .bind::<Array<Text>, _>(payloads)
                         .bind::<Array<Integer>, _>(parts)
+                        .cached()
                         .load(conn)
                         .await?;
                         if let Some(r) = ranges.into_iter().next() {
@@ -365,6 +371,7 @@ impl Store {
                         .bind::<Array<Text>, _>(w_src)
                         .bind::<Array<diesel::sql_types::Integer>, _>(w_count)
                         .bind::<Array<Text>, _>(w_payload)
+                        .cached()
                         .execute(conn)
                         .await?;
                     }
@@ -384,6 +391,7 @@ impl Store {
                         .bind::<Array<Text>, _>(d_payload)
                         .bind::<Array<Text>, _>(d_reason)
                         .bind::<Array<Integer>, _>(d_part)
+                        .cached()
                         .execute(conn)
                         .await?;
                     }
@@ -403,6 +411,7 @@ impl Store {
                         .bind::<Nullable<BigInt>, _>(range.lo)
                         .bind::<Nullable<BigInt>, _>(range.hi)
                         .bind::<Array<Integer>, _>(g_last)
+                        .cached()
                         .execute(conn)
                         .await?;
                     }
@@ -419,12 +428,14 @@ impl Store {
                         .bind::<Array<Jsonb>, _>(r_filtered)
                         .bind::<Nullable<BigInt>, _>(range.lo)
                         .bind::<Nullable<BigInt>, _>(range.hi)
+                        .cached()
                         .execute(conn)
                         .await?;
                     }
                     if !replayed.is_empty() {
                         diesel::sql_query("DELETE FROM dlq_jobs WHERE id = ANY($1)")
                             .bind::<Array<BigInt>, _>(replayed)
+                            .cached()
                             .execute(conn)
                             .await?;
                     }
@@ -441,6 +452,7 @@ impl Store {
                     .bind::<Text, _>(PROCESSOR_STAGE)
                     .bind::<Array<Integer>, _>(cp_part)
                     .bind::<Array<BigInt>, _>(cp_pos)
+                    .cached()
                     .execute(conn)
                     .await?;
                     Ok(())

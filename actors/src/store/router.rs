@@ -2,6 +2,7 @@
 //! delivery outcomes (delete delivered, reschedule retries, move dead jobs to `dlq_jobs`) in
 //! one transaction, list and replay the DLQ, and gather what is known about one event.
 
+use super::CacheExt;
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
 use diesel::QueryableByName;
@@ -168,6 +169,7 @@ impl Store {
                     .bind::<BigInt, _>(after)
                     .bind::<BigInt, _>(limit)
                     .bind::<Array<Integer>, _>(partitions)
+                    .cached()
                     .load(conn)
                     .await?)
                 }
@@ -198,6 +200,7 @@ impl Store {
                     if !delivered.is_empty() {
                         diesel::sql_query("DELETE FROM rt_jobs WHERE id = ANY($1)")
                             .bind::<Array<BigInt>, _>(delivered)
+                            .cached()
                             .execute(conn)
                             .await?;
                     }
@@ -223,6 +226,7 @@ impl Store {
                         .bind::<Array<Timestamptz>, _>(first)
                         .bind::<Array<Text>, _>(err)
                         .bind::<Text, _>(&*node)
+                        .cached()
                         .execute(conn)
                         .await?;
                     }
@@ -251,6 +255,7 @@ impl Store {
                         .bind::<Array<Nullable<Integer>>, _>(status)
                         .bind::<Array<Nullable<Text>>, _>(resp)
                         .bind::<Text, _>(&*node)
+                        .cached()
                         .execute(conn)
                         .await?;
                     }
@@ -277,6 +282,7 @@ impl Store {
             )
             .bind::<Nullable<Text>, _>(destination)
             .bind::<BigInt, _>(limit)
+            .cached()
             .load(&mut conn)
             .await?)
         })
@@ -301,6 +307,7 @@ impl Store {
             .bind::<Nullable<Text>, _>(destination)
             .bind::<Nullable<Array<BigInt>>, _>(ids)
             .bind::<BigInt, _>(limit)
+            .cached()
             .load(&mut conn)
             .await?)
         })
@@ -336,6 +343,7 @@ impl Store {
                     )
                     .bind::<Nullable<Text>, _>(destination)
                     .bind::<Nullable<Array<BigInt>>, _>(ids)
+                    .cached()
                     .load(conn)
                     .await?;
                     Ok(rows.into_iter().next().map_or(0, |r| r.n))
@@ -445,6 +453,7 @@ impl Store {
             let rows: Vec<Doc> = diesel::sql_query(EXPLAIN)
                 .bind::<Text, _>(message_id)
                 .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
+                .cached()
                 .load(&mut conn)
                 .await?;
             Ok(rows

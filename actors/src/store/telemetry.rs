@@ -4,6 +4,7 @@
 //! `rt_jobs (destination_id, id)`, `dlq_jobs (destination_id, id)`); none scans a table.
 //! Also the pool's own counters, which need no SQL. Read-only: nothing here writes.
 
+use super::CacheExt;
 use diesel::sql_types::{Array, BigInt, Double, Text};
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
@@ -61,6 +62,7 @@ impl Store {
                    ORDER BY id LIMIT 1), 0)::float8 AS seconds",
             )
             .bind::<Text, _>(PROCESSOR_STAGE)
+            .cached()
             .get_result(&mut conn)
             .await?;
             Ok(lag.seconds.max(0.0))
@@ -90,6 +92,7 @@ impl Store {
                  FROM unnest($1::text[]) WITH ORDINALITY AS d(destination_id, n) ORDER BY d.n",
             )
             .bind::<Array<Text>, _>(destinations)
+            .cached()
             .load(&mut conn)
             .await?)
         })

@@ -2,6 +2,7 @@
 //! in batches bounded by event count, delete them once loaded, measure the backlog, and
 //! read this database's instance id (which keys the checkpoints kept in warehouses).
 
+use super::CacheExt;
 use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text};
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
@@ -78,6 +79,7 @@ impl Store {
             )
             .bind::<Text, _>(destination)
             .bind::<BigInt, _>(max_events.max(1))
+            .cached()
             .load(&mut conn)
             .await?)
         })
@@ -96,6 +98,7 @@ impl Store {
                 diesel::sql_query("DELETE FROM wh_jobs WHERE destination_id = $1 AND id <= $2")
                     .bind::<Text, _>(destination)
                     .bind::<BigInt, _>(last_id)
+                    .cached()
                     .execute(&mut conn)
                     .await?,
             )
@@ -114,6 +117,7 @@ impl Store {
                          WHERE destination_id = $1 ORDER BY id LIMIT 1) AS oldest_age_secs",
             )
             .bind::<Text, _>(destination)
+            .cached()
             .load(&mut conn)
             .await?;
             Ok(rows.into_iter().next().unwrap_or_default())
@@ -126,6 +130,7 @@ impl Store {
         self.timed(async {
             let mut conn = self.conn().await?;
             let rows: Vec<InstanceRow> = diesel::sql_query("SELECT id FROM keel_instance")
+                .cached()
                 .load(&mut conn)
                 .await?;
             rows.into_iter()
