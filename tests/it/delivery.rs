@@ -544,11 +544,12 @@ async fn routers_restart_after_a_database_outage_and_resume() {
 }
 
 /// Explain finds pending jobs without a messageId index on `rt_jobs`: through the id range
-/// its routing row recorded (retrying and not yet attempted jobs), through the per-event
-/// row a dead-letter replay writes, and in the destination's whole queue for a routing row
-/// from before migration 000007.
+/// its request's routing row recorded (retrying, waiting behind their key, and throttled
+/// jobs, two events of one request), through the row a dead-letter replay writes, and below
+/// the oldest retained routing row for jobs whose routing and dedup rows were pruned or
+/// that were stored before migration 000007.
 #[tokio::test]
-async fn explain_finds_pending_retrying_replayed_and_legacy_jobs() {
+async fn explain_finds_pending_retrying_replayed_and_old_jobs() {
     let db = TestDb::create().await;
     let failing = Sink::start(SinkMode::Status(503)).await;
     let picky = Sink::start(SinkMode::RejectUser("bad".into())).await;
@@ -557,7 +558,7 @@ async fn explain_finds_pending_retrying_replayed_and_legacy_jobs() {
     opts.workspace = workspace_with_webhooks(&[
         ("failing", &failing.url, json!({})),
         ("picky", &picky.url, json!({})),
-        // One delivery per minute: the second event waits, never attempted.
+        // One delivery per minute: the other events wait, never attempted.
         (
             "slow",
             &slow.url,
@@ -567,16 +568,24 @@ async fn explain_finds_pending_retrying_replayed_and_legacy_jobs() {
     let keel = Keel::start(opts).await;
     send_batches(
         &keel,
-        &[track("bad", 0, "e-bad"), track("good", 1, "e-good")],
-        2,
+        &[
+            track("bad", 0, "e-bad"),
+            track("good", 1, "e-good"),
+            track("good", 2, "e-good2"),
+        ],
+        3,
     )
     .await;
-    assert_eq!(picky.wait_delivered(1, Duration::from_secs(20)).await, 1);
+    assert_eq!(picky.wait_delivered(2, Duration::from_secs(20)).await, 2);
     assert_eq!(slow.wait_delivered(1, Duration::from_secs(20)).await, 1);
+    let explain = |id: &'static str| {
+        let keel = &keel;
+        async move { admin_get(keel, &format!("/admin/events/{id}")).await.1 }
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     let (bad, good) = loop {
-        let bad = admin_get(&keel, "/admin/events/e-bad").await.1;
-        let good = admin_get(&keel, "/admin/events/e-good").await.1;
+        let bad = explain("e-bad").await;
+        let good = explain("e-good").await;
         let retried = |d: &Value| d["destinations"]["failing"]["attempts"].as_i64() >= Some(1);
         if (retried(&bad)
             && retried(&good)
@@ -587,6 +596,7 @@ async fn explain_finds_pending_retrying_replayed_and_legacy_jobs() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let good2 = explain("e-good2").await;
     for doc in [&bad, &good] {
         let failing = &doc["destinations"]["failing"];
         assert_eq!(failing["status"], "pending", "{doc}");
@@ -597,6 +607,12 @@ async fn explain_finds_pending_retrying_replayed_and_legacy_jobs() {
             "{doc}"
         );
     }
+    // e-good2 waits behind e-good (same user) and was never tried.
+    assert_eq!(
+        good2["destinations"]["failing"]["status"], "pending",
+        "{good2}"
+    );
+    assert_eq!(good2["destinations"]["failing"]["attempts"], 0, "{good2}");
     assert_eq!(
         bad["destinations"]["picky"]["status"], "dead_lettered",
         "{bad}"
@@ -605,8 +621,12 @@ async fn explain_finds_pending_retrying_replayed_and_legacy_jobs() {
         good["destinations"]["picky"]["status"], "delivered",
         "{good}"
     );
+    assert_eq!(
+        good2["destinations"]["picky"]["status"], "delivered",
+        "{good2}"
+    );
     let slow_delivered = slow.received()[0].body["messageId"].clone();
-    for doc in [&bad, &good] {
+    for doc in [&bad, &good, &good2] {
         let status = &doc["destinations"]["slow"];
         if doc["messageId"] == slow_delivered {
             assert_eq!(status["status"], "delivered", "{doc}");
@@ -615,6 +635,26 @@ async fn explain_finds_pending_retrying_replayed_and_legacy_jobs() {
             assert_eq!(status["attempts"], 0, "{doc}");
         }
     }
+    // Both events of user "good" are one stored request: one routing row, in event order,
+    // whose id range holds their jobs.
+    let c = db.client().await;
+    let row = c
+        .query_one(
+            "SELECT r.message_ids, r.routed -> 1, \
+                    (SELECT count(*) FROM rt_jobs j WHERE j.id BETWEEN r.rt_first AND r.rt_last \
+                     AND j.message_id IN ('e-good', 'e-good2')) \
+             FROM routing_jobs r WHERE 'e-good2' = ANY(r.message_ids)",
+            &[],
+        )
+        .await
+        .expect("routing row");
+    assert_eq!(row.get::<_, Vec<String>>(0), vec!["e-good", "e-good2"]);
+    let routed: Value = row.get(1);
+    assert!(routed.as_array().is_some_and(|a| a.len() == 3), "{routed}");
+    assert!(
+        row.get::<_, i64>(2) >= 3,
+        "failing x2 and one slow job in the range"
+    );
 
     // A replayed dead letter is a new job: explain finds it through the replay's record.
     picky.set_mode(SinkMode::Status(503));
@@ -626,21 +666,20 @@ async fn explain_finds_pending_retrying_replayed_and_legacy_jobs() {
         .await
         .expect("replay");
     assert_eq!(res.status().as_u16(), 200);
-    let doc = admin_get(&keel, "/admin/events/e-bad").await.1;
+    let doc = explain("e-bad").await;
     assert_eq!(doc["destinations"]["picky"]["status"], "pending", "{doc}");
 
-    // A routing_log row and a job as Keel stored them before routing_jobs existed.
-    let c = db.client().await;
+    // A job as Keel stored it before migration 000007 (its id below every later one).
     c.execute(
         "INSERT INTO routing_log (source_id, message_id, job_id, routed_to, filtered) \
-         VALUES ($1, 'legacy-1', 7, '[\"failing\"]', '{}')",
+         VALUES ($1, 'legacy-1', -7, '[\"failing\"]', '{}')",
         &[&SOURCE_ID],
     )
     .await
     .expect("legacy routing row");
     c.execute(
-        "INSERT INTO rt_jobs (destination_id, ordering_key, message_id, source_id, payload) \
-         VALUES ('failing', 'legacy', 'legacy-1', $1, $2)",
+        "INSERT INTO rt_jobs (id, destination_id, ordering_key, message_id, source_id, payload) \
+         VALUES (-7, 'failing', 'legacy', 'legacy-1', $1, $2)",
         &[
             &SOURCE_ID,
             &json!({"method": "POST", "endpoint": failing.url, "headers": {}, "params": {},
@@ -650,7 +689,25 @@ async fn explain_finds_pending_retrying_replayed_and_legacy_jobs() {
     )
     .await
     .expect("legacy job");
-    let (status, doc) = admin_get(&keel, "/admin/events/legacy-1").await;
-    assert_eq!(status, 200, "{doc}");
+    let doc = explain("legacy-1").await;
+    assert_eq!(doc["destinations"]["failing"]["status"], "pending", "{doc}");
+
+    // Routing and dedup rows pruned (the retention window passed) while jobs still wait:
+    // a later request keeps a routing row, and the older jobs are found below its range.
+    send_batches(&keel, &[track("late", 3, "e-late")], 1).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while explain("e-late").await["stage"] != "processed" && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.batch_execute(
+        "DELETE FROM routing_jobs WHERE NOT ('e-late' = ANY(message_ids)); \
+         DELETE FROM routing_log; DELETE FROM dedup WHERE message_id <> 'e-late'",
+    )
+    .await
+    .expect("prune");
+    let doc = explain("e-good2").await;
+    assert_eq!(doc["destinations"]["failing"]["status"], "pending", "{doc}");
+    let doc = explain("e-bad").await;
+    assert_eq!(doc["destinations"]["picky"]["status"], "pending", "{doc}");
     assert_eq!(doc["destinations"]["failing"]["status"], "pending", "{doc}");
 }

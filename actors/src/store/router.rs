@@ -386,10 +386,12 @@ struct Doc {
 }
 
 /// The explain document. An event's routing decision is in the `routing_jobs` row of the
-/// request its dedup row names (or, for replays and rows from before migration 000007, in
-/// `routing_log`); its pending jobs are found per destination it was routed to, in the
-/// `rt_jobs` id range that routing row's commit wrote (the whole queue of the destination
-/// for an old row without a range). Every lookup is an index probe or a bounded range.
+/// request its dedup row names (or, for dead-letter replays, in `routing_log`); its pending
+/// jobs are found per destination it was routed to, in the `rt_jobs` id range that routing
+/// row's commit wrote. Jobs no retained routing row covers — older than the retention
+/// window (a long backlog, an open circuit) or written before migration 000007 — all have
+/// ids below the range of the oldest retained `routing_jobs` row, so they are searched in
+/// that stretch of the primary key, usually empty.
 const EXPLAIN: &str = r#"
 WITH stored AS (
   SELECT d.source_id, d.job_id, d.seen_at FROM dedup d WHERE d.key = ANY($2) AND d.message_id = $1
@@ -405,15 +407,20 @@ WITH stored AS (
          rt_first, rt_last
   FROM routing_log WHERE message_id = $1
 ), pending AS (
-  SELECT DISTINCT j.id, j.destination_id, j.attempts, j.next_attempt_at, j.last_error
+  SELECT j.id, j.destination_id, j.attempts, j.next_attempt_at, j.last_error
   FROM routing r
   CROSS JOIN LATERAL jsonb_array_elements_text(
       CASE WHEN jsonb_typeof(r.routed) = 'array' THEN r.routed ELSE '[]' END) AS t(dest)
   CROSS JOIN LATERAL (
       SELECT id, destination_id, attempts, next_attempt_at, last_error FROM rt_jobs
-      WHERE destination_id = t.dest
-        AND id BETWEEN coalesce(r.rt_first, 0) AND coalesce(r.rt_last, 9223372036854775807)
+      WHERE destination_id = t.dest AND id BETWEEN r.rt_first AND r.rt_last
         AND message_id = $1) j
+  WHERE r.rt_first IS NOT NULL
+  UNION
+  SELECT id, destination_id, attempts, next_attempt_at, last_error FROM rt_jobs
+  WHERE id < coalesce((SELECT rt_first FROM routing_jobs WHERE rt_first IS NOT NULL
+                       ORDER BY job_id LIMIT 1), 9223372036854775807)
+    AND message_id = $1
 )
 SELECT json_build_object(
   'stored', (SELECT coalesce(json_agg(json_build_object(
@@ -450,11 +457,21 @@ impl Store {
             .collect();
         self.timed(async {
             let mut conn = self.conn().await?;
-            let rows: Vec<Doc> = diesel::sql_query(EXPLAIN)
-                .bind::<Text, _>(message_id)
-                .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
-                .cached()
-                .load(&mut conn)
+            let rows: Vec<Doc> = conn
+                .transaction::<_, StoreError, _>(|conn| {
+                    async move {
+                        // Index walks only: the queue tables' statistics are stale, and a
+                        // sequential scan of a large backlog is what this must not do.
+                        conn.batch_execute("SET LOCAL enable_seqscan = off").await?;
+                        Ok(diesel::sql_query(EXPLAIN)
+                            .bind::<Text, _>(message_id)
+                            .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
+                            .cached()
+                            .load(conn)
+                            .await?)
+                    }
+                    .scope_boxed()
+                })
                 .await?;
             Ok(rows
                 .into_iter()
