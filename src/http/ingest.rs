@@ -373,7 +373,10 @@ async fn commit(
             Ok(Ok(())) => Ok(()),
             Ok(Err(IngestError::Unavailable(e))) => Err(ApiError::unavailable(
                 "storage_unavailable",
-                format!("event storage is unavailable, nothing was stored: {e}"),
+                format!(
+                    "event storage did not confirm the write, so the request is not \
+                     acknowledged: {e}; retry it (a repeated messageId is dropped)"
+                ),
                 retry_after,
             )),
             Err(_) => Err(ApiError::unavailable(
