@@ -335,15 +335,9 @@ fn assert_user_order(got: &[Value], sent: &HashMap<String, Vec<String>>) {
 }
 
 async fn dlq(keel: &Keel, destination: &str) -> Value {
-    http()
-        .get(keel.url(&format!("/admin/dlq?destination={destination}&limit=100")))
-        .bearer_auth("admin-secret")
-        .send()
+    keel.admin_get(&format!("/admin/dlq?destination={destination}&limit=100"))
         .await
-        .expect("GET /admin/dlq")
-        .json()
-        .await
-        .expect("dlq JSON")
+        .1
 }
 
 async fn rt_jobs_left(db: &TestDb) -> i64 {
@@ -447,15 +441,9 @@ async fn sdk_events_arrive_complete_and_in_order(kind: Kind, sdk: &str) {
         );
         assert_eq!(hash.get("plan").map(String::as_str), Some("pro"));
         // Hash mode sends only identifies: a track is explained as filtered there.
-        let doc: Value = http()
-            .get(keel.url(&format!("/admin/events/{run_id}-{sdk}-burst-7")))
-            .bearer_auth("admin-secret")
-            .send()
-            .await
-            .expect("explain")
-            .json()
-            .await
-            .expect("explain JSON");
+        let (_, doc) = keel
+            .admin_get(&format!("/admin/events/{run_id}-{sdk}-burst-7"))
+            .await;
         assert_eq!(
             doc["destinations"]["broker"]["status"], "delivered",
             "{doc}"

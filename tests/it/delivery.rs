@@ -31,19 +31,6 @@ fn assert_ordered(delivered: &[Value], sent: &HashMap<String, Vec<String>>) {
     }
 }
 
-async fn admin_get(keel: &Keel, path: &str) -> (u16, Value) {
-    let res = http()
-        .get(keel.url(path))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .expect("admin");
-    (
-        res.status().as_u16(),
-        res.json().await.unwrap_or(Value::Null),
-    )
-}
-
 #[tokio::test]
 async fn rows_stored_before_ingest_dedup_are_checked_against_the_dedup_table() {
     use keel_actors::cluster::partition_of;
@@ -162,15 +149,15 @@ async fn delivers_every_event_once_with_body_headers_and_filters() {
         .get(0);
     assert_eq!(left, 0);
     // Explain: delivered to one destination, filtered from the other.
-    let (status, doc) = admin_get(&keel, "/admin/events/m5").await;
+    let (status, doc) = keel.admin_get("/admin/events/m5").await;
     assert_eq!(status, 200, "{doc}");
     assert_eq!(doc["stage"], "processed");
     assert_eq!(doc["destinations"]["hook"]["status"], "delivered");
     assert_eq!(doc["destinations"]["only_buy"]["status"], "filtered");
-    let (status, doc) = admin_get(&keel, "/admin/events/excluded").await;
+    let (status, doc) = keel.admin_get("/admin/events/excluded").await;
     assert_eq!(status, 200);
     assert_eq!(doc["destinations"]["hook"]["status"], "filtered", "{doc}");
-    assert_eq!(admin_get(&keel, "/admin/events/nope").await.0, 404);
+    assert_eq!(keel.admin_get("/admin/events/nope").await.0, 404);
     let res = http()
         .get(keel.url("/admin/dlq"))
         .bearer_auth("wrong")
@@ -253,7 +240,7 @@ async fn dead_letters_4xx_at_once_and_replays_in_order() {
     assert_eq!(sink.wait_delivered(10, Duration::from_secs(20)).await, 10);
     let deadline = Instant::now() + Duration::from_secs(20);
     let listed = loop {
-        let (status, doc) = admin_get(&keel, "/admin/dlq?destination=hook").await;
+        let (status, doc) = keel.admin_get("/admin/dlq?destination=hook").await;
         assert_eq!(status, 200, "{doc}");
         if doc["count"] == 10 || Instant::now() > deadline {
             break doc;
@@ -275,35 +262,21 @@ async fn dead_letters_4xx_at_once_and_replays_in_order() {
         .filter(|r| r.body["userId"] == "bad")
         .count();
     assert_eq!(bad_tries, 10, "one attempt each");
-    let (status, doc) = admin_get(&keel, "/admin/events/m0").await;
+    let (status, doc) = keel.admin_get("/admin/events/m0").await;
     assert_eq!(status, 200);
     assert_eq!(
         doc["destinations"]["hook"]["status"], "dead_lettered",
         "{doc}"
     );
 
-    let res = http()
-        .post(keel.url("/admin/dlq/replay"))
-        .bearer_auth("admin-secret")
-        .json(&json!({}))
-        .send()
-        .await
-        .expect("replay");
-    assert_eq!(
-        res.status().as_u16(),
-        400,
-        "a replay must say what to replay"
-    );
+    let (status, body) = keel.admin_post("/admin/dlq/replay", &json!({})).await;
+    assert_eq!(status, 400, "a replay must say what to replay: {body}");
     sink.set_mode(SinkMode::Ok);
-    let res = http()
-        .post(keel.url("/admin/dlq/replay"))
-        .bearer_auth("admin-secret")
-        .json(&json!({"destination": "hook"}))
-        .send()
-        .await
-        .expect("replay");
-    assert_eq!(res.status().as_u16(), 200);
-    assert_eq!(res.json::<Value>().await.expect("json")["replayed"], 10);
+    let (status, body) = keel
+        .admin_post("/admin/dlq/replay", &json!({"destination": "hook"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["replayed"], 10);
     assert_eq!(sink.wait_delivered(20, Duration::from_secs(20)).await, 20);
     let replayed: Vec<String> = sink
         .delivered()
@@ -313,7 +286,7 @@ async fn dead_letters_4xx_at_once_and_replays_in_order() {
         .collect();
     let expected: Vec<String> = (0..20).step_by(2).map(|i| format!("m{i}")).collect();
     assert_eq!(replayed, expected, "replayed in order");
-    assert_eq!(admin_get(&keel, "/admin/dlq").await.1["count"], 0);
+    assert_eq!(keel.admin_get("/admin/dlq").await.1["count"], 0);
 }
 
 #[tokio::test]
@@ -580,7 +553,7 @@ async fn explain_finds_pending_retrying_replayed_and_old_jobs() {
     assert_eq!(slow.wait_delivered(1, Duration::from_secs(20)).await, 1);
     let explain = |id: &'static str| {
         let keel = &keel;
-        async move { admin_get(keel, &format!("/admin/events/{id}")).await.1 }
+        async move { keel.admin_get(&format!("/admin/events/{id}")).await.1 }
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     let (bad, good) = loop {
@@ -658,14 +631,10 @@ async fn explain_finds_pending_retrying_replayed_and_old_jobs() {
 
     // A replayed dead letter is a new job: explain finds it through the replay's record.
     picky.set_mode(SinkMode::Status(503));
-    let res = http()
-        .post(keel.url("/admin/dlq/replay"))
-        .bearer_auth("admin-secret")
-        .json(&json!({"destination": "picky"}))
-        .send()
-        .await
-        .expect("replay");
-    assert_eq!(res.status().as_u16(), 200);
+    let (status, body) = keel
+        .admin_post("/admin/dlq/replay", &json!({"destination": "picky"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
     let doc = explain("e-bad").await;
     assert_eq!(doc["destinations"]["picky"]["status"], "pending", "{doc}");
 

@@ -351,17 +351,7 @@ async fn a_destination_failing_every_way_keeps_order_and_loses_nothing() {
 }
 
 async fn panic_actor(keel: &Keel, body: Value) -> (u16, Value) {
-    let res = http()
-        .post(keel.url("/admin/test/panic"))
-        .bearer_auth("admin-secret")
-        .json(&body)
-        .send()
-        .await
-        .expect("panic hook");
-    (
-        res.status().as_u16(),
-        res.json().await.unwrap_or(Value::Null),
-    )
+    keel.admin_post("/admin/test/panic", &body).await
 }
 
 fn restarts(metrics: &str, actor: &str) -> f64 {

@@ -46,13 +46,9 @@ fn track(user: &str, event: &str, id: &str, props: Value) -> Value {
 }
 
 async fn dlq(keel: &Keel, destination: &str) -> Vec<Value> {
-    let res = http()
-        .get(keel.url(&format!("/admin/dlq?destination={destination}")))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .expect("dlq");
-    let body: Value = res.json().await.expect("dlq json");
+    let (_, body) = keel
+        .admin_get(&format!("/admin/dlq?destination={destination}"))
+        .await;
     body["jobs"].as_array().cloned().unwrap_or_default()
 }
 
@@ -194,13 +190,7 @@ async fn user_transformations_enrich_filter_split_batch_and_fetch() {
     );
     assert!(metric(&metrics, "keel_transform_calls_total") >= 3.0);
     assert!(metric(&metrics, "keel_transform_fetches_total") >= 8.0);
-    let res = http()
-        .get(keel.url("/admin/events/m2"))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .expect("explain");
-    let doc: Value = res.json().await.expect("json");
+    let (_, doc) = keel.admin_get("/admin/events/m2").await;
     assert!(
         doc.to_string().contains("dropped by transformation enrich"),
         "{doc}"
@@ -320,14 +310,9 @@ async fn failing_scripts_dead_letter_only_their_own_events() {
     )
     .expect("rewrite");
     reload(&keel).await;
-    let res = http()
-        .post(keel.url("/admin/dlq/replay"))
-        .bearer_auth("admin-secret")
-        .json(&json!({"destination": "faulty"}))
-        .send()
-        .await
-        .expect("replay");
-    let body: Value = res.json().await.expect("json");
+    let (_, body) = keel
+        .admin_post("/admin/dlq/replay", &json!({"destination": "faulty"}))
+        .await;
     assert_eq!(body["retransformed"], 4, "{body}");
     assert_eq!(
         faulty_sink

@@ -196,11 +196,10 @@ fn refused_private(e: &reqwest::Error) -> Option<String> {
 
 /// The refusal for a URL whose host is a non-public IP literal (names are checked after
 /// resolution), unless private targets are allowed.
-fn refused_literal(client: &HttpClient, endpoint: &str) -> Option<String> {
+fn refused_literal(client: &HttpClient, url: &reqwest::Url) -> Option<String> {
     if client.allow_private {
         return None;
     }
-    let url = reqwest::Url::parse(endpoint).ok()?;
     let ip = url.host_str().and_then(|h| {
         h.trim_start_matches('[')
             .trim_end_matches(']')
@@ -237,7 +236,7 @@ pub async fn fetch(
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!("only http(s) URLs can be fetched, not {url:?}"));
     }
-    if let Some(why) = refused_literal(client, url) {
+    if let Some(why) = refused_literal(client, &parsed) {
         return Err(why);
     }
     let mut builder = client.inner.request(method, parsed);
@@ -346,13 +345,14 @@ pub async fn send_text(client: &HttpClient, payload: &str) -> DeliveryOutcome {
             })
         }
     };
-    if let Some(why) = refused_literal(client, &req.endpoint) {
+    let url = client.endpoint(&req.endpoint);
+    if let Some(why) = url.as_ref().and_then(|u| refused_literal(client, u)) {
         return DeliveryOutcome::Abort(Failure {
             error: why,
             ..Failure::default()
         });
     }
-    let mut builder = match client.endpoint(&req.endpoint) {
+    let mut builder = match url {
         Some(url) => client.inner.request(method, url),
         None => client.inner.request(method, req.endpoint.as_ref()),
     };

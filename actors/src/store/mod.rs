@@ -165,6 +165,34 @@ impl Store {
         }
     }
 
+    /// Loads `query`'s rows in a transaction of its own that first runs `planner` (`SET
+    /// LOCAL` planner settings, so they bind this one statement). Queue tables' statistics
+    /// are always stale; the statements that must walk an index say so this way.
+    pub(crate) async fn load_planned<'q, Q, T>(
+        &self,
+        planner: &'static str,
+        query: Q,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        Q: diesel_async::methods::LoadQuery<'q, AsyncPgConnection, T> + Send + 'q,
+        T: Send + 'q,
+    {
+        use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+        use scoped_futures::ScopedFutureExt;
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            conn.transaction::<_, StoreError, _>(|conn| {
+                async move {
+                    conn.batch_execute(planner).await?;
+                    Ok(query.load(conn).await?)
+                }
+                .scope_boxed()
+            })
+            .await
+        })
+        .await
+    }
+
     /// Checks that Postgres answers a trivial query.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.timed(async {

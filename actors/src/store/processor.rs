@@ -53,10 +53,6 @@ pub struct Consumed {
     pub positions: Vec<(i32, i64)>,
 }
 
-/// The routing records of one stored request: (job id, source id, messageIds, routed,
-/// filtered), the arrays in event order.
-type RequestRouting = (i64, String, Vec<String>, Vec<Value>, Vec<Value>);
-
 /// Lowest and highest id of the rows one insert wrote.
 #[derive(QueryableByName)]
 struct IdRange {
@@ -253,7 +249,15 @@ impl Store {
         let mut r_job = Vec::new();
         let mut r_routed = Vec::new();
         let mut r_filtered = Vec::new();
-        let mut grouped: Vec<RequestRouting> = Vec::new();
+        // Records of one request arrive together. Request i's messageIds are
+        // g_mids[g_first[i]..=g_last[i]] of one flat array (1-based, as Postgres slices).
+        let mut g_job: Vec<i64> = Vec::new();
+        let mut g_src = Vec::new();
+        let mut g_mids = Vec::with_capacity(routing_n);
+        let mut g_first = Vec::new();
+        let mut g_last = Vec::new();
+        let mut g_routed: Vec<Value> = Vec::new();
+        let mut g_filtered: Vec<Value> = Vec::new();
         for r in routing {
             let routed = Value::from(r.routed);
             let filtered = without_nul(r.filtered);
@@ -265,38 +269,21 @@ impl Store {
                 r_filtered.push(filtered);
                 continue;
             }
-            match grouped.last_mut() {
-                Some(g) if g.0 == r.job_id => {
-                    g.2.push(r.message_id);
-                    g.3.push(routed);
-                    g.4.push(filtered);
-                }
-                _ => grouped.push((
-                    r.job_id,
-                    r.source_id,
-                    vec![r.message_id],
-                    vec![routed],
-                    vec![filtered],
-                )),
+            if g_job.last() != Some(&r.job_id) {
+                g_job.push(r.job_id);
+                g_src.push(r.source_id);
+                g_first.push(g_mids.len() as i32 + 1);
+                g_last.push(g_mids.len() as i32);
+                g_routed.push(Value::Array(Vec::new()));
+                g_filtered.push(Value::Array(Vec::new()));
             }
-        }
-        let mut g_job = Vec::with_capacity(grouped.len());
-        let mut g_src = Vec::with_capacity(grouped.len());
-        // All messageIds in one flat array; request i's are g_mids[g_first[i]..=g_last[i]]
-        // (1-based, as Postgres slices).
-        let mut g_mids = Vec::with_capacity(routing_n);
-        let mut g_first = Vec::with_capacity(grouped.len());
-        let mut g_last = Vec::with_capacity(grouped.len());
-        let mut g_routed = Vec::with_capacity(grouped.len());
-        let mut g_filtered = Vec::with_capacity(grouped.len());
-        for (job, src, mids, routed, filtered) in grouped {
-            g_job.push(job);
-            g_src.push(src);
-            g_first.push(g_mids.len() as i32 + 1);
-            g_mids.extend(mids);
-            g_last.push(g_mids.len() as i32);
-            g_routed.push(Value::Array(routed));
-            g_filtered.push(Value::Array(filtered));
+            g_mids.push(r.message_id);
+            let i = g_job.len() - 1;
+            g_last[i] += 1;
+            if let (Value::Array(to), Value::Array(out)) = (&mut g_routed[i], &mut g_filtered[i]) {
+                to.push(routed);
+                out.push(filtered);
+            }
         }
         self.timed(async {
             let mut conn = self.conn().await?;

@@ -6,7 +6,7 @@ use super::CacheExt;
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
 use diesel::QueryableByName;
-use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use scoped_futures::ScopedFutureExt;
 use serde::Serialize;
 
@@ -151,32 +151,23 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<RtJob>, StoreError> {
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            conn.transaction::<_, StoreError, _>(|conn| {
-                async move {
-                    // Walk the (destination_id, id) index in order. A queue table's
-                    // statistics are always stale ("id > after" looks nearly empty), and the
-                    // planner then prefers a bitmap scan plus a sort of the whole window,
-                    // which spills to disk: many times slower.
-                    conn.batch_execute("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off")
-                        .await?;
-                    Ok(diesel::sql_query(
-                        "SELECT id, ordering_key, message_id, payload, attempts, next_attempt_at, first_failed_at \
-                         FROM rt_jobs WHERE destination_id = $1 AND id > $2 AND partition = ANY($4) ORDER BY id LIMIT $3",
-                    )
-                    .bind::<Text, _>(destination)
-                    .bind::<BigInt, _>(after)
-                    .bind::<BigInt, _>(limit)
-                    .bind::<Array<Integer>, _>(partitions)
-                    .cached()
-                    .load(conn)
-                    .await?)
-                }
-                .scope_boxed()
-            })
-            .await
-        })
+        // Walk the (destination_id, id) index in order. A queue table's statistics are
+        // always stale ("id > after" looks nearly empty), and the planner then prefers a
+        // bitmap scan plus a sort of the whole window, which spills to disk: many times
+        // slower.
+        let query = diesel::sql_query(
+            "SELECT id, ordering_key, message_id, payload, attempts, next_attempt_at, first_failed_at \
+             FROM rt_jobs WHERE destination_id = $1 AND id > $2 AND partition = ANY($4) ORDER BY id LIMIT $3",
+        )
+        .bind::<Text, _>(destination)
+        .bind::<BigInt, _>(after)
+        .bind::<BigInt, _>(limit)
+        .bind::<Array<Integer>, _>(partitions)
+        .cached();
+        self.load_planned(
+            "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off",
+            query,
+        )
         .await
     }
 
@@ -455,30 +446,19 @@ impl Store {
             .iter()
             .map(|s| super::dedup_key(s, message_id))
             .collect();
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            let rows: Vec<Doc> = conn
-                .transaction::<_, StoreError, _>(|conn| {
-                    async move {
-                        // Index walks only: the queue tables' statistics are stale, and a
-                        // sequential scan of a large backlog is what this must not do.
-                        conn.batch_execute("SET LOCAL enable_seqscan = off").await?;
-                        Ok(diesel::sql_query(EXPLAIN)
-                            .bind::<Text, _>(message_id)
-                            .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
-                            .cached()
-                            .load(conn)
-                            .await?)
-                    }
-                    .scope_boxed()
-                })
-                .await?;
-            Ok(rows
-                .into_iter()
-                .next()
-                .and_then(|d| serde_json::from_str(&d.doc).ok())
-                .unwrap_or(serde_json::Value::Null))
-        })
-        .await
+        let query = diesel::sql_query(EXPLAIN)
+            .bind::<Text, _>(message_id)
+            .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
+            .cached();
+        // Index walks only: the queue tables' statistics are stale, and a sequential scan of
+        // a large backlog is what this must not do.
+        let rows: Vec<Doc> = self
+            .load_planned("SET LOCAL enable_seqscan = off", query)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|d| serde_json::from_str(&d.doc).ok())
+            .unwrap_or(serde_json::Value::Null))
     }
 }

@@ -288,18 +288,41 @@ impl Keel {
         None
     }
 
-    /// `POST /admin/reload` with the test admin token: status and JSON body.
-    pub async fn admin_reload(&self) -> (u16, Value) {
-        let res = http()
-            .post(self.url("/admin/reload"))
-            .bearer_auth("admin-secret")
-            .send()
-            .await
-            .expect("reload");
+    /// An admin API request with the test admin token (and `body` as JSON, if any): status
+    /// and JSON body (`null` when it is not JSON).
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut req = http()
+            .request(method, self.url(path))
+            .bearer_auth("admin-secret");
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let res = req.send().await.expect("admin request");
         (
             res.status().as_u16(),
             res.json().await.unwrap_or(Value::Null),
         )
+    }
+
+    /// `GET path` with the test admin token: status and JSON body.
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        self.admin(reqwest::Method::GET, path, None).await
+    }
+
+    /// `POST path` with the test admin token and a JSON body: status and JSON body.
+    pub async fn admin_post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.admin(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// `POST /admin/reload` with the test admin token: status and JSON body.
+    pub async fn admin_reload(&self) -> (u16, Value) {
+        self.admin(reqwest::Method::POST, "/admin/reload", None)
+            .await
     }
 
     /// The `/metrics` text.
