@@ -156,6 +156,7 @@ pub fn pipeline_config(
             poll_interval: Duration::from_millis(r.poll_interval_ms),
             breaker_threshold: r.breaker_threshold,
             breaker_probe_interval: Duration::from_millis(r.breaker_probe_interval_ms),
+            max_unrecorded: r.max_unrecorded,
             ..RouterConfig::default()
         },
         warehouse: UploaderConfig {

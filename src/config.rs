@@ -197,6 +197,9 @@ pub struct RouterSettings {
     pub breaker_threshold: u32,
     /// Milliseconds between probes while the breaker is open.
     pub breaker_probe_interval_ms: u64,
+    /// Delivery outcomes not yet written to Postgres beyond which a router starts no new
+    /// delivery; a crash repeats at most this many plus `concurrency` deliveries.
+    pub max_unrecorded: usize,
 }
 
 impl Default for RouterSettings {
@@ -213,6 +216,7 @@ impl Default for RouterSettings {
             poll_interval_ms: 200,
             breaker_threshold: 50,
             breaker_probe_interval_ms: 5000,
+            max_unrecorded: 1024,
         }
     }
 }
@@ -465,6 +469,9 @@ impl KeelConfig {
                 "router.window",
                 "must be at least 4 x router.concurrency",
             ));
+        }
+        if r.max_unrecorded == 0 {
+            return Err(bad("router.max_unrecorded", "must be at least 1"));
         }
         if self.processor.batch_jobs < 1 {
             return Err(bad("processor.batch_jobs", "must be at least 1"));

@@ -71,7 +71,7 @@ impl Default for RouterConfig {
             store_failure_limit: 5,
             restart_backoff: Duration::from_millis(200),
             restart_backoff_max: Duration::from_secs(30),
-            max_unrecorded: 128,
+            max_unrecorded: 1024,
         }
     }
 }

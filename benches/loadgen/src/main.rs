@@ -84,6 +84,14 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
 
+    /// Target events/s over all connections (0: as fast as answers come back). Each
+    /// worker sends on a fixed schedule (its share of the rate) and, when an answer comes
+    /// back late, sends the requests it owes at once until it is on schedule again; so the
+    /// offered load stays at the rate while the server keeps up, and the figures show it
+    /// when it does not.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+
     /// Send a mixed stream (per 100 events: 70 tracks of three event names, 10 identify,
     /// 10 page, 5 screen, 3 group, 2 alias) instead of tracks only.
     #[arg(long)]
@@ -130,6 +138,10 @@ struct Plan {
     warmup_end: Instant,
     deadline: Instant,
     timeout: Duration,
+    /// Workers, one connection each.
+    connections: u32,
+    /// Time between two requests of one worker, when `--rate` is set.
+    interval: Option<Duration>,
 }
 
 /// What one worker observed; merged into the run's totals at the end.
@@ -308,8 +320,19 @@ async fn worker(plan: std::sync::Arc<Plan>, id: u32) -> Tally {
     let mut seq: u64 = 0;
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (u64::from(id) + 1).wrapping_mul(0x2545_F491));
     let mut first_error_reported = false;
+    // With a rate, worker `id` sends its requests at start + (k + id/connections) · interval.
+    let mut next_send = plan
+        .interval
+        .map(|i| Instant::now() + i.mul_f64(f64::from(id) / f64::from(plan.connections)));
 
     while Instant::now() < plan.deadline {
+        if let (Some(at), Some(interval)) = (next_send.as_mut(), plan.interval) {
+            if *at >= plan.deadline {
+                break;
+            }
+            tokio::time::sleep_until((*at).into()).await;
+            *at += interval;
+        }
         let measured = Instant::now() >= plan.warmup_end;
 
         // (Re)connect when there is no usable connection.
@@ -477,6 +500,11 @@ async fn main() -> ExitCode {
         Endpoint::Track => 1,
     };
     let timeout = Duration::from_secs(args.timeout);
+    let interval = (args.rate > 0).then(|| {
+        Duration::from_secs_f64(
+            (events_per_request * u64::from(args.connections)) as f64 / args.rate as f64,
+        )
+    });
     let start = Instant::now();
     let warmup_end = start + Duration::from_secs(args.warmup);
     let deadline = warmup_end + Duration::from_secs(args.duration);
@@ -492,15 +520,22 @@ async fn main() -> ExitCode {
         warmup_end,
         deadline,
         timeout,
+        connections: args.connections,
+        interval,
     });
 
     eprintln!(
-        "loadgen: {} {}{} | {} connections | {} events/request | warm-up {} s + {} s measured",
+        "loadgen: {} {}{} | {} connections | {} events/request | {} | warm-up {} s + {} s measured",
         plan.endpoint.name(),
         args.url.trim_end_matches('/'),
         plan.endpoint.path(),
         args.connections,
         events_per_request,
+        if args.rate > 0 {
+            format!("{} events/s offered", args.rate)
+        } else {
+            "closed loop".to_string()
+        },
         args.warmup,
         args.duration,
     );
@@ -580,6 +615,7 @@ async fn main() -> ExitCode {
             "endpoint": plan.endpoint.name(),
             "connections": args.connections,
             "batch_size": events_per_request,
+            "rate": args.rate,
             "duration_s": (window * 1000.0).round() / 1000.0,
             "requests": total.requests,
             "events": total.events,
