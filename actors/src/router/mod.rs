@@ -76,6 +76,38 @@ impl Default for RouterConfig {
     }
 }
 
+/// The router's metric handles, registered once: a delivery then updates them without
+/// building label strings or looking series up in the registry.
+struct RouterMetrics {
+    delivered: metrics::Counter,
+    dead: metrics::Counter,
+    retry: metrics::Counter,
+    throttled: metrics::Counter,
+    store_failures: metrics::Counter,
+    delivery_duration: metrics::Histogram,
+    in_flight: metrics::Gauge,
+    loaded: metrics::Gauge,
+    circuit_open: metrics::Gauge,
+}
+
+impl RouterMetrics {
+    fn new(destination: &str) -> Self {
+        let d = destination.to_owned();
+        let outcome = |o: &'static str| metrics::counter!(t::ROUTER_DELIVERIES_TOTAL, "destination" => d.clone(), "outcome" => o);
+        Self {
+            delivered: outcome("delivered"),
+            dead: outcome("dead"),
+            retry: outcome("retry"),
+            throttled: metrics::counter!(t::ROUTER_THROTTLED_TOTAL, "destination" => d.clone()),
+            store_failures: metrics::counter!(t::ROUTER_STORE_FAILURES_TOTAL, "destination" => d.clone()),
+            delivery_duration: metrics::histogram!(t::ROUTER_DELIVERY_DURATION_SECONDS, "destination" => d.clone()),
+            in_flight: metrics::gauge!(t::ROUTER_IN_FLIGHT, "destination" => d.clone()),
+            loaded: metrics::gauge!(t::ROUTER_LOADED_JOBS, "destination" => d.clone()),
+            circuit_open: metrics::gauge!(t::ROUTER_CIRCUIT_OPEN, "destination" => d),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Job {
     id: i64,
@@ -125,6 +157,7 @@ pub struct RouterActor {
     draining: bool,
     drain_waiters: Vec<tokio::sync::oneshot::Sender<DrainReport>>,
     retired: bool,
+    metrics: RouterMetrics,
 }
 
 impl RouterActor {
@@ -141,6 +174,7 @@ impl RouterActor {
         let breaker = Breaker::new(config.breaker_threshold, config.breaker_probe_interval);
         let throttle = Throttle::new(config.throttle_limit, config.throttle_window);
         Self {
+            metrics: RouterMetrics::new(destination_id),
             destination_id: Arc::from(destination_id),
             partitions,
             guard,
@@ -173,8 +207,7 @@ impl RouterActor {
     }
 
     fn store_failed(&mut self, ctx: &mut Context<Self>, what: &str, e: &dyn std::fmt::Display) {
-        metrics::counter!(t::ROUTER_STORE_FAILURES_TOTAL, "destination" => self.dest_label())
-            .increment(1);
+        self.metrics.store_failures.increment(1);
         self.store_failures += 1;
         tracing::warn!(destination = %self.destination_id, error = %e, failures = self.store_failures, "router {what} failed");
         // A stop drops the context's futures: a status write under way (its outcomes live
@@ -248,8 +281,7 @@ impl RouterActor {
                         act.max_loaded_id = act.max_loaded_id.max(j.id);
                         act.add_job(j, now, now_utc);
                     }
-                    metrics::gauge!(t::ROUTER_LOADED_JOBS, "destination" => act.dest_label())
-                        .set(act.queues.len() as f64);
+                    act.metrics.loaded.set(act.queues.len() as f64);
                     act.pump(ctx);
                 }
                 Err(e) => act.store_failed(ctx, "load", &e),
@@ -298,7 +330,7 @@ impl RouterActor {
             }
             if let Some(throttle) = &self.throttle {
                 if let Err(wait) = throttle.check() {
-                    metrics::counter!(t::ROUTER_THROTTLED_TOTAL, "destination" => self.dest_label()).increment(1);
+                    self.metrics.throttled.increment(1);
                     if self.breaker.is_open() {
                         // Give the probe slot back; it was claimed above.
                         self.breaker.failure(now);
@@ -312,8 +344,7 @@ impl RouterActor {
             };
             self.dispatch(ctx, key, job);
         }
-        metrics::gauge!(t::ROUTER_IN_FLIGHT, "destination" => self.dest_label())
-            .set(self.in_flight as f64);
+        self.metrics.in_flight.set(self.in_flight as f64);
         let next = [self.queues.next_due(), self.breaker.next_probe()]
             .into_iter()
             .flatten()
@@ -353,7 +384,8 @@ impl RouterActor {
                 return;
             }
             act.in_flight -= 1;
-            metrics::histogram!(t::ROUTER_DELIVERY_DURATION_SECONDS, "destination" => act.dest_label())
+            act.metrics
+                .delivery_duration
                 .record(started.elapsed().as_secs_f64());
             act.complete(ctx, key, job, outcome);
             act.flush(ctx);
@@ -370,20 +402,18 @@ impl RouterActor {
         outcome: DeliveryOutcome,
     ) {
         let now = Instant::now();
-        let dest = self.dest_label();
         match outcome {
             DeliveryOutcome::Delivered => {
-                metrics::counter!(t::ROUTER_DELIVERIES_TOTAL, "destination" => dest, "outcome" => "delivered").increment(1);
+                self.metrics.delivered.increment(1);
                 if self.breaker.success() {
                     tracing::info!(destination = %self.destination_id, "circuit breaker closed: destination recovered");
-                    metrics::gauge!(t::ROUTER_CIRCUIT_OPEN, "destination" => self.dest_label())
-                        .set(0.0);
+                    self.metrics.circuit_open.set(0.0);
                 }
                 self.pending.delivered.push(job.id);
                 self.queues.finish(&key, Finish::Done, now);
             }
             DeliveryOutcome::Abort(f) => {
-                metrics::counter!(t::ROUTER_DELIVERIES_TOTAL, "destination" => dest, "outcome" => "dead").increment(1);
+                self.metrics.dead.increment(1);
                 // A refusal means the destination is up: the breaker counts it as health.
                 self.breaker.success();
                 let reason = format!("refused: {}", f.error);
@@ -393,8 +423,7 @@ impl RouterActor {
             DeliveryOutcome::Retry(f) => {
                 if self.breaker.failure(now) {
                     tracing::warn!(destination = %self.destination_id, "circuit breaker open: pausing deliveries, probing");
-                    metrics::gauge!(t::ROUTER_CIRCUIT_OPEN, "destination" => self.dest_label())
-                        .set(1.0);
+                    self.metrics.circuit_open.set(1.0);
                 }
                 let attempts = job.attempts + 1;
                 let first_failed = job.first_failed_at.unwrap_or_else(Utc::now);
@@ -403,13 +432,13 @@ impl RouterActor {
                     .unwrap_or(Duration::ZERO);
                 let policy = &self.config.retry;
                 if attempts >= policy.max_attempts || failing_for >= policy.max_duration {
-                    metrics::counter!(t::ROUTER_DELIVERIES_TOTAL, "destination" => dest, "outcome" => "dead").increment(1);
+                    self.metrics.dead.increment(1);
                     let reason =
                         format!("retries exhausted after {attempts} attempts: {}", f.error);
                     self.dead_letter(&job, attempts, reason, f);
                     self.queues.finish(&key, Finish::Done, now);
                 } else {
-                    metrics::counter!(t::ROUTER_DELIVERIES_TOTAL, "destination" => dest, "outcome" => "retry").increment(1);
+                    self.metrics.retry.increment(1);
                     let delay = policy.delay(job.attempts, f.retry_after);
                     let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
                     let error = match f.status {
