@@ -62,7 +62,8 @@
 # after the load, default 120), BENCH_DRAIN_STALL_SECS (give up when the sink got nothing
 # for this long, default 15), BENCH_E2E_ENV (extra KEEL_* settings for the end-to-end
 # keel, space-separated NAME=VALUE, added to the scenario's own), BENCH_E2E_CONNECTIONS
-# (loadgen connections for the end-to-end scenario instead of the one below).
+# (loadgen connections for the end-to-end scenario instead of the one below), BENCH_E2E_RATE
+# (events/s the paced end-to-end scenario offers, default 25000).
 # Only loopback traffic; every step is bounded in time.
 #
 # Note: loadgen, keel, the sink and PostgreSQL share this machine's cores, so figures are
@@ -315,6 +316,32 @@ LOADGEN="$TARGET_DIR/release/loadgen"
 SINK="$TARGET_DIR/release/sink"
 BROKERCTL="$TARGET_DIR/release/brokerctl"
 [[ -x "$KEEL" && -x "$LOADGEN" && -x "$SINK" && -x "$BROKERCTL" ]] || die "binaries not found under $TARGET_DIR/release"
+
+# Machine calibration: machines of one kind differ (figures here have varied 2x between
+# sittings), so the report names this one's single-core speed (SHA-256 of 256 MiB in
+# Python's C code) and its fsync latency (8 kB pwrite + fdatasync, 200 times, under
+# $TMP; Postgres' WAL is on the same disk on this project's machines).
+CALIBRATION="$(python3 - "$TMP" 2>/dev/null <<'PY' || echo "calibration failed"
+import hashlib, os, sys, time
+buf = b"k" * (1 << 20)
+h = hashlib.sha256()
+t = time.perf_counter()
+for _ in range(256):
+    h.update(buf)
+mbs = 256 / (time.perf_counter() - t)
+path = os.path.join(sys.argv[1], "fsync-probe")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+t = time.perf_counter()
+for _ in range(200):
+    os.pwrite(fd, buf[:8192], 0)
+    os.fdatasync(fd)
+us = (time.perf_counter() - t) / 200 * 1e6
+os.close(fd)
+os.unlink(path)
+print(f"sha256 {mbs:.0f} MB/s on one core, 8 kB write+fdatasync {us:.0f} us")
+PY
+)"
+log "machine: $(nproc) CPU(s), $CALIBRATION"
 
 FAILED=0
 
@@ -846,6 +873,8 @@ for kind in "${BROKER_KINDS[@]}"; do
 done
 
 # --- report -------------------------------------------------------------------------
+echo
+echo "machine: $(nproc) CPU(s) $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $CALIBRATION"
 if [[ -z "$ONLY" || "$ONLY" == ingest ]]; then
     echo
     echo "Keel ingestion benchmark (gateway-only node: processor off): ${DURATION} s measured per scenario after ${WARMUP} s warm-up; $(nproc) CPU(s) shared by keel, loadgen and PostgreSQL"
