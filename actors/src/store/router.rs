@@ -175,8 +175,18 @@ impl Store {
     /// Deliveries are recorded whoever holds the job's partition now (the destination has
     /// the event); retries and dead letters only while this node still holds it.
     pub async fn apply_status_ref(&self, batch: &StatusBatch) -> Result<(), StoreError> {
-        let node = self.node.clone();
         let delivered = batch.delivered.clone();
+        if batch.retries.is_empty() && batch.dead.is_empty() {
+            // The common case, deliveries only: one statement is atomic by itself, which
+            // saves the BEGIN and COMMIT round trips of a transaction.
+            return self
+                .timed(async {
+                    let mut conn = self.conn().await?;
+                    delete_delivered(&mut conn, delivered).await
+                })
+                .await;
+        }
+        let node = self.node.clone();
         // A job may fail twice before a write; only its latest state counts.
         let mut latest = std::collections::HashMap::new();
         for r in &batch.retries {
@@ -184,31 +194,12 @@ impl Store {
         }
         let retries: Vec<_> = latest.into_values().collect();
         let dead = batch.dead.clone();
-        if retries.is_empty() && dead.is_empty() {
-            // The common case, deliveries only: one statement is atomic by itself, which
-            // saves the BEGIN and COMMIT round trips of a transaction.
-            return self
-                .timed(async {
-                    let mut conn = self.conn().await?;
-                    diesel::sql_query("DELETE FROM rt_jobs WHERE id = ANY($1)")
-                        .bind::<Array<BigInt>, _>(delivered)
-                        .cached()
-                        .execute(&mut conn)
-                        .await?;
-                    Ok(())
-                })
-                .await;
-        }
         self.timed(async {
             let mut conn = self.conn().await?;
             conn.transaction::<_, StoreError, _>(|conn| {
                 async move {
                     if !delivered.is_empty() {
-                        diesel::sql_query("DELETE FROM rt_jobs WHERE id = ANY($1)")
-                            .bind::<Array<BigInt>, _>(delivered)
-                            .cached()
-                            .execute(conn)
-                            .await?;
+                        delete_delivered(conn, delivered).await?;
                     }
                     if !retries.is_empty() {
                         let (mut ids, mut att, mut next, mut first, mut err) = (vec![], vec![], vec![], vec![], vec![]);
@@ -476,4 +467,18 @@ impl Store {
             .and_then(|d| serde_json::from_str(&d.doc).ok())
             .unwrap_or(serde_json::Value::Null))
     }
+}
+
+/// Deletes delivered jobs by id, whoever holds their partition now (the destination has
+/// the event).
+async fn delete_delivered(
+    conn: &mut diesel_async::AsyncPgConnection,
+    ids: Vec<i64>,
+) -> Result<(), StoreError> {
+    diesel::sql_query("DELETE FROM rt_jobs WHERE id = ANY($1)")
+        .bind::<Array<BigInt>, _>(ids)
+        .cached()
+        .execute(conn)
+        .await?;
+    Ok(())
 }
