@@ -892,7 +892,7 @@ if [[ -z "$ONLY" || "$ONLY" == ingest ]]; then
 fi
 if [[ -z "$ONLY" || "$ONLY" == e2e || "$ONLY" == transform ]]; then
     echo
-    all_settings="$(for spec in "${E2E_SCENARIOS[@]}"; do echo "${spec##*|}"; done | xargs) $E2E_ENV"
+    all_settings="$(for spec in "${E2E_SCENARIOS[@]}"; do IFS='|' read -r _ _ s _ <<<"$spec"; echo "$s"; done | xargs) $E2E_ENV"
     [[ -n "${all_settings// /}" ]] && all_settings="non-default, per scenario below" || all_settings="defaults"
     echo "Keel end-to-end benchmark (keel settings: $all_settings): /v1/batch for ${WARMUP} s warm-up + ${DURATION} s, then drain (at most ${DRAIN_SECS} s); $(nproc) CPU(s) shared by keel, loadgen, the sink and PostgreSQL"
     printf '%-22s %5s %6s %11s %11s %9s %9s %7s %7s %7s %10s %10s %5s %5s %8s %8s %8s %7s %7s %4s %7s %8s  %s\n' \
