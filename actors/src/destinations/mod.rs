@@ -92,6 +92,16 @@ pub trait Destination: Send + Sync {
         self.transform(event)
             .map(|payloads| payloads.iter().map(Value::to_string).collect())
     }
+    /// Maps an event given as the JSON text the gateway stored, without parsing it; `None`
+    /// when the kind needs the parsed event (then [`Destination::transform_batch`] is used).
+    /// A kind answers the same way for every event. Only used when no user transformation
+    /// changed the event.
+    fn transform_raw(
+        &self,
+        _event: &serde_json::value::RawValue,
+    ) -> Option<Result<Vec<String>, TransformError>> {
+        None
+    }
     /// Maps a batch of events to serialised payloads (one result per event, in order).
     /// Kinds that map in Rust use [`Destination::transform_text`]; script-backed kinds make
     /// one script call per batch.

@@ -4,6 +4,7 @@
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::http::{self, DeliveryRequest, RequestBody};
@@ -80,8 +81,8 @@ impl Webhook {
 /// serialised [`DeliveryRequest`] of a body-carrying method, fields in the order a JSON
 /// tree of it would have.
 #[derive(Serialize)]
-struct BodyRequest<'a> {
-    body: JsonBody<'a>,
+struct BodyRequest<'a, B: Serialize + ?Sized> {
+    body: JsonBody<'a, B>,
     endpoint: &'a str,
     headers: &'a Map<String, Value>,
     method: &'a str,
@@ -89,9 +90,9 @@ struct BodyRequest<'a> {
 }
 
 #[derive(Serialize)]
-struct JsonBody<'a> {
+struct JsonBody<'a, B: Serialize + ?Sized> {
     #[serde(rename = "JSON")]
-    json: &'a Map<String, Value>,
+    json: &'a B,
 }
 
 impl Webhook {
@@ -101,6 +102,24 @@ impl Webhook {
             .as_deref()
             .unwrap_or("POST")
             .to_ascii_uppercase()
+    }
+
+    /// The stored request of a body-carrying method with `body` as its JSON body.
+    fn body_request<B: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        body: &B,
+    ) -> Result<Vec<String>, TransformError> {
+        let req = BodyRequest {
+            body: JsonBody { json: body },
+            endpoint: &self.config.webhook_url,
+            headers: &self.headers(),
+            method,
+            params: Map::new(),
+        };
+        serde_json::to_string(&req)
+            .map(|p| vec![p])
+            .map_err(|e| TransformError(format!("cannot encode webhook request: {e}")))
     }
 
     fn headers(&self) -> Map<String, Value> {
@@ -126,16 +145,14 @@ impl Destination for Webhook {
                 .transform(event)
                 .map(|payloads| payloads.iter().map(Value::to_string).collect());
         }
-        let req = BodyRequest {
-            body: JsonBody { json: event },
-            endpoint: &self.config.webhook_url,
-            headers: &self.headers(),
-            method: &method,
-            params: Map::new(),
-        };
-        serde_json::to_string(&req)
-            .map(|p| vec![p])
-            .map_err(|e| TransformError(format!("cannot encode webhook request: {e}")))
+        self.body_request(&method, event)
+    }
+
+    /// The stored event text is the body as it is: the gateway wrote it with serde_json from
+    /// a map, so it is byte for byte what serialising the parsed event would give.
+    fn transform_raw(&self, event: &RawValue) -> Option<Result<Vec<String>, TransformError>> {
+        let method = self.method();
+        (method != "GET").then(|| self.body_request(&method, event))
     }
 
     fn transform(&self, event: &Map<String, Value>) -> Result<Vec<Value>, TransformError> {

@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::cluster::{ordering_key, partition_of};
@@ -30,6 +31,10 @@ use crate::transform::{
     CallError, CallItem, CallResults, ItemResult, Script, ScriptKind, TransformPool,
 };
 use crate::workspace::{self, Workspace};
+
+mod event;
+
+use event::StoredEvent;
 
 /// One destination of a source, with its kind and user transformations.
 #[derive(Clone)]
@@ -324,7 +329,7 @@ type ParsedJob<'a> = (
     i64,
     &'a str,
     Option<HashSet<uuid::Uuid>>,
-    Vec<Map<String, Value>>,
+    Vec<StoredEvent<'a>>,
 );
 
 /// One event that passed dedup, with what the processor decided for it.
@@ -335,7 +340,7 @@ struct EventCtx<'a> {
     key: String,
     /// Partition of `key`: where its delivery jobs go.
     partition: i32,
-    event: Map<String, Value>,
+    event: StoredEvent<'a>,
     routed: Vec<String>,
     filtered: Map<String, Value>,
 }
@@ -376,10 +381,28 @@ async fn run_route(
     indices: &[usize],
 ) -> Result<RouteOutput, BatchError> {
     let mut out = RouteOutput::default();
+    if route.transformations.is_empty() {
+        if let Some(&first) = indices.first() {
+            if let Some(r) = route.kind.transform_raw(ctxs[first].event.raw) {
+                // The kind maps the stored text: no event is parsed.
+                let mut first = Some(r);
+                for &i in indices {
+                    let r = first.take().unwrap_or_else(|| {
+                        route
+                            .kind
+                            .transform_raw(ctxs[i].event.raw)
+                            .unwrap_or_else(|| route.kind.transform_text(ctxs[i].event.event()))
+                    });
+                    push_mapped(&mut out, route, i, r, || ctxs[i].event.event().clone());
+                }
+                return Ok(out);
+            }
+        }
+    }
     // Events are borrowed from the batch until a transformation hands back new ones.
     let mut current: Vec<(usize, Cow<'_, Map<String, Value>>)> = indices
         .iter()
-        .map(|&i| (i, Cow::Borrowed(&ctxs[i].event)))
+        .map(|&i| (i, Cow::Borrowed(ctxs[i].event.event())))
         .collect();
     let source_id = indices.first().map_or("", |&i| ctxs[i].source_id);
     let common = common_metadata(route, source_id, source_name);
@@ -497,21 +520,31 @@ async fn run_route(
     let mapped = route.kind.transform_batch(&events).await;
     drop(events);
     for ((i, event), r) in current.into_iter().zip(mapped) {
-        match r {
-            Ok(payloads) if payloads.is_empty() => {
-                // The kind sends nothing for this event (e.g. REDIS hash mode and a track).
-                out.dropped.push((
-                    i,
-                    format!("{} sends nothing for this event", route.kind.kind()),
-                ));
-            }
-            Ok(payloads) => out.payloads.extend(payloads.into_iter().map(|p| (i, p))),
-            Err(e) => out
-                .dead
-                .push((i, event.into_owned(), format!("mapping failed: {e}"))),
-        }
+        push_mapped(&mut out, route, i, r, || event.into_owned());
     }
     Ok(out)
+}
+
+/// Records what the kind made of event `i`: payloads, a drop (nothing to send) or a dead
+/// letter (`event` gives the event it keeps).
+fn push_mapped(
+    out: &mut RouteOutput,
+    route: &Route,
+    i: usize,
+    mapped: Result<Vec<String>, destinations::TransformError>,
+    event: impl FnOnce() -> Map<String, Value>,
+) {
+    match mapped {
+        Ok(payloads) if payloads.is_empty() => {
+            // The kind sends nothing for this event (e.g. REDIS hash mode and a track).
+            out.dropped.push((
+                i,
+                format!("{} sends nothing for this event", route.kind.kind()),
+            ));
+        }
+        Ok(payloads) => out.payloads.extend(payloads.into_iter().map(|p| (i, p))),
+        Err(e) => out.dead.push((i, event(), format!("mapping failed: {e}"))),
+    }
 }
 
 /// Why a processor batch (or a replay) failed; it is retried.
@@ -659,7 +692,10 @@ async fn replay_transformed(
         let Some(route) = routes.iter().find(|r| r.destination.id == l.destination_id) else {
             continue;
         };
-        let Ok(event) = serde_json::from_str::<Map<String, Value>>(&l.payload) else {
+        let Some(event) = serde_json::from_str::<&RawValue>(&l.payload)
+            .ok()
+            .and_then(|raw| StoredEvent::parse(raw).ok())
+        else {
             continue;
         };
         let idx = ctxs.len();
@@ -729,14 +765,16 @@ async fn process_batch(
     // Rows stored before the gateway recorded duplicates: their events' dedup owners.
     let mut keys = Vec::new();
     for job in &jobs {
-        let events: Vec<Map<String, Value>> = serde_json::from_str(&job.payload).unwrap_or_else(|e| {
-            // Only the gateway writes gw_jobs, so this means a corrupted row; never panic.
-            tracing::error!(job = job.id, error = %e, "gw_jobs payload is not an event array; skipped");
-            Vec::new()
-        });
+        let events: Vec<StoredEvent<'_>> = serde_json::from_str::<Vec<&RawValue>>(&job.payload)
+            .and_then(|raws| raws.into_iter().map(StoredEvent::parse).collect())
+            .unwrap_or_else(|e| {
+                // Only the gateway writes gw_jobs, so this means a corrupted row; never panic.
+                tracing::error!(job = job.id, error = %e, "gw_jobs payload is not an event array; skipped");
+                Vec::new()
+            });
         if job.duplicates.is_none() {
             for e in &events {
-                if let Some(m) = e.get("messageId").and_then(Value::as_str) {
+                if let Some(m) = e.head.get("messageId").and_then(Value::as_str) {
                     keys.push(dedup_key(&job.source_id, m));
                 }
             }
@@ -760,11 +798,7 @@ async fn process_batch(
         let routes = routing.by_source.get(source_id).unwrap_or(&empty);
         let mut seen_in_job = HashSet::new();
         for event in events {
-            let message_id = event
-                .get("messageId")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned();
+            let message_id = event.message_id().to_owned();
             let duplicate = match &duplicates {
                 Some(d) => !d.is_empty() && d.contains(&dedup_key(source_id, &message_id)),
                 None => owners
@@ -779,7 +813,7 @@ async fn process_batch(
             let mut filtered = Map::new();
             for route in routes {
                 let d = &route.destination;
-                if let Err(reason) = d.accepts(&event) {
+                if let Err(reason) = d.accepts(&event.head) {
                     metrics::counter!(t::PROCESSOR_FILTERED_TOTAL, "destination" => d.id.clone(), "outcome" => reason.as_str())
                         .increment(1);
                     filtered.insert(d.id.clone(), Value::String(reason.as_str().into()));
@@ -793,7 +827,7 @@ async fn process_batch(
                     });
                 groups[g].2.push(idx);
             }
-            let key = ordering_key(&event);
+            let key = ordering_key(&event.head);
             ctxs.push(EventCtx {
                 job_id,
                 source_id,
