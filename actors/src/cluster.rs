@@ -136,6 +136,10 @@ pub struct LeaseKeeper {
     expiry_check: Option<SpawnHandle>,
     /// A heartbeat's statements are running.
     busy: bool,
+    /// Held by a heartbeat's statements while they run, so leaving waits for them: a
+    /// heartbeat finishing after the leave would re-announce the node (and could take
+    /// leases), and the others would wait for this node's row to age out.
+    in_heartbeat: Arc<tokio::sync::Mutex<()>>,
     /// A partition switch (and the release after it) is running; heartbeats go on renewing
     /// meanwhile but decide no moves.
     assigning: bool,
@@ -162,6 +166,7 @@ impl LeaseKeeper {
             valid_until: None,
             expiry_check: None,
             busy: false,
+            in_heartbeat: Arc::new(tokio::sync::Mutex::new(())),
             assigning: false,
             left: false,
         }
@@ -179,7 +184,9 @@ impl LeaseKeeper {
         let began = Instant::now();
         let rebalance = !self.assigning && self.releasing.is_empty();
         let releasing = self.releasing.clone();
+        let in_heartbeat = self.in_heartbeat.clone();
         let fut = async move {
+            let _running = in_heartbeat.lock().await;
             let role = if config.worker { "worker" } else { "gateway" };
             let live = store
                 .node_heartbeat(&config.addr, role, started_at, ttl)
@@ -219,8 +226,8 @@ impl LeaseKeeper {
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.busy = false;
             if act.left {
-                // Left while this heartbeat ran: whatever it renewed or took goes too.
-                act.release_all(ctx);
+                // Left while this heartbeat ran: the leave waited for it and released
+                // whatever it renewed or took.
                 return;
             }
             let tick = match result {
@@ -379,18 +386,6 @@ impl LeaseKeeper {
             }
         }));
     }
-
-    fn release_all(&mut self, ctx: &mut Context<Self>) {
-        let store = self.store.clone();
-        ctx.spawn(
-            async move {
-                if let Err(e) = store.release_leases(None).await {
-                    tracing::warn!(error = %e, "could not release leases; they expire by themselves");
-                }
-            }
-            .into_actor(self),
-        );
-    }
 }
 
 impl Actor for LeaseKeeper {
@@ -424,18 +419,18 @@ impl Handler<LeaveCluster> for LeaseKeeper {
         let held = self.held.len();
         self.held.clear();
         metrics::gauge!(t::CLUSTER_PARTITIONS_OWNED).set(0.0);
+        let in_heartbeat = self.in_heartbeat.clone();
         Box::pin(
             async move {
-                match store.release_leases(None).await {
+                // No heartbeat starts after `left`; wait for one still running.
+                let _heartbeat_done = in_heartbeat.lock().await;
+                match store.leave_cluster().await {
                     Ok(gone) => {
                         metrics::counter!(t::CLUSTER_LEASE_CHANGES_TOTAL, "change" => "released")
                             .increment(gone.len() as u64);
                         tracing::info!(released = gone.len(), held, "left the cluster: leases released");
                     }
-                    Err(e) => tracing::warn!(error = %e, "could not release leases at shutdown; they expire by themselves"),
-                }
-                if let Err(e) = store.leave_cluster().await {
-                    tracing::warn!(error = %e, "could not remove this node from the node list");
+                    Err(e) => tracing::warn!(error = %e, "could not leave the cluster at shutdown; the leases expire by themselves"),
                 }
             }
             .into_actor(self),

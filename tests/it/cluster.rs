@@ -288,6 +288,7 @@ async fn joining_and_leaving_nodes_rebalance_under_load_without_losing_anything(
     // `terminate` waits for the exit on a blocking thread: the sink runs on this runtime
     // and must keep answering meanwhile.
     let a_base = a.base.clone();
+    let a_log = a.log.clone();
     let exit = tokio::task::spawn_blocking(move || {
         let mut a = a;
         a.terminate()
@@ -299,9 +300,44 @@ async fn joining_and_leaving_nodes_rebalance_under_load_without_losing_anything(
         Some(0),
         "SIGTERM exits 0 ({a_base})"
     );
+    // The leave released every lease (none was left to expire) and removed the node row.
+    let last_tenures = db
+        .client()
+        .await
+        .query(
+            "SELECT DISTINCT ON (partition) partition, released FROM lease_history \
+             WHERE owner = 'j1' ORDER BY partition, epoch DESC",
+            &[],
+        )
+        .await
+        .expect("lease history");
+    let expired: Vec<i32> = last_tenures
+        .iter()
+        .filter(|r| !r.get::<_, bool>(1))
+        .map(|r| r.get(0))
+        .collect();
+    let shutdown_log = || {
+        let log = a_log.lock().expect("log");
+        let at = log.find("shutting down").unwrap_or(0);
+        log[at..].to_owned()
+    };
+    assert!(
+        expired.is_empty(),
+        "partitions {expired:?} of the leaving node were not released; its log:\n{}",
+        shutdown_log()
+    );
+    let node_rows: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM nodes WHERE node_id = 'j1'", &[])
+        .await
+        .expect("nodes")
+        .get(0);
+    assert_eq!(node_rows, 0, "the leaving node's row is gone");
     assert!(
         moved < Duration::from_secs(TTL),
-        "a graceful leave hands over before the TTL ({moved:?})"
+        "a graceful leave hands over before the TTL ({moved:?}); the leaving node's log:\n{}",
+        shutdown_log()
     );
     assert!(load.wait_acked(1_000, Duration::from_secs(60)).await);
     let report = finish(load, &sink, &db, "a node joins, another leaves").await;

@@ -298,16 +298,30 @@ impl Store {
         .await
     }
 
-    /// Removes this node from `nodes` (graceful shutdown, after releasing its leases).
-    pub async fn leave_cluster(&self) -> Result<(), StoreError> {
+    /// Leaves the cluster (graceful shutdown): releases every lease this node holds and
+    /// removes its `nodes` row in one transaction, so no other node ever sees the leases
+    /// free while this node still counts as live (it would take only its share of a
+    /// cluster that still includes this node). Returns the leases released.
+    pub async fn leave_cluster(&self) -> Result<Vec<HeldLease>, StoreError> {
         self.timed(async {
             let mut conn = self.conn().await?;
-            diesel::sql_query("DELETE FROM nodes WHERE node_id = $1")
-                .bind::<Text, _>(&*self.node)
-                .cached()
-                .execute(&mut conn)
-                .await?;
-            Ok(())
+            conn.transaction::<_, StoreError, _>(|conn| {
+                async move {
+                    diesel::sql_query("DELETE FROM nodes WHERE node_id = $1")
+                        .bind::<Text, _>(&*self.node)
+                        .cached()
+                        .execute(conn)
+                        .await?;
+                    Ok(diesel::sql_query(RELEASE)
+                        .bind::<Text, _>(&*self.node)
+                        .bind::<Nullable<Array<Integer>>, _>(None::<Vec<i32>>)
+                        .cached()
+                        .load(conn)
+                        .await?)
+                }
+                .scope_boxed()
+            })
+            .await
         })
         .await
     }
