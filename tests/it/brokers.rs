@@ -341,12 +341,7 @@ async fn dlq(keel: &Keel, destination: &str) -> Value {
 }
 
 async fn rt_jobs_left(db: &TestDb) -> i64 {
-    db.client()
-        .await
-        .query_one("SELECT count(*) FROM rt_jobs", &[])
-        .await
-        .expect("count rt_jobs")
-        .get(0)
+    db.count("SELECT count(*) FROM rt_jobs").await
 }
 
 fn per_user(sent: &[Value], only_type: Option<&str>) -> HashMap<String, Vec<String>> {

@@ -326,13 +326,9 @@ async fn joining_and_leaving_nodes_rebalance_under_load_without_losing_anything(
         "partitions {expired:?} of the leaving node were not released; its log:\n{}",
         shutdown_log()
     );
-    let node_rows: i64 = db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM nodes WHERE node_id = 'j1'", &[])
-        .await
-        .expect("nodes")
-        .get(0);
+    let node_rows = db
+        .count("SELECT count(*) FROM nodes WHERE node_id = 'j1'")
+        .await;
     assert_eq!(node_rows, 0, "the leaving node's row is gone");
     assert!(
         moved < Duration::from_secs(TTL),

@@ -121,13 +121,9 @@ async fn concurrent_start_ups_migrate_once() {
         Keel::start(KeelOptions::new(&db)),
         Keel::start(KeelOptions::new(&db))
     );
-    let versions: i64 = db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM __diesel_schema_migrations", &[])
-        .await
-        .expect("migrations")
-        .get(0);
+    let versions = db
+        .count("SELECT count(*) FROM __diesel_schema_migrations")
+        .await;
     let on_disk = std::fs::read_dir(repo_root().join("migrations"))
         .expect("migrations dir")
         .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_dir()))

@@ -388,13 +388,7 @@ async fn kill_during_uploads_then_restart_loads_every_event_once() {
             .expect("last identify");
         assert_eq!(u.get::<_, i64>(1), last as i64, "{id}");
     }
-    let left: i64 = db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM wh_jobs", &[])
-        .await
-        .expect("wh_jobs")
-        .get(0);
+    let left = db.count("SELECT count(*) FROM wh_jobs").await;
     assert_eq!(left, 0, "loaded jobs are deleted");
 }
 

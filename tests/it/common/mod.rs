@@ -69,6 +69,16 @@ impl TestDb {
     pub async fn client(&self) -> tokio_postgres::Client {
         pg(&self.url).await
     }
+
+    /// The `bigint` that `sql` (a `SELECT count(*) …`) returns, on a fresh client.
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    }
 }
 
 impl Drop for TestDb {
@@ -393,12 +403,7 @@ pub async fn stored_events(db: &TestDb) -> Vec<Value> {
 
 /// Number of `gw_jobs` rows.
 pub async fn job_count(db: &TestDb) -> i64 {
-    db.client()
-        .await
-        .query_one("SELECT count(*) FROM gw_jobs", &[])
-        .await
-        .expect("count")
-        .get(0)
+    db.count("SELECT count(*) FROM gw_jobs").await
 }
 
 /// Gzips `data`.
