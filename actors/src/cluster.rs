@@ -134,11 +134,9 @@ pub struct LeaseKeeper {
     /// Until when the held leases are surely valid (renewal start + TTL − margin).
     valid_until: Option<Instant>,
     expiry_check: Option<SpawnHandle>,
-    /// A heartbeat's statements are running.
-    busy: bool,
-    /// Held by a heartbeat's statements while they run, so leaving waits for them: a
-    /// heartbeat finishing after the leave would re-announce the node (and could take
-    /// leases), and the others would wait for this node's row to age out.
+    /// Held while a heartbeat's statements run: a tick finding it taken skips, and leaving
+    /// waits for it (a heartbeat finishing after the leave would re-announce the node, and
+    /// could take leases, and the others would wait for this node's row to age out).
     in_heartbeat: Arc<tokio::sync::Mutex<()>>,
     /// A partition switch (and the release after it) is running; heartbeats go on renewing
     /// meanwhile but decide no moves.
@@ -165,7 +163,6 @@ impl LeaseKeeper {
             assigned: Arc::from(Vec::new()),
             valid_until: None,
             expiry_check: None,
-            busy: false,
             in_heartbeat: Arc::new(tokio::sync::Mutex::new(())),
             assigning: false,
             left: false,
@@ -173,10 +170,12 @@ impl LeaseKeeper {
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        if self.busy || self.left {
+        if self.left {
             return;
         }
-        self.busy = true;
+        let Ok(running) = self.in_heartbeat.clone().try_lock_owned() else {
+            return;
+        };
         let store = self.store.clone();
         let config = self.config.clone();
         let started_at = self.started_at;
@@ -184,9 +183,8 @@ impl LeaseKeeper {
         let began = Instant::now();
         let rebalance = !self.assigning && self.releasing.is_empty();
         let releasing = self.releasing.clone();
-        let in_heartbeat = self.in_heartbeat.clone();
         let fut = async move {
-            let _running = in_heartbeat.lock().await;
+            let _running = running;
             let role = if config.worker { "worker" } else { "gateway" };
             let live = store
                 .node_heartbeat(&config.addr, role, started_at, ttl)
@@ -224,7 +222,6 @@ impl LeaseKeeper {
             })
         };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
-            act.busy = false;
             if act.left {
                 // Left while this heartbeat ran: the leave waited for it and released
                 // whatever it renewed or took.
@@ -401,7 +398,6 @@ impl Supervised for LeaseKeeper {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         metrics::counter!(t::SUPERVISOR_RESTARTS_TOTAL, "actor" => "lease_keeper").increment(1);
         // The guard expires by itself; heartbeats resume and switch the actors again.
-        self.busy = false;
         self.assigning = false;
         self.releasing.clear();
         self.assigned = Arc::from(Vec::new());
