@@ -9,9 +9,19 @@
 
 # The locked dependencies need Rust 1.89 or newer (actix-web 4.18, uuid 1.29).
 ARG RUST_VERSION=1.89
+
+# The web console (console/, Vite + Preact): built here, embedded in the binary by build.rs.
+FROM node:20-bookworm-slim AS console
+WORKDIR /console
+COPY console/package.json console/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY console/ ./
+RUN npm run build
+
 FROM rust:${RUST_VERSION}-slim-bookworm AS builder
 WORKDIR /src
 COPY . .
+COPY --from=console /console/dist /src/console/dist
 # Cache mounts keep the crate registry and target/ between builds (BuildKit).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

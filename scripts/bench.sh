@@ -8,8 +8,19 @@
 #   BENCH_DURATION=10 BENCH_ONLY=warehouse bash scripts/bench.sh   # warehouse loading only
 #   BENCH_DURATION=10 BENCH_ONLY=transform bash scripts/bench.sh   # end to end: plain webhook,
 #                     trivial JS transformation, and the GA4 destination script
+#   BENCH_DURATION=10 BENCH_ONLY=batched bash scripts/bench.sh   # end to end into a webhook
+#                     with `batch: true` (JSON arrays of events), closed loop and paced at
+#                     BENCH_BATCHED_RATE (default 50000) events/s
 #   BENCH_DURATION=10 BENCH_ONLY=redis bash scripts/bench.sh # end to end into Redis
 #                     (or rabbitmq, nats; `brokers` runs all three)
+#   BENCH_DURATION=10 BENCH_ONLY=live bash scripts/bench.sh  # ingest with 5 console live-view
+#                     clients attached vs none (phase 5)
+#   BENCH_DURATION=10 BENCH_ONLY=backup bash scripts/bench.sh      # ingest with the raw
+#                     backup on vs off (events/s of each and the ratio)
+#   BENCH_DURATION=10 BENCH_ONLY=objectstore bash scripts/bench.sh # S3 JSON lines and
+#                     S3_DATALAKE Parquet upload rate from a backlog (moto's S3 server)
+#   BENCH_DURATION=10 BENCH_ONLY=clickhouse bash scripts/bench.sh  # ClickHouse load rate
+#                     from a backlog (a private clickhouse-server)
 #
 # What it does: makes sure PostgreSQL answers on 127.0.0.1:5432 and builds keel,
 # benches/loadgen and benches/sink in release mode. Then the phases below (warehouse loading, phase 3, is described at its code), each with its own
@@ -49,6 +60,16 @@
 #    that arrived / (time the last one was first seen - time the first one was seen); each
 #    was confirmed by the broker (XADD reply, publisher confirm, JetStream ack) before Keel
 #    counted it delivered.
+#
+# 5. Live view (only with BENCH_ONLY=live). Does watching the console's live view slow
+#    ingestion? The end-to-end setup (processor on, one webhook destination to the sink,
+#    so destination answers flow into the feed too), /v1/batch with 100 events/request on
+#    8 connections, run BENCH_LIVE_ROUNDS times (default 2) without and with 5 clients on
+#    GET /admin/live (curl -N holding the stream open: four read as fast as they can, one
+#    at 2 KB/s, which the server never waits for: it is dropped once its socket buffers and
+#    about 3 s of output are full), each run on a fresh database, sink and keel. It prints
+#    ingest events/s per run, the mean of each and the ratio with/without (the issue asks
+#    for at least 95 %).
 #
 # Each keel is stopped with SIGTERM and its database dropped; the trap cleans up on any
 # exit.
@@ -126,10 +147,10 @@ die() {
     die "BENCH_DRAIN_STALL_SECS must be a whole number of seconds >= 1"
 BROKER_KINDS=()
 case "$ONLY" in
-"" | ingest | e2e | warehouse | transform) ;;
+"" | ingest | e2e | warehouse | transform | batched | live | backup | objectstore | clickhouse) ;;
 redis | rabbitmq | nats) BROKER_KINDS=("$ONLY") ;;
 brokers) BROKER_KINDS=(redis rabbitmq nats) ;;
-*) die "BENCH_ONLY must be 'ingest', 'e2e', 'warehouse', 'transform', 'redis', 'rabbitmq', 'nats' or 'brokers'" ;;
+*) die "BENCH_ONLY must be 'ingest', 'e2e', 'warehouse', 'transform', 'batched', 'live', 'redis', 'rabbitmq', 'nats', 'brokers', 'backup', 'objectstore' or 'clickhouse'" ;;
 esac
 for kv in $E2E_ENV; do
     [[ "$kv" =~ ^KEEL_[A-Z0-9_]+=[^[:space:]]*$ ]] || die "BENCH_E2E_ENV: '$kv' is not KEEL_NAME=value"
@@ -141,9 +162,11 @@ SINK_PID=""
 LOADGEN_PID=""
 SAMPLER_PID=""
 POLL_PID=""
+LIVE_PIDS=() # live-view clients (phase 5)
 BROKER_CLEANUP=""
 DB=""
 DBS=() # every database created, dropped on exit
+STORAGE_PIDS=() # moto / clickhouse servers started by the storage phase
 
 psql_pg() { psql "$PG_URL/postgres" -X -q -v ON_ERROR_STOP=1 "$@"; }
 psql_db() { psql "$PG_URL/$DB" -X -q -t -A -v ON_ERROR_STOP=1 "$@"; }
@@ -206,6 +229,9 @@ cleanup() {
         wait "$LOADGEN_PID" 2>/dev/null || true
     fi
     [[ -n "$SAMPLER_PID" ]] && kill "$SAMPLER_PID" 2>/dev/null
+    for pid in "${LIVE_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
     stop_keel || true
     stop_sink || true
     if [[ -n "$POLL_PID" ]]; then
@@ -215,6 +241,10 @@ cleanup() {
     if [[ -n "$BROKER_CLEANUP" ]]; then
         $BROKER_CLEANUP >/dev/null 2>&1 || log "could not remove broker resources: $BROKER_CLEANUP"
     fi
+    for pid in "${STORAGE_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     for db in "${DBS[@]}"; do
         psql_pg -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 ||
             log "could not drop database $db"
@@ -421,6 +451,11 @@ if [[ "$ONLY" == transform ]]; then
     E2E_VARIANTS=(plain js-trivial js-ga4)
     E2E_SCENARIOS=("100|8||")
 fi
+# `batched`: the webhook with `batch: true` and Keel's default batch settings.
+if [[ "$ONLY" == batched ]]; then
+    E2E_VARIANTS=(batched)
+    E2E_SCENARIOS=("100|8||" "100|8||${BENCH_BATCHED_RATE:-50000}")
+fi
 cat >"$TMP/bench-trivial.js" <<'JS'
 export function transformEvent(event) {
   event.properties = { ...event.properties, message_id: event.messageId, received_at: event.receivedAt };
@@ -432,11 +467,12 @@ e2e_destination() {
     local trivial="[{\"name\":\"trivial\",\"file\":\"$TMP/bench-trivial.js\"}]"
     case "$1" in
     plain) echo "{\"id\":\"sink\",\"name\":\"Sink\",\"enabled\":true,\"config\":{\"webhookUrl\":\"$2/hook\",\"webhookMethod\":\"POST\"},\"destinationDefinition\":{\"name\":\"WEBHOOK\"}}" ;;
+    batched) echo "{\"id\":\"sink\",\"name\":\"Sink\",\"enabled\":true,\"config\":{\"webhookUrl\":\"$2/hook\",\"webhookMethod\":\"POST\",\"batch\":true},\"destinationDefinition\":{\"name\":\"WEBHOOK\"}}" ;;
     js-trivial) echo "{\"id\":\"sink\",\"name\":\"Sink\",\"enabled\":true,\"config\":{\"webhookUrl\":\"$2/hook\",\"webhookMethod\":\"POST\"},\"destinationDefinition\":{\"name\":\"WEBHOOK\"},\"transformations\":$trivial}" ;;
     js-ga4) echo "{\"id\":\"sink\",\"name\":\"GA4\",\"enabled\":true,\"config\":{\"measurementId\":\"G-BENCH\",\"apiSecret\":\"bench\",\"apiBaseUrl\":\"$2\"},\"destinationDefinition\":{\"name\":\"GA4\"},\"transformations\":$trivial}" ;;
     esac
 }
-if [[ -z "$ONLY" || "$ONLY" == e2e || "$ONLY" == transform ]]; then
+if [[ -z "$ONLY" || "$ONLY" == e2e || "$ONLY" == transform || "$ONLY" == batched ]]; then
     for variant in "${E2E_VARIANTS[@]}"; do
     for spec in "${E2E_SCENARIOS[@]}"; do
         IFS='|' read -r batch conns settings rate <<<"$spec"
@@ -447,7 +483,7 @@ if [[ -z "$ONLY" || "$ONLY" == e2e || "$ONLY" == transform ]]; then
             name="${name}@${rate}"
             rate_args=(--rate "$rate")
         fi
-        [[ "$variant" == plain ]] || name="${variant}-${batch}x${conns}"
+        [[ "$variant" == plain ]] || name="${variant}-${batch}x${conns}${rate:+@$rate}"
         # shellcheck disable=SC2206 # word splitting of NAME=value pairs is intended
         keel_env=(KEEL_PROCESSOR__ENABLED=true $settings $E2E_ENV)
         shown_settings="$(echo "$settings $E2E_ENV" | xargs)"
@@ -757,6 +793,116 @@ if [[ -z "$ONLY" || "$ONLY" == warehouse ]]; then
     fi
     drop_db
 fi
+# === phase 5: object storage, raw backup, ClickHouse (BENCH_ONLY=backup|objectstore|clickhouse)
+# backup: keel with its processor on and no destinations (with the backup on, the processor
+#   moves consumed requests to backup_jobs), batch-100x8 ingest for WARMUP+DURATION,
+#   alternating backup off / on (a file:// store under $TMP) twice; reports each run's
+#   events/s and on/off of the means.
+# objectstore: one keel with an S3 and an S3_DATALAKE destination pointing at a closed port
+#   takes a mixed load (every event waits in wh_jobs); then keel restarts with the S3
+#   destination on moto (tests/storage/setup.sh installs it) and the backlog is timed until
+#   its wh_jobs are gone; then the same for the data lake. Rate = events / time.
+# clickhouse: the same with one CLICKHOUSE destination and a private clickhouse-server.
+STORAGE_ROWS=()
+storage_drain() { # storage_drain DEST: seconds until wh_jobs of DEST is empty (at most DRAIN_SECS)
+    local t0 t1
+    t0=$(date +%s%3N)
+    for _ in $(seq 1 $((DRAIN_SECS * 4))); do
+        [[ "$(psql_db -c "SELECT count(*) FROM wh_jobs WHERE destination_id = '$1'")" == 0 ]] && break
+        sleep 0.25
+    done
+    t1=$(date +%s%3N)
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1000 }'
+}
+if [[ "$ONLY" == backup ]]; then
+    printf '%s\n' "{\"sources\":[{\"id\":\"src1\",\"name\":\"bench\",\"writeKey\":\"$WRITE_KEY\",\"enabled\":true,\"destinations\":[]}]}" >"$TMP/workspace-bk.json"
+    declare -A BK_SUM=([off]=0 [on]=0)
+    for round in 1 2; do
+        for mode in off on; do
+            new_db
+            extra=(KEEL_PROCESSOR__ENABLED=true)
+            [[ "$mode" == on ]] && extra+=(KEEL_BACKUP__ENABLED=true "KEEL_BACKUP__URL=file://$TMP/backup-$round")
+            start_keel "$TMP/workspace-bk.json" "keel-bk-$mode-$round" "${extra[@]}"
+            out="$TMP/bk-$mode-$round.json"
+            log "scenario backup-$mode (round $round): batch-100x8, ${WARMUP} s warm-up + ${DURATION} s"
+            run_loadgen "$out" batch 100 8 || FAILED=1
+            evs="$(jnum events_per_s "$out")"
+            pending="$(psql_db -c 'SELECT count(*) FROM backup_jobs')"
+            objects="$(find "$TMP/backup-$round" -name '*.json.gz' 2>/dev/null | wc -l)"
+            STORAGE_ROWS+=("$(printf '%-22s %12s %14s %10s' "backup-$mode-$round" "$evs" "$pending" "$objects")")
+            BK_SUM[$mode]=$(awk -v a="${BK_SUM[$mode]}" -v b="$evs" 'BEGIN { print a + b }')
+            stop_keel || FAILED=1
+            drop_db
+        done
+    done
+    ratio=$(awk -v on="${BK_SUM[on]}" -v off="${BK_SUM[off]}" 'BEGIN { if (off > 0) printf "%.3f", on / off; else print "n/a" }')
+    STORAGE_ROWS+=("backup on/off (mean of 2 runs each): $ratio (on $(awk -v s="${BK_SUM[on]}" 'BEGIN{printf "%.0f", s/2}') vs off $(awk -v s="${BK_SUM[off]}" 'BEGIN{printf "%.0f", s/2}') events/s)")
+fi
+if [[ "$ONLY" == objectstore || "$ONLY" == clickhouse ]]; then
+    bash tests/storage/setup.sh
+    free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+    if [[ "$ONLY" == objectstore ]]; then
+        MOTO_PORT="$(free_port)"
+        .cache/storage/venv/bin/moto_server -H 127.0.0.1 -p "$MOTO_PORT" >"$TMP/moto.log" 2>&1 &
+        STORAGE_PIDS+=($!)
+        for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$MOTO_PORT/" && break; sleep 0.2; done
+        curl -s -X PUT "http://127.0.0.1:$MOTO_PORT/bench" >/dev/null
+        dests() { # dests S3_PORT LAKE_PORT
+            printf '[{"id":"s3","name":"s3","enabled":true,"config":{"bucketName":"bench","prefix":"jsonl","endPoint":"http://127.0.0.1:%s","accessKeyID":"test","accessKey":"test","uploadInterval":1,"maxBatchRows":20000},"destinationDefinition":{"name":"S3"}},{"id":"lake","name":"lake","enabled":true,"config":{"bucketName":"bench","prefix":"lake","endPoint":"http://127.0.0.1:%s","accessKeyID":"test","accessKey":"test","uploadInterval":1,"maxBatchRows":20000},"destinationDefinition":{"name":"S3_DATALAKE"}}]' "$1" "$2"
+        }
+        KINDS_TO_TIME=("s3:$MOTO_PORT:1" "lake:1:$MOTO_PORT")
+        mkws() { printf '%s\n' "{\"sources\":[{\"id\":\"src1\",\"name\":\"bench\",\"writeKey\":\"$WRITE_KEY\",\"enabled\":true,\"destinations\":$(dests "$1" "$2")}]}"; }
+    else
+        CH_DIR="$TMP/clickhouse"
+        mkdir -p "$CH_DIR"
+        CH_HTTP="$(free_port)"
+        CH_TCP="$(free_port)"
+        printf '%s\n' '<?xml version="1.0"?>' \
+            "<yandex><logger><level>warning</level><console>true</console></logger>" \
+            "<http_port>$CH_HTTP</http_port><tcp_port>$CH_TCP</tcp_port><listen_host>127.0.0.1</listen_host>" \
+            "<path>$CH_DIR/data/</path><tmp_path>$CH_DIR/tmp/</tmp_path><user_files_path>$CH_DIR/uf/</user_files_path>" \
+            "<format_schema_path>$CH_DIR/fs/</format_schema_path><users_config>$CH_DIR/users.xml</users_config>" \
+            "<default_profile>default</default_profile><default_database>default</default_database>" \
+            "<timezone>UTC</timezone><mark_cache_size>268435456</mark_cache_size></yandex>" >"$CH_DIR/config.xml"
+        printf '%s\n' '<?xml version="1.0"?>' \
+            '<yandex><profiles><default></default></profiles><users><default><password></password>' \
+            '<networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default></users>' \
+            '<quotas><default></default></quotas></yandex>' >"$CH_DIR/users.xml"
+        (cd "$CH_DIR" && exec clickhouse-server --config-file="$CH_DIR/config.xml" >"$CH_DIR/log" 2>&1) &
+        STORAGE_PIDS+=($!)
+        for _ in $(seq 1 150); do curl -s -o /dev/null "http://127.0.0.1:$CH_HTTP/ping" && break; sleep 0.2; done
+        KINDS_TO_TIME=("ch:$CH_HTTP:")
+        mkws() { printf '%s\n' "{\"sources\":[{\"id\":\"src1\",\"name\":\"bench\",\"writeKey\":\"$WRITE_KEY\",\"enabled\":true,\"destinations\":[{\"id\":\"ch\",\"name\":\"ch\",\"enabled\":true,\"config\":{\"host\":\"127.0.0.1\",\"port\":\"$1\",\"database\":\"bench\",\"uploadInterval\":1,\"maxBatchRows\":20000},\"destinationDefinition\":{\"name\":\"CLICKHOUSE\"}}]}]}"; }
+    fi
+    new_db
+    mkws 1 1 >"$TMP/ws-st-down.json"
+    start_keel "$TMP/ws-st-down.json" keel-st-down KEEL_PROCESSOR__ENABLED=true
+    out="$TMP/st-load.json"
+    log "scenario $ONLY backlog: mixed batch-100x8 with the store unreachable, ${WARMUP} s warm-up + ${DURATION} s"
+    run_loadgen "$out" batch 100 8 --mix || FAILED=1
+    for _ in $(seq 1 "$DRAIN_SECS"); do
+        [[ "$(psql_db -c 'SELECT count(*) FROM gw_jobs')" == 0 ]] && break
+        sleep 1
+    done
+    stop_keel || true
+    for spec in "${KINDS_TO_TIME[@]}"; do
+        IFS=: read -r dest p1 p2 <<<"$spec"
+        backlog="$(psql_db -c "SELECT coalesce(sum(event_count),0) FROM wh_jobs WHERE destination_id = '$dest'")"
+        mkws "$p1" "$p2" >"$TMP/ws-st-$dest.json"
+        start_keel "$TMP/ws-st-$dest.json" "keel-st-$dest" KEEL_PROCESSOR__ENABLED=true
+        secs="$(storage_drain "$dest")"
+        left="$(psql_db -c "SELECT count(*) FROM wh_jobs WHERE destination_id = '$dest'")"
+        m="$(curl -s --max-time 2 "$URL/metrics")"
+        rows="$(awk -v d="destination=\"$dest\"" 'index($0, "keel_warehouse_rows_loaded_total{") == 1 && index($0, d) { s += $NF } END { printf "%d", s }' <<<"$m")"
+        rate=$(awk -v n="$backlog" -v s="$secs" 'BEGIN { if (s > 0) printf "%.0f", n / s; else print 0 }')
+        rrate=$(awk -v n="$rows" -v s="$secs" 'BEGIN { if (s > 0) printf "%.0f", n / s; else print 0 }')
+        [[ "$left" == 0 ]] || FAILED=1
+        STORAGE_ROWS+=("$(printf '%-22s %12s %14s %10s %10s %10s' "$dest-drain" "$backlog" "$rate" "$rrate" "$secs" "$left")")
+        log "  $dest: $backlog events loaded in $secs s ($rate events/s, $rrate rows/s)"
+        stop_keel || true
+    done
+    drop_db
+fi
 # === phase 4: brokers ===============================================================
 BROKER_ROWS=()
 BROKER_NOTES=()
@@ -872,6 +1018,96 @@ for kind in "${BROKER_KINDS[@]}"; do
     drop_db
 done
 
+# === phase 5: live view ===========================================================
+LIVE_ROWS=()
+LIVE_NOTES=()
+LIVE_TOKEN="bench-admin-token"
+LIVE_CLIENTS=5
+if [[ "$ONLY" == live ]]; then
+    [[ "${BENCH_LIVE_ROUNDS:-2}" =~ ^[1-9][0-9]*$ ]] || die "BENCH_LIVE_ROUNDS must be a whole number >= 1"
+    declare -A LIVE_SUM=([0]=0 [$LIVE_CLIENTS]=0)
+    declare -A LIVE_N=([0]=0 [$LIVE_CLIENTS]=0)
+    for round in $(seq 1 "${BENCH_LIVE_ROUNDS:-2}"); do
+        for clients in 0 "$LIVE_CLIENTS"; do
+            name="live-${clients}clients-r$round"
+            new_db
+            "$SINK" --listen 127.0.0.1:0 >"$TMP/sink.out" 2>"$TMP/sink.log" &
+            SINK_PID=$!
+            sink_port="$(wait_listening "$SINK_PID" "$TMP/sink.log" sink)"
+            SINK_URL="http://127.0.0.1:$sink_port"
+            wait_health "$SINK_URL/health"
+            printf '{"sources":[{"id":"src1","name":"bench","writeKey":"%s","enabled":true,"destinations":[%s]}]}\n' \
+                "$WRITE_KEY" "$(e2e_destination plain "$SINK_URL")" >"$TMP/workspace-live.json"
+            start_keel "$TMP/workspace-live.json" "keel-$name" KEEL_PROCESSOR__ENABLED=true \
+                KEEL_ADMIN__TOKEN="$LIVE_TOKEN"
+            klog="$TMP/keel-$name.log"
+            LIVE_PIDS=()
+            for i in $(seq 1 "$clients"); do
+                limit=()
+                ((i == clients)) && limit=(--limit-rate 2k) # the slow browser
+                curl -sN "${limit[@]}" --max-time $((WARMUP + DURATION + 60)) \
+                    -H "Authorization: Bearer $LIVE_TOKEN" "$URL/admin/live" \
+                    >"$TMP/$name-client$i.sse" 2>/dev/null &
+                LIVE_PIDS+=($!)
+            done
+            # Every client holds its stream (the feed's first line arrived) before the load.
+            for i in $(seq 1 "$clients"); do
+                for _ in $(seq 1 100); do
+                    grep -q 'keel live feed' "$TMP/$name-client$i.sse" 2>/dev/null && break
+                    sleep 0.1
+                done
+                grep -q 'keel live feed' "$TMP/$name-client$i.sse" || die "live client $i did not connect"
+            done
+            out="$TMP/$name.json"
+            log "scenario $name: batch, 100 events/request, 8 connections, $clients live-view client(s), ${WARMUP} s warm-up + ${DURATION} s"
+            lg_status=0
+            run_loadgen "$out" batch 100 8 || lg_status=$?
+            if [[ "$lg_status" != 0 ]]; then
+                log "loadgen failed for $name (exit status $lg_status)"
+                FAILED=1
+            fi
+            kill -0 "$KEEL_PID" 2>/dev/null || {
+                tail -n 30 "$klog" >&2 || true
+                die "keel died during $name"
+            }
+            still=0
+            for pid in "${LIVE_PIDS[@]}"; do
+                kill -0 "$pid" 2>/dev/null && still=$((still + 1))
+                kill "$pid" 2>/dev/null || true
+                wait "$pid" 2>/dev/null || true
+            done
+            LIVE_PIDS=()
+            frames=""
+            dropped=0
+            for i in $(seq 1 "$clients"); do
+                f="$TMP/$name-client$i.sse"
+                frames+="$(grep -c '^event: accepted' "$f" || true)/$(grep -c '^event: answered' "$f" || true) "
+                if grep -q '^event: dropped' "$f"; then dropped=$((dropped + 1)); fi
+            done
+            eps="$(jnum events_per_s "$out" || true)"
+            eps="${eps:-0}"
+            LIVE_SUM[$clients]="$(awk -v a="${LIVE_SUM[$clients]}" -v b="$eps" 'BEGIN { print a + b }')"
+            LIVE_N[$clients]=$((LIVE_N[$clients] + 1))
+            LIVE_ROWS+=("$(printf '%-22s %7s %11s %8s %8s %8s %8s  %s' \
+                "$name" "$clients" "$eps" "$(jnum p50_ms "$out")" "$(jnum p99_ms "$out")" \
+                "$(jnum errors "$out")" "$dropped" "${frames:--}")")
+            if ((clients > 0)); then
+                LIVE_NOTES+=("$name: clients still connected at the end: $still of $clients; dropped by the server: $dropped")
+            fi
+            log "  $name done: $eps events/s ingested; live clients dropped: $dropped; accepted/answered frames per client: ${frames:--}"
+            keel_status=0
+            stop_keel || keel_status=$?
+            if [[ "$keel_status" != 0 ]]; then
+                log "keel exited with status $keel_status after $name"
+                tail -n 20 "$klog" >&2 || true
+                FAILED=1
+            fi
+            stop_sink || true
+            drop_db
+        done
+    done
+fi
+
 # --- report -------------------------------------------------------------------------
 echo
 echo "machine: $(nproc) CPU(s) $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $CALIBRATION"
@@ -890,7 +1126,7 @@ if [[ -z "$ONLY" || "$ONLY" == ingest ]]; then
     echo "events/s, req/s and latency cover the measured window; latency is of 2xx answers (ack after commit)."
     echo "$INGEST_STOP"
 fi
-if [[ -z "$ONLY" || "$ONLY" == e2e || "$ONLY" == transform ]]; then
+if [[ -z "$ONLY" || "$ONLY" == e2e || "$ONLY" == transform || "$ONLY" == batched ]]; then
     echo
     all_settings="$(for spec in "${E2E_SCENARIOS[@]}"; do IFS='|' read -r _ _ s _ <<<"$spec"; echo "$s"; done | xargs) $E2E_ENV"
     [[ -n "${all_settings// /}" ]] && all_settings="non-default, per scenario below" || all_settings="defaults"
@@ -945,5 +1181,36 @@ if ((${#BROKER_KINDS[@]} > 0)); then
     echo "delivered/s = arrived / (first poll showing the final count - first poll showing any), polls every 0.5 s;"
     echo "  arrived = XLEN / queue depth / stream messages (JetStream drops Nats-Msg-Id repeats; Redis and RabbitMQ may keep repeats);"
     echo "  missing = acked - arrived (0 when nothing was lost); delivered/retries = keel_router_deliveries_total by outcome."
+fi
+if [[ "$ONLY" == live ]]; then
+    echo
+    echo "Keel live-view benchmark: end to end into one webhook, /v1/batch 100 events/request on 8 connections for ${WARMUP} s warm-up + ${DURATION} s, without and with $LIVE_CLIENTS clients on GET /admin/live; $(nproc) CPU(s) shared by keel, loadgen, the sink, the clients and PostgreSQL"
+    printf '%-22s %7s %11s %8s %8s %8s %8s  %s\n' scenario clients ingest_ev/s p50_ms p99_ms errors dropped frames_per_client
+    for row in "${LIVE_ROWS[@]}"; do
+        echo "$row"
+    done
+    for note in "${LIVE_NOTES[@]}"; do
+        echo "$note"
+    done
+    without="$(awk -v s="${LIVE_SUM[0]}" -v n="${LIVE_N[0]}" 'BEGIN { printf "%.0f", s / n }')"
+    with="$(awk -v s="${LIVE_SUM[$LIVE_CLIENTS]}" -v n="${LIVE_N[$LIVE_CLIENTS]}" 'BEGIN { printf "%.0f", s / n }')"
+    ratio="$(awk -v a="$with" -v b="$without" 'BEGIN { if (b > 0) printf "%.1f", 100 * a / b; else print 0 }')"
+    echo "mean ingest: ${without} events/s without live clients, ${with} events/s with $LIVE_CLIENTS: ${ratio} % (target >= 95 %)"
+    echo "frames_per_client = accepted/answered frames each client received (at most max_rate, 200/s by default, per client);"
+    echo "  dropped = clients the server disconnected with 'event: dropped' (the last client reads at 2 KB/s; within a"
+    echo "  short run the kernel's socket buffers may still hold what it has not read)."
+fi
+if [[ "$ONLY" == backup || "$ONLY" == objectstore || "$ONLY" == clickhouse ]]; then
+    echo
+    if [[ "$ONLY" == backup ]]; then
+        echo "Keel raw-backup benchmark: /v1/batch 100 events/request, 8 connections, ${WARMUP} s warm-up + ${DURATION} s per run, processor on, no destinations; backup to a file:// store; $(nproc) CPU(s) shared"
+        printf '%-22s %12s %14s %10s\n' run ingest_ev/s backup_pending objects
+    else
+        echo "Keel $ONLY benchmark: a mixed backlog (loaded while the store was unreachable) drained by a restarted keel doing nothing else; $(nproc) CPU(s) shared by keel, PostgreSQL and the store"
+        printf '%-22s %12s %14s %10s %10s %10s\n' destination backlog_events events/s rows/s secs left
+    fi
+    for row in "${STORAGE_ROWS[@]}"; do
+        echo "$row"
+    done
 fi
 exit "$FAILED"

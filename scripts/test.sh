@@ -2,8 +2,9 @@
 # Runs every Keel test from a fresh machine of the project's kind: makes sure PostgreSQL
 # answers on 127.0.0.1:5432, installs what the tests need (cargo-nextest, cargo-deny and
 # cargo-fuzz if missing, the real Segment/RudderStack SDKs under .cache/sdk, schemathesis
-# under .cache/schemathesis), checks the dependency tree's licences and sources, fuzzes
-# briefly, then runs the whole suite with nextest.
+# under .cache/schemathesis, moto, DuckDB and clickhouse-server for the storage tests),
+# builds the web console (scripts/console.sh), checks the dependency tree's licences and
+# sources, fuzzes briefly, then runs the whole suite with nextest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -54,7 +55,13 @@ for tool in python3 node npm; do
         esac
     fi
 done
+# The web console's assets (npm ci + vite build into console/dist) before anything builds
+# Keel: build.rs embeds them.
+bash scripts/console.sh
 bash tests/sdk/setup.sh
+bash tests/browser/setup.sh
+# moto (S3 server) and DuckDB under .cache/storage, Debian's clickhouse-server if missing.
+bash tests/storage/setup.sh
 bash tests/schemathesis/setup.sh
 
 if ! cargo nextest --version >/dev/null 2>&1; then

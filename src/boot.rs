@@ -11,14 +11,14 @@ use std::time::Duration;
 use actix_cors::Cors;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
-use keel_actors::cluster::{ClusterConfig, LeaseGuard, LeaseKeeper};
+use keel_actors::cluster::{ClusterConfig, LeaseGuard};
 use keel_actors::destinations::{BuildEnv, HttpSettings};
 use keel_actors::gateway::GatewayWriterConfig;
 use keel_actors::messages::{FlushNow, LeaveCluster};
 use keel_actors::processor::{ProcessorConfig, RoutingTable};
 use keel_actors::router::policy::RetryPolicy;
 use keel_actors::router::RouterConfig;
-use keel_actors::sampler::{TelemetrySampler, TelemetrySamplerConfig};
+use keel_actors::sampler::TelemetrySamplerConfig;
 use keel_actors::store::{run_migrations, PoolSettings, Store};
 use keel_actors::supervisor::{DrainAll, PipelineConfig, RootSupervisor, SupervisorConfig};
 use keel_actors::telemetry;
@@ -80,6 +80,7 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()
         .context("installing the Prometheus recorder")?;
     telemetry::describe_all();
+    telemetry::register_static_series();
     Ok(handle)
 }
 
@@ -143,6 +144,7 @@ pub fn pipeline_config(
             idle_poll: Duration::from_millis(config.processor.idle_poll_ms),
             routing_log_window: Duration::from_secs(config.gateway.dedup_window_secs),
             partitions: config.cluster.partitions,
+            backup: config.backup.enabled,
         },
         router: RouterConfig {
             concurrency: r.concurrency,
@@ -168,7 +170,29 @@ pub fn pipeline_config(
         routing: Arc::new(routing),
         supervisor: SupervisorConfig::default(),
         guard: LeaseGuard::new(),
+        // Needs the listen address: `serve` fills it in.
+        cluster: None,
+        sampler: TelemetrySamplerConfig::default(),
+        backup: backup(config)?,
     })
+}
+
+/// The raw backup of `[backup]`, when enabled.
+pub fn backup(config: &KeelConfig) -> anyhow::Result<Option<keel_actors::backup::Backup>> {
+    let b = &config.backup;
+    if !b.enabled {
+        return Ok(None);
+    }
+    let options = b.options(
+        Duration::from_secs_f64(config.router.timeout_secs),
+        Duration::from_secs_f64(config.router.connect_timeout_secs),
+    );
+    let store = keel_actors::backup::location(&b.url, &options).context("backup.url")?;
+    Ok(Some(keel_actors::backup::Backup {
+        store,
+        upload_interval: Duration::from_secs_f64(b.upload_interval_secs),
+        max_batch_events: b.max_batch_events,
+    }))
 }
 
 /// Raises the soft open-file limit to the hard limit: every client connection, pooled
@@ -217,39 +241,28 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
     }
     let transforms = start_transforms(&config)?;
     let env = build_env(&config, Some(transforms.clone()));
-    let pipeline = pipeline_config(&config, &workspace, &env)?;
-    let problems = pipeline.routing.check_scripts().await;
-    if !problems.is_empty() {
-        anyhow::bail!("invalid scripts:\n{}", problems.join("\n"));
-    }
-    let guard = pipeline.guard.clone();
-    let (root, children) = RootSupervisor::start(store.clone(), pipeline);
-    tracing::info!(node = %node_id, partitions, "joining the cluster");
-    let keeper_config = ClusterConfig {
+    let mut pipeline = pipeline_config(&config, &workspace, &env)?;
+    pipeline.cluster = Some(ClusterConfig {
         partitions: config.cluster.partitions,
         lease_ttl: Duration::from_secs_f64(config.cluster.lease_ttl_secs),
         heartbeat: config.cluster.heartbeat(),
         addr: addr.to_string(),
         worker: config.processor.enabled,
-    };
-    let (keeper_store, assign) = (store.clone(), root.clone().recipient());
-    let keeper = actix::Supervisor::start(move |_| {
-        LeaseKeeper::new(keeper_store, keeper_config, assign, guard)
     });
-    // Backlog gauges (processor lag, pending and dead-lettered jobs) sampled from Postgres.
-    let (sampler_store, sampler_routers) = (store.clone(), children.routers.clone());
-    let _sampler = actix::Supervisor::start(move |_| {
-        TelemetrySampler::new(
-            sampler_store,
-            sampler_routers,
-            TelemetrySamplerConfig::default(),
-        )
-    });
+    let problems = pipeline.routing.check_scripts().await;
+    if !problems.is_empty() {
+        anyhow::bail!("invalid scripts:\n{}", problems.join("\n"));
+    }
+    let (root, children) = RootSupervisor::start(store.clone(), pipeline);
+    tracing::info!(node = %node_id, partitions, "joining the cluster");
 
     let draining = Arc::new(AtomicBool::new(false));
     let queue_permits = (config.gateway.queue_bytes / 1024).max(1);
     let state = web::Data::new(AppState {
-        sources: std::sync::RwLock::new(Arc::new(SourceIndex::new(&workspace))),
+        sources: std::sync::RwLock::new(Arc::new(SourceIndex::new(
+            &workspace,
+            std::path::Path::new(&config.transform.scripts_dir),
+        ))),
         root: root.clone(),
         children: children.clone(),
         store,
@@ -303,7 +316,7 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
     server.await?;
     signals.abort();
     // Every in-flight request waited for its commit; flush anything left regardless.
-    let _ = children.gateway_writer.send(FlushNow).await;
+    let _ = children.gateway_writer().send(FlushNow).await;
     let deadline = Duration::from_secs(config.server.drain_timeout_secs);
     tracing::info!(?deadline, "draining routers and warehouse uploaders");
     match root
@@ -319,12 +332,14 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
         Err(e) => tracing::warn!(error = %e, "drain did not finish"),
     }
     // Nothing of this node's partitions runs any more: hand them over at once.
-    if let Err(e) = keeper
-        .send(LeaveCluster)
-        .timeout(Duration::from_secs(config.database.timeout_secs * 2))
-        .await
-    {
-        tracing::warn!(error = %e, "could not leave the cluster; leases expire by themselves");
+    if let Some(keeper) = children.lease_keeper() {
+        if let Err(e) = keeper
+            .send(LeaveCluster)
+            .timeout(Duration::from_secs(config.database.timeout_secs * 2))
+            .await
+        {
+            tracing::warn!(error = %e, "could not leave the cluster; leases expire by themselves");
+        }
     }
     tracing::info!("stopped");
     drop(db.cluster);

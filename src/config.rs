@@ -38,6 +38,67 @@ pub struct KeelConfig {
     pub transform: TransformConfig,
     /// Several nodes on one database: partitions and leases.
     pub cluster: ClusterSettings,
+    /// Raw backup of every stored request to object storage.
+    pub backup: BackupSettings,
+}
+
+/// `[backup]`: every accepted request, as stored, also written to object storage (off the
+/// ack path; see docs/operations.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupSettings {
+    /// Write the backup.
+    pub enabled: bool,
+    /// Where: `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix` or
+    /// `file:///path`. Credentials come from the keys below or the usual environment
+    /// variables (`AWS_ACCESS_KEY_ID`…).
+    pub url: String,
+    /// S3-compatible endpoint URL (MinIO…); path-style requests.
+    pub endpoint: String,
+    /// S3 region.
+    pub region: String,
+    /// S3 access key id (Azure: account name).
+    pub access_key_id: String,
+    /// S3 secret access key (Azure: account key).
+    pub secret_access_key: String,
+    /// Seconds between uploads of what waits.
+    pub upload_interval_secs: f64,
+    /// Events per object batch at most.
+    pub max_batch_events: i64,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            url: String::new(),
+            endpoint: String::new(),
+            region: String::new(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            upload_interval_secs: 10.0,
+            max_batch_events: 20_000,
+        }
+    }
+}
+
+impl BackupSettings {
+    /// The location options these settings give (empty keys: from the environment).
+    pub fn options(
+        &self,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> keel_actors::backup::LocationOptions {
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        keel_actors::backup::LocationOptions {
+            endpoint: opt(&self.endpoint),
+            region: opt(&self.region),
+            access_key_id: opt(&self.access_key_id),
+            secret_access_key: opt(&self.secret_access_key),
+            timeout,
+            connect_timeout,
+        }
+    }
 }
 
 /// `[cluster]`.
@@ -92,6 +153,10 @@ pub struct TransformConfig {
     pub fetch_timeout_ms: u64,
     /// Requests one call may make with `fetch`/`fetchV2`.
     pub fetch_max_requests: usize,
+    /// How long the processor waits for a destination script to map a batch, milliseconds;
+    /// past it (and for a minute after) that destination's events are stored unmapped and
+    /// its own router maps them, so a slow script never holds up the other destinations.
+    pub mapping_deadline_ms: u64,
     /// Folder with `libraries/<name>.js` and `destinations/<name>/transform.js`.
     pub scripts_dir: String,
 }
@@ -104,6 +169,7 @@ impl Default for TransformConfig {
             call_timeout_ms: 4000,
             fetch_timeout_ms: 5000,
             fetch_max_requests: 20,
+            mapping_deadline_ms: 1000,
             scripts_dir: "transformer-scripts".into(),
         }
     }
@@ -121,6 +187,7 @@ impl TransformConfig {
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             fetch_timeout: Duration::from_millis(self.fetch_timeout_ms),
             fetch_max_requests: self.fetch_max_requests,
+            mapping_deadline: Duration::from_millis(self.mapping_deadline_ms),
             allow_private_targets,
             ..Default::default()
         }
@@ -489,6 +556,24 @@ impl KeelConfig {
         if t.call_timeout_ms < 10 {
             return Err(bad("transform.call_timeout_ms", "must be at least 10"));
         }
+        let b = &self.backup;
+        if b.enabled {
+            if let Err(e) = keel_actors::backup::location(
+                &b.url,
+                &b.options(Duration::from_secs(30), Duration::from_secs(5)),
+            ) {
+                return Err(bad("backup.url", &e.problem));
+            }
+            if !(b.upload_interval_secs > 0.0 && b.upload_interval_secs <= 86_400.0) {
+                return Err(bad(
+                    "backup.upload_interval_secs",
+                    "must be between 0 and 86400",
+                ));
+            }
+            if b.max_batch_events < 1 {
+                return Err(bad("backup.max_batch_events", "must be at least 1"));
+            }
+        }
         let c = &self.cluster;
         if c.partitions == 0 || c.partitions > 4096 {
             return Err(bad("cluster.partitions", "must be between 1 and 4096"));
@@ -521,13 +606,26 @@ pub struct WorkspaceError {
 /// Reads and validates the workspace file at `path`, collecting every problem rather than
 /// stopping at the first.
 pub fn load_workspace(path: &Path, scripts_dir: &Path) -> Result<Workspace, WorkspaceError> {
+    let text = std::fs::read_to_string(path).map_err(|e| WorkspaceError {
+        file: path.display().to_string(),
+        problems: vec![format!("cannot read: {e}")],
+    })?;
+    workspace_from_text(&text, path, scripts_dir)
+}
+
+/// Validates `text` as the workspace file at `path` would be (relative transformation
+/// paths start from `path`'s folder), collecting every problem.
+pub fn workspace_from_text(
+    text: &str,
+    path: &Path,
+    scripts_dir: &Path,
+) -> Result<Workspace, WorkspaceError> {
     let file = path.display().to_string();
     let one = |p: String| WorkspaceError {
         file: file.clone(),
         problems: vec![p],
     };
-    let text = std::fs::read_to_string(path).map_err(|e| one(format!("cannot read: {e}")))?;
-    let value: Value = serde_json::from_str(&text).map_err(|e| {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
         one(format!(
             "invalid JSON at line {} column {}: {e}",
             e.line(),
@@ -566,8 +664,6 @@ pub fn load_workspace(path: &Path, scripts_dir: &Path) -> Result<Workspace, Work
     Ok(ws)
 }
 
-use keel_actors::destinations::KINDS as KNOWN_KINDS;
-
 /// The folder relative transformation paths start from: the workspace file's own.
 pub fn workspace_dir(workspace: &Path) -> std::path::PathBuf {
     workspace
@@ -599,8 +695,9 @@ fn validate_transformations(dest: &Value, at: &str, problems: &mut Vec<String>) 
 }
 
 fn validate_workspace(root: &Value, scripts_dir: &Path) -> Vec<String> {
-    let script_kinds = keel_actors::destinations::script_kinds(scripts_dir);
-    let mut problems = Vec::new();
+    let catalogue = keel_actors::destinations::catalogue::Catalogue::load(scripts_dir);
+    let mut problems: Vec<String> =
+        keel_actors::destinations::catalogue::Catalogue::schema_errors(scripts_dir);
     let Some(sources) = root.get("sources") else {
         problems.push("$.sources: missing (expected an array of sources)".into());
         return problems;
@@ -672,24 +769,23 @@ fn validate_workspace(root: &Value, scripts_dir: &Path) -> Vec<String> {
             };
             validate_transformations(dest, &at, &mut problems);
             if let Some(kind) = kind {
-                match KNOWN_KINDS.iter().find(|(k, _)| *k == kind) {
-                    None if script_kinds.contains(&kind.to_ascii_lowercase()) => {}
+                match catalogue.resolve(kind) {
                     None => problems.push(format!(
-                        "{at}.destinationDefinition.name: unknown destination kind {kind:?} (built in: {}; scripts in {}: {})",
-                        KNOWN_KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
+                        "{at}.destinationDefinition.name: unknown destination kind {kind:?} (built in, or a script folder in {}: {})",
                         scripts_dir.join("destinations").display(),
-                        script_kinds.join(", ")
+                        catalogue.names().join(", ")
                     )),
-                    Some((_, required)) => {
-                        for key in *required {
-                            let present = config
-                                .and_then(|c| c.get(*key))
-                                .and_then(Value::as_str)
-                                .is_some_and(|s| !s.is_empty());
-                            if !present {
-                                problems.push(format!(
-                                    "{at}.config.{key}: missing (required by {kind})"
-                                ));
+                    // The kind's settings schema: every misfit with its path.
+                    Some(k) => {
+                        let empty = serde_json::Map::new();
+                        let settings = match config {
+                            Some(Value::Object(c)) => Some(c),
+                            None => Some(&empty),
+                            Some(_) => None,
+                        };
+                        if let Some(c) = settings {
+                            for p in k.validate(c) {
+                                problems.push(format!("{at}.config{}: {}", p.path, p.message));
                             }
                         }
                     }

@@ -4,9 +4,11 @@
 
 pub mod boot;
 pub mod config;
+pub mod destination_cases;
 pub mod embedded_pg;
 pub mod http;
 pub mod process_stats;
 pub mod reload;
+pub mod replay;
 pub mod status;
 pub mod transform_cli;

@@ -1,5 +1,6 @@
 //! `keel`: the command line. `serve` runs the event router, `migrate` applies the schema,
-//! `check-config` validates `keel.toml` and the workspace file, printing every problem.
+//! `check-config` validates `keel.toml` and the workspace file, printing every problem,
+//! `replay` sends a raw backup through the current workspace again.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +70,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send the requests of a raw backup (`[backup]`) through the current workspace again,
+    /// in their original order per user; `--dry-run` only prints what each destination
+    /// would receive.
+    Replay {
+        #[command(flatten)]
+        common: Common,
+        /// Backup location: s3://bucket/prefix (AWS_* variables or `[backup]` keys for
+        /// credentials and endpoint), gs://…, az://… or file:///path.
+        #[arg(long)]
+        from: String,
+        /// Requests received at or after this time (UTC unless an offset is given).
+        #[arg(long)]
+        since: String,
+        /// Requests received before this time.
+        #[arg(long)]
+        until: String,
+        /// Only requests of this source id (repeatable).
+        #[arg(long)]
+        source: Vec<String>,
+        /// Only to this destination id (repeatable).
+        #[arg(long)]
+        destination: Vec<String>,
+        /// Deliver nothing; print per destination what it would receive.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: print every payload (canonical JSON, one a line).
+        #[arg(long, requires = "dry_run")]
+        show: bool,
+    },
     /// JavaScript transformations and destination scripts.
     Transform {
         #[command(subcommand)]
@@ -78,16 +108,25 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TransformCommand {
-    /// Run one script over one event as the server would; print the result as JSON.
+    /// Run one script over one event as the server would and print the result as JSON
+    /// (`keel transform test FILE --event E`), or run destination scripts' case files and
+    /// print pass/fail per case (`keel transform test --destination NAME` or `--all`).
     Test {
         /// The script (a user transformation or a destination's transform.js).
-        file: PathBuf,
-        /// JSON file with the event.
+        file: Option<PathBuf>,
+        /// JSON file with the event (with FILE).
+        #[arg(long, requires = "file")]
+        event: Option<PathBuf>,
+        /// With FILE: a JSON file with the destination (its `config` is what scripts
+        /// read). Without FILE: the destination script (folder name) whose cases to run.
         #[arg(long)]
-        event: PathBuf,
-        /// JSON file with the destination (its `config` is what scripts read).
-        #[arg(long)]
-        destination: Option<PathBuf>,
+        destination: Option<String>,
+        /// Case folder (default: the destination's `cases`).
+        #[arg(long, conflicts_with = "file")]
+        cases: Option<PathBuf>,
+        /// Run the cases of every destination script that has some.
+        #[arg(long, conflicts_with_all = ["file", "destination"])]
+        all: bool,
         /// Server configuration file (for `[transform]` limits and the scripts folder).
         #[arg(long, env = "KEEL_CONFIG")]
         config: Option<PathBuf>,
@@ -161,6 +200,8 @@ fn main() -> ExitCode {
                     file,
                     event,
                     destination,
+                    cases,
+                    all,
                     config,
                 },
         } => {
@@ -169,15 +210,29 @@ fn main() -> ExitCode {
                 workspace: None,
                 database_url: None,
             };
-            load_config(&common, None).and_then(|c| {
-                keel::transform_cli::run(
+            load_config(&common, None).and_then(|c| match file {
+                Some(file) => {
+                    let Some(event) = event else {
+                        anyhow::bail!("keel transform test FILE needs --event EVENT.json");
+                    };
+                    keel::transform_cli::run(
+                        &c,
+                        &keel::transform_cli::TestRun {
+                            file,
+                            event,
+                            destination: destination.map(PathBuf::from),
+                        },
+                    )
+                }
+                None => keel::destination_cases::run(
                     &c,
-                    &keel::transform_cli::TestRun {
-                        file,
-                        event,
-                        destination,
+                    &keel::destination_cases::CaseRun {
+                        destinations: destination.into_iter().collect(),
+                        cases,
+                        all,
                     },
                 )
+                .map(|_| ()),
             })
         }
         Command::Status { common, json } => actix_web::rt::System::new().block_on(async move {
@@ -193,6 +248,34 @@ fn main() -> ExitCode {
             if json {
                 println!();
             }
+            Ok(())
+        }),
+        Command::Replay {
+            common,
+            from,
+            since,
+            until,
+            source,
+            destination,
+            dry_run,
+            show,
+        } => actix_web::rt::System::new().block_on(async move {
+            let config = load_config(&common, None)?;
+            let ws = load_workspace(
+                std::path::Path::new(&config.server.workspace),
+                std::path::Path::new(&config.transform.scripts_dir),
+            )?;
+            let args = keel::replay::ReplayArgs {
+                from,
+                since: keel::replay::parse_time(&since)?,
+                until: keel::replay::parse_time(&until)?,
+                sources: source,
+                destinations: destination,
+                dry_run,
+                show,
+            };
+            let text = keel::replay::run(&config, &ws, &args).await?;
+            print!("{text}");
             Ok(())
         }),
         Command::Migrate { common } => actix_web::rt::System::new().block_on(async move {

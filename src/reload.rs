@@ -54,7 +54,10 @@ pub async fn reload(state: &AppState) -> Result<ReloadReport, Vec<String>> {
                 "the supervisor did not take the new configuration: {e}"
             )]
         })?;
-    let index = Arc::new(SourceIndex::new(&ws));
+    let index = Arc::new(SourceIndex::new(
+        &ws,
+        std::path::Path::new(&state.config.transform.scripts_dir),
+    ));
     match state.sources.write() {
         Ok(mut s) => *s = index,
         Err(poisoned) => *poisoned.into_inner() = index,

@@ -50,7 +50,7 @@ fn read_json(path: &Path, what: &str) -> anyhow::Result<Value> {
 
 /// RudderStack's destination object (`ID`, `Name`, `Config`, `DestinationDefinition`) from
 /// either that shape or the workspace's (`id`, `name`, `config`, `destinationDefinition`).
-fn rudder_destination(d: &Value) -> Value {
+pub fn rudder_destination(d: &Value) -> Value {
     if d.get("Config").is_some() {
         return d.clone();
     }
@@ -85,32 +85,52 @@ fn kind_of(source: &str) -> ScriptKind {
     }
 }
 
-/// Runs the script; prints the result, or the error and stack (then fails).
-pub fn run(config: &KeelConfig, args: &TestRun) -> anyhow::Result<()> {
-    let source = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("{}: cannot read the script", args.file.display()))?;
-    let event = match read_json(&args.event, "event")? {
-        Value::Object(m) => m,
-        _ => bail!("{}: the event must be a JSON object", args.event.display()),
-    };
-    let destination = match &args.destination {
-        Some(p) => rudder_destination(&read_json(p, "destination")?),
-        None => rudder_destination(&json!({"id": "test", "name": "test", "config": {},
-                    "destinationDefinition": {"name": "TEST"}})),
-    };
-    let libs_dir = Path::new(&config.transform.scripts_dir).join("libraries");
-    let libraries = Arc::new(load_libraries(&libs_dir).map_err(anyhow::Error::msg)?);
+/// What one run of a script gave: its output (an event, an array, or `null`), the lines
+/// it logged, and the error it threw, if it did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScriptRun {
+    /// The result (`null` when the script dropped the event or threw).
+    pub output: Value,
+    /// `log()` / `console.*` lines.
+    pub logs: Vec<String>,
+    /// Lines dropped past the log bound.
+    pub dropped_logs: u64,
+    /// The error, when the script threw or could not run.
+    pub error: Option<ScriptRunError>,
+}
+
+/// A script's failure.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScriptRunError {
+    /// The message.
+    pub message: String,
+    /// The JavaScript stack, if any.
+    pub stack: Option<String>,
+    /// The status it threw with (destination scripts: 4xx abort, 5xx retry).
+    pub status: Option<u16>,
+}
+
+/// Runs `source` (a transformation or a destination script, told by its exports) over
+/// `event` on `pool`, as the server would: the engine of `keel transform test` and of the
+/// console's transformation editor.
+pub async fn run_source(
+    pool: &TransformPool,
+    scripts_dir: &Path,
+    path: &Path,
+    source: String,
+    event: &Map<String, Value>,
+    destination: &Value,
+) -> anyhow::Result<ScriptRun> {
+    let libraries =
+        Arc::new(load_libraries(&scripts_dir.join("libraries")).map_err(anyhow::Error::msg)?);
+    let destination = rudder_destination(destination);
     let kind = kind_of(&source);
-    let name = args
-        .file
+    let name = path
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("script")
         .to_owned();
-    let script = Arc::new(Script::new(&name, &args.file, source, kind, libraries));
-    let mut settings = config.transform.settings(config.allow_private_targets);
-    settings.isolates = 1;
-    let pool = TransformPool::start(settings).context("starting V8")?;
+    let script = Arc::new(Script::new(&name, path, source, kind, libraries));
     let common = json!({
         "sourceId": event.get("sourceId").cloned().unwrap_or(json!("test-source")),
         "sourceName": "test-source",
@@ -120,46 +140,100 @@ pub fn run(config: &KeelConfig, args: &TestRun) -> anyhow::Result<()> {
     });
     let metadata = json!({"messageId": event.get("messageId"), "jobId": 0});
     let items = [CallItem {
-        event: &event,
+        event,
         metadata: &metadata,
     }];
-    let result = pool.call_blocking(&script, &common, &items, Some(&destination));
-    let output = match result {
+    let mut run = ScriptRun {
+        output: Value::Null,
+        logs: Vec::new(),
+        dropped_logs: 0,
+        error: None,
+    };
+    let output = match pool
+        .call(&script, &common, &items, Some(&destination))
+        .await
+    {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("{}: {e}", args.file.display());
-            bail!("the script failed");
+            run.error = Some(ScriptRunError {
+                message: e.to_string(),
+                stack: None,
+                status: None,
+            });
+            return Ok(run);
         }
     };
-    for line in &output.logs {
-        eprintln!("log: {line}");
-    }
-    if output.dropped_logs > 0 {
-        eprintln!("log: ({} more lines dropped)", output.dropped_logs);
-    }
+    run.logs = output.logs;
+    run.dropped_logs = output.dropped_logs;
     let shown = |events: Vec<Map<String, Value>>| match events.len() {
         0 => Value::Null,
-        1 => Value::Object(events.into_iter().next().expect("one")),
+        1 => Value::Object(events.into_iter().next().unwrap_or_default()),
         _ => Value::Array(events.into_iter().map(Value::Object).collect()),
     };
-    let value = match output.results {
-        CallResults::Batch(events) => Value::Array(events.into_iter().map(Value::Object).collect()),
+    match output.results {
+        CallResults::Batch(events) => {
+            run.output = Value::Array(events.into_iter().map(Value::Object).collect());
+        }
         CallResults::PerEvent(mut results) => match results.pop() {
-            Some(ItemResult::Out(events)) => shown(events),
+            Some(ItemResult::Out(events)) => run.output = shown(events),
             Some(ItemResult::Failed(e)) => {
-                eprintln!("{}: {}", args.file.display(), e.message);
-                if let Some(stack) = &e.stack {
-                    eprintln!("{stack}");
-                }
-                if let Some(status) = e.status {
-                    eprintln!("status: {status}");
-                }
-                bail!("the script threw");
+                run.error = Some(ScriptRunError {
+                    message: e.message,
+                    stack: e.stack,
+                    status: e.status,
+                });
             }
-            None => Value::Null,
+            None => {}
         },
+    }
+    Ok(run)
+}
+
+/// Runs the script; prints the result, or the error and stack (then fails).
+pub fn run(config: &KeelConfig, args: &TestRun) -> anyhow::Result<()> {
+    let source = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("{}: cannot read the script", args.file.display()))?;
+    let event = match read_json(&args.event, "event")? {
+        Value::Object(m) => m,
+        _ => bail!("{}: the event must be a JSON object", args.event.display()),
     };
-    println!("{}", serde_json::to_string_pretty(&value)?);
+    let destination = match &args.destination {
+        Some(p) => read_json(p, "destination")?,
+        None => json!({"id": "test", "name": "test", "config": {},
+                    "destinationDefinition": {"name": "TEST"}}),
+    };
+    let mut settings = config.transform.settings(config.allow_private_targets);
+    settings.isolates = 1;
+    let pool = TransformPool::start(settings).context("starting V8")?;
+    let scripts_dir = Path::new(&config.transform.scripts_dir);
+    let run = futures::executor::block_on(run_source(
+        &pool,
+        scripts_dir,
+        &args.file,
+        source,
+        &event,
+        &destination,
+    ))?;
+    for line in &run.logs {
+        eprintln!("log: {line}");
+    }
+    if run.dropped_logs > 0 {
+        eprintln!("log: ({} more lines dropped)", run.dropped_logs);
+    }
+    if let Some(e) = &run.error {
+        eprintln!("{}: {}", args.file.display(), e.message);
+        if let Some(stack) = &e.stack {
+            eprintln!("{stack}");
+        }
+        if let Some(status) = e.status {
+            eprintln!("status: {status}");
+        }
+        if e.stack.is_some() || e.status.is_some() {
+            bail!("the script threw");
+        }
+        bail!("the script failed");
+    }
+    println!("{}", serde_json::to_string_pretty(&run.output)?);
     Ok(())
 }
 

@@ -19,7 +19,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use crate::messages::{AssignPartitions, LeaveCluster};
+use crate::messages::{AssignPartitions, Heartbeat, HeartbeatReply, InjectPanic, LeaveCluster};
 use crate::store::{HeldLease, Store, StoreError};
 use crate::telemetry as t;
 
@@ -431,6 +431,25 @@ impl Handler<LeaveCluster> for LeaseKeeper {
             }
             .into_actor(self),
         )
+    }
+}
+
+impl Handler<Heartbeat> for LeaseKeeper {
+    type Result = HeartbeatReply;
+
+    fn handle(&mut self, _msg: Heartbeat, _ctx: &mut Self::Context) -> HeartbeatReply {
+        HeartbeatReply {
+            actor: "lease_keeper",
+            pending: self.releasing.len(),
+        }
+    }
+}
+
+impl Handler<InjectPanic> for LeaseKeeper {
+    type Result = ();
+
+    fn handle(&mut self, _msg: InjectPanic, _ctx: &mut Self::Context) {
+        panic!("injected panic (test hook)");
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::messages::{FlushNow, Heartbeat, HeartbeatReply, Ingest, IngestError};
+use crate::messages::{FlushNow, Heartbeat, HeartbeatReply, Ingest, IngestError, InjectPanic};
 use crate::store::{GwJobInsert, Store};
 use crate::telemetry as t;
 
@@ -253,5 +253,13 @@ impl Handler<Heartbeat> for GatewayWriter {
             actor: "gateway_writer",
             pending: self.buffer.len(),
         }
+    }
+}
+
+impl Handler<InjectPanic> for GatewayWriter {
+    type Result = ();
+
+    fn handle(&mut self, _msg: InjectPanic, _ctx: &mut Self::Context) {
+        panic!("injected panic (test hook)");
     }
 }

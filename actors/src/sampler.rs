@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use crate::messages::{Heartbeat, HeartbeatReply};
 use crate::processor::RouterRegistry;
 use crate::store::Store;
 use crate::telemetry as t;
@@ -133,5 +134,16 @@ impl Actor for TelemetrySampler {
 impl Supervised for TelemetrySampler {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         self.sampling = false;
+    }
+}
+
+impl Handler<Heartbeat> for TelemetrySampler {
+    type Result = HeartbeatReply;
+
+    fn handle(&mut self, _msg: Heartbeat, _ctx: &mut Self::Context) -> HeartbeatReply {
+        HeartbeatReply {
+            actor: "telemetry_sampler",
+            pending: usize::from(self.sampling),
+        }
     }
 }

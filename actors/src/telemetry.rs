@@ -89,6 +89,7 @@ pub const ALL: &[&str] = &[
     PROCESSOR_DEAD_LETTERED_TOTAL,
     ROUTER_DELIVERIES_TOTAL,
     ROUTER_DELIVERY_DURATION_SECONDS,
+    ROUTER_BATCH_EVENTS,
     ROUTER_IN_FLIGHT,
     ROUTER_LOADED_JOBS,
     ROUTER_CIRCUIT_OPEN,
@@ -103,6 +104,11 @@ pub const ALL: &[&str] = &[
     WAREHOUSE_LOAD_DURATION_SECONDS,
     WAREHOUSE_LAG_SECONDS,
     WAREHOUSE_PENDING_EVENTS,
+    BACKUP_ROWS_TOTAL,
+    BACKUP_OBJECTS_TOTAL,
+    BACKUP_FAILURES_TOTAL,
+    BACKUP_PENDING_ROWS,
+    BACKUP_LAG_SECONDS,
     PROCESSOR_LAG_SECONDS,
     ROUTER_PENDING_JOBS,
     ROUTER_LAG_SECONDS,
@@ -151,6 +157,10 @@ pub fn describe_all() {
     );
     describe_histogram!(GATEWAY_FLUSH_REQUESTS, "Requests per group commit");
     describe_histogram!(GATEWAY_FLUSH_EVENTS, "Events per group commit");
+    describe_histogram!(
+        ROUTER_BATCH_EVENTS,
+        "Events per batched delivery, by destination"
+    );
     describe_counter!(GATEWAY_FLUSH_FAILURES_TOTAL, "Group commits that failed");
     describe_gauge!(GATEWAY_QUEUE_DEPTH, "Requests waiting for commit");
     describe_gauge!(
@@ -201,6 +211,8 @@ pub const PROCESSOR_FAILURES_TOTAL: &str = "keel_processor_failures_total";
 pub const ROUTER_DELIVERIES_TOTAL: &str = "keel_router_deliveries_total";
 /// Duration of one delivery attempt, labelled `destination`.
 pub const ROUTER_DELIVERY_DURATION_SECONDS: &str = "keel_router_delivery_duration_seconds";
+/// Events per batched delivery (destinations that batch), labelled `destination`.
+pub const ROUTER_BATCH_EVENTS: &str = "keel_router_batch_events";
 /// Deliveries under way, labelled `destination`.
 pub const ROUTER_IN_FLIGHT: &str = "keel_router_in_flight";
 /// Jobs a router holds in memory, labelled `destination`.
@@ -230,6 +242,16 @@ pub const WAREHOUSE_LOAD_DURATION_SECONDS: &str = "keel_warehouse_load_duration_
 pub const WAREHOUSE_LAG_SECONDS: &str = "keel_warehouse_lag_seconds";
 /// Events waiting in `wh_jobs`, labelled `destination`.
 pub const WAREHOUSE_PENDING_EVENTS: &str = "keel_warehouse_pending_events";
+/// Stored requests (`gw_jobs` rows) written to the raw backup.
+pub const BACKUP_ROWS_TOTAL: &str = "keel_backup_rows_total";
+/// Objects written to the raw backup's store.
+pub const BACKUP_OBJECTS_TOTAL: &str = "keel_backup_objects_total";
+/// Backup uploads that failed (the rows wait in `backup_jobs` and are retried).
+pub const BACKUP_FAILURES_TOTAL: &str = "keel_backup_failures_total";
+/// Stored requests waiting in `backup_jobs` for the backup writer.
+pub const BACKUP_PENDING_ROWS: &str = "keel_backup_pending_rows";
+/// Age in seconds of the oldest request waiting for the backup (0 when none waits).
+pub const BACKUP_LAG_SECONDS: &str = "keel_backup_lag_seconds";
 /// Age in seconds of the oldest `gw_jobs` row the processor has not consumed (0 = caught up).
 pub const PROCESSOR_LAG_SECONDS: &str = "keel_processor_lag_seconds";
 /// `rt_jobs` rows waiting for delivery (due or waiting to retry), labelled `destination`.
@@ -265,6 +287,9 @@ pub const SUPERVISED_ACTORS: &[&str] = &[
     "processor",
     "router",
     "warehouse_uploader",
+    "lease_keeper",
+    "telemetry_sampler",
+    "backup_writer",
 ];
 
 fn describe_backlog_and_process() {
@@ -281,6 +306,21 @@ fn describe_backlog_and_process() {
         "Age of the oldest waiting rt_jobs row per destination"
     );
     describe_gauge!(ROUTER_DLQ_JOBS, "dlq_jobs rows per destination");
+    describe_counter!(
+        BACKUP_ROWS_TOTAL,
+        "Stored requests written to the raw backup"
+    );
+    describe_counter!(BACKUP_OBJECTS_TOTAL, "Objects written to the raw backup");
+    describe_counter!(BACKUP_FAILURES_TOTAL, "Raw backup uploads that failed");
+    describe_gauge!(
+        BACKUP_PENDING_ROWS,
+        "Stored requests waiting for the raw backup"
+    );
+    describe_gauge!(
+        BACKUP_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest request waiting for the raw backup"
+    );
     describe_gauge!(STORE_POOL_MAX_CONNECTIONS, "Postgres pool size limit");
     describe_gauge!(
         STORE_POOL_OPEN_CONNECTIONS,
@@ -376,6 +416,47 @@ pub fn register_static_series() {
         let _ = metrics::counter!(SUPERVISOR_RESTARTS_TOTAL, "actor" => *actor);
         let _ = metrics::counter!(SUPERVISOR_HEARTBEAT_MISSES_TOTAL, "actor" => *actor);
     }
+    let _ = metrics::gauge!(PROCESSOR_LAG_SECONDS);
+    let _ = metrics::gauge!(CLUSTER_PARTITIONS_OWNED);
+    let _ = metrics::gauge!(CLUSTER_LIVE_NODES);
+    for change in ["acquired", "adopted", "lost", "released", "expired"] {
+        let _ = metrics::counter!(CLUSTER_LEASE_CHANGES_TOTAL, "change" => change);
+    }
+    for outcome in ["ok", "failed"] {
+        let _ = metrics::counter!(TELEMETRY_SAMPLES_TOTAL, "outcome" => outcome);
+    }
+    let _ = metrics::histogram!(TELEMETRY_SAMPLE_DURATION_SECONDS);
+}
+
+/// The ingest endpoints' metric labels.
+pub const INGEST_ENDPOINTS: &[&str] = &[
+    "identify", "track", "page", "screen", "group", "alias", "batch", "import",
+];
+
+/// Registers a source's gateway series (events accepted, successful requests per
+/// endpoint) and the per-endpoint latency, without changing any value.
+pub fn register_source_series(source: &str) {
+    let _ = metrics::counter!(GATEWAY_EVENTS_ACCEPTED_TOTAL, "source" => source.to_owned());
+    for endpoint in INGEST_ENDPOINTS {
+        let _ = metrics::counter!(GATEWAY_REQUESTS_TOTAL, "endpoint" => *endpoint, "outcome" => "200", "source" => source.to_owned());
+        let _ = metrics::histogram!(GATEWAY_REQUEST_DURATION_SECONDS, "endpoint" => *endpoint);
+    }
+}
+
+/// Registers a warehouse destination's series (batches by outcome, events, rows, discards,
+/// columns added, load duration, backlog) without changing any value.
+pub fn register_warehouse_series(destination: &str) {
+    let d = destination.to_owned();
+    for outcome in ["loaded", "failed"] {
+        let _ = metrics::counter!(WAREHOUSE_BATCHES_TOTAL, "destination" => d.clone(), "outcome" => outcome);
+    }
+    let _ = metrics::counter!(WAREHOUSE_EVENTS_LOADED_TOTAL, "destination" => d.clone());
+    let _ = metrics::counter!(WAREHOUSE_ROWS_LOADED_TOTAL, "destination" => d.clone());
+    let _ = metrics::counter!(WAREHOUSE_DISCARDS_TOTAL, "destination" => d.clone());
+    let _ = metrics::counter!(WAREHOUSE_COLUMNS_ADDED_TOTAL, "destination" => d.clone());
+    let _ = metrics::histogram!(WAREHOUSE_LOAD_DURATION_SECONDS, "destination" => d.clone());
+    let _ = metrics::gauge!(WAREHOUSE_LAG_SECONDS, "destination" => d.clone());
+    let _ = metrics::gauge!(WAREHOUSE_PENDING_EVENTS, "destination" => d);
 }
 
 /// Registers every per-destination series of `destination` (deliveries by outcome, latency,
@@ -387,11 +468,18 @@ pub fn register_destination_series(destination: &str) {
         let _ = metrics::counter!(ROUTER_DELIVERIES_TOTAL, "destination" => d.clone(), "outcome" => outcome);
     }
     let _ = metrics::histogram!(ROUTER_DELIVERY_DURATION_SECONDS, "destination" => d.clone());
+    let _ = metrics::histogram!(ROUTER_BATCH_EVENTS, "destination" => d.clone());
     let _ = metrics::gauge!(ROUTER_IN_FLIGHT, "destination" => d.clone());
     let _ = metrics::gauge!(ROUTER_LOADED_JOBS, "destination" => d.clone());
     let _ = metrics::gauge!(ROUTER_CIRCUIT_OPEN, "destination" => d.clone());
     let _ = metrics::counter!(ROUTER_THROTTLED_TOTAL, "destination" => d.clone());
     let _ = metrics::counter!(ROUTER_STORE_FAILURES_TOTAL, "destination" => d.clone());
+    let _ = metrics::gauge!(ROUTER_PENDING_JOBS, "destination" => d.clone());
+    let _ = metrics::gauge!(ROUTER_LAG_SECONDS, "destination" => d.clone());
+    let _ = metrics::gauge!(ROUTER_DLQ_JOBS, "destination" => d.clone());
+    for reason in crate::workspace::FilterReason::ALL {
+        let _ = metrics::counter!(PROCESSOR_FILTERED_TOTAL, "destination" => d.clone(), "outcome" => reason.as_str());
+    }
     let _ = metrics::counter!(PROCESSOR_JOBS_WRITTEN_TOTAL, "destination" => d);
 }
 

@@ -89,6 +89,15 @@ pub enum FilterReason {
 
 impl FilterReason {
     /// Stable name.
+    /// Every reason, for registering their series.
+    pub const ALL: [FilterReason; 4] = [
+        FilterReason::Disabled,
+        FilterReason::Integrations,
+        FilterReason::UnsupportedType,
+        FilterReason::EventFilter,
+    ];
+
+    /// The reason as the explain API and metrics say it.
     pub fn as_str(self) -> &'static str {
         match self {
             FilterReason::Disabled => "destination disabled",

@@ -1,6 +1,6 @@
 //! Fuzzes what the gateway does with a request body before storing it: header checks,
-//! capped gzip inflation, JSON parsing in the shapes the ingest endpoints accept (one event,
-//! or a batch with batch-level context), and normalisation. Never a panic; errors are 4xx
+//! capped gzip inflation, and the handler's own parser (`src/http/parse.rs`: one event, or a
+//! batch with batch-level context, then normalisation). Never a panic; errors are 4xx
 //! with a code; an accepted event has its normalised fields and reads back as JSON even
 //! nested inside the documents Keel stores it in.
 
@@ -10,24 +10,12 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use chrono::{TimeZone, Utc};
 use keel_fuzz::http::body::{check_headers, inflate, Encoding};
 use keel_fuzz::http::error::ApiError;
-use keel_fuzz::http::normalize::{normalize_event, BatchDefaults, EventType, RequestInfo};
+use keel_fuzz::http::normalize::{EventType, RequestInfo};
+use keel_fuzz::http::parse::{parse_request, Endpoint, Limits};
 use libfuzzer_sys::fuzz_target;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 const MAX_REQUEST: usize = 512_000;
-
-#[derive(serde::Deserialize)]
-struct BatchBody<'a> {
-    #[serde(borrow)]
-    batch: Vec<&'a RawValue>,
-    #[serde(default)]
-    context: Option<Value>,
-    #[serde(default)]
-    integrations: Option<Value>,
-    #[serde(default, rename = "sentAt")]
-    sent_at: Option<Value>,
-}
 
 fn check_error(e: &ApiError) {
     assert!(
@@ -50,14 +38,6 @@ fn check_event(event: &Map<String, Value>, message_id: &str) {
     let text = serde_json::to_string(event).expect("encode");
     let wrapped = format!("[{{\"body\":{{\"JSON\":[{text}]}}}}]");
     serde_json::from_str::<Value>(&wrapped).expect("a stored event reads back");
-}
-
-fn object(v: &Option<Value>) -> Result<Option<&Map<String, Value>>, ()> {
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(m)) => Ok(Some(m)),
-        Some(_) => Err(()),
-    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -93,7 +73,8 @@ fuzz_target!(|data: &[u8]| {
         received_at: Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap(),
         ip: Some("127.0.0.1".into()),
     };
-    if flags & 2 == 0 {
+    // The handler's own parser: one event for a single-event endpoint, else a batch.
+    let endpoint = if flags & 2 == 0 {
         let types = [
             EventType::Identify,
             EventType::Track,
@@ -102,37 +83,25 @@ fuzz_target!(|data: &[u8]| {
             EventType::Group,
             EventType::Alias,
         ];
-        let ty = types[(flags as usize >> 2) % types.len()];
-        let Ok(Value::Object(mut event)) = serde_json::from_str::<Value>(text) else {
-            return;
-        };
-        match normalize_event(&mut event, 0, Some(ty), &BatchDefaults::default(), &request) {
-            Ok(id) => check_event(&event, &id),
-            Err(e) => check_error(&e),
-        }
+        Endpoint::Single(types[(flags as usize >> 2) % types.len()])
     } else {
-        let Ok(parsed) = serde_json::from_str::<BatchBody<'_>>(text) else {
-            return;
-        };
-        let (Ok(context), Ok(integrations)) = (object(&parsed.context), object(&parsed.integrations))
-        else {
-            return;
-        };
-        let defaults = BatchDefaults {
-            context,
-            integrations,
-            sent_at: parsed.sent_at.as_ref(),
-        };
-        for (i, raw) in parsed.batch.iter().enumerate() {
-            let Ok(Value::Object(mut event)) = serde_json::from_str::<Value>(raw.get()) else {
-                continue;
-            };
-            match normalize_event(&mut event, i, None, &defaults, &request) {
-                Ok(id) => check_event(&event, &id),
-                Err(e) => {
-                    check_error(&e);
-                    assert_eq!(e.index, Some(i), "a batch error names its event");
-                }
+        Endpoint::Batch
+    };
+    let limits = Limits {
+        max_event_bytes: 32 * 1024,
+    };
+    match parse_request(endpoint, text, &limits, &request) {
+        Ok(parsed) => {
+            assert_eq!(parsed.events.len(), parsed.message_ids.len());
+            assert!(!parsed.events.is_empty());
+            for (event, id) in parsed.events.iter().zip(&parsed.message_ids) {
+                check_event(event, id);
+            }
+        }
+        Err(e) => {
+            check_error(&e);
+            if let Some(i) = e.index {
+                assert!(endpoint == Endpoint::Batch || i == 0, "a single event is index 0");
             }
         }
     }

@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 use super::error::ApiError;
 use super::AppState;
 
-fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+pub(crate) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let token = &state.config.admin.token;
     if token.is_empty() {
         return Err(ApiError::new(
@@ -79,6 +79,22 @@ pub async fn list_dlq(
         .list_dlq(query.destination.as_deref(), limit)
         .await
         .map_err(|e| storage(e, &state))?;
+    // Secrets never leave: settings values, write keys, credential headers of requests.
+    let index = state.sources();
+    let redact = index.redactor();
+    let jobs: Vec<Value> = jobs
+        .into_iter()
+        .map(|j| {
+            let mut payload = serde_json::from_str::<Value>(&j.payload)
+                .unwrap_or_else(|_| Value::String(j.payload.clone()));
+            redact.payload(&mut payload);
+            let mut row = serde_json::to_value(&j).unwrap_or_default();
+            row["payload"] = payload;
+            row["reason"] = json!(redact.text(&j.reason));
+            row["last_response"] = json!(j.last_response.as_deref().map(|r| redact.text(r)));
+            row
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(json!({"jobs": jobs, "count": jobs.len()})))
 }
 
@@ -211,12 +227,14 @@ pub async fn explain(
             "reason": p["reason"], "last_status": p["last_status"], "last_response": p["last_response"],
             "failed_at": p["failed_at"]}));
     }
-    Ok(HttpResponse::Ok().json(json!({
+    let mut answer = json!({
         "messageId": message_id,
         "stage": if !stored { "unknown" } else if processed { "processed" } else { "waiting_for_processor" },
         "destinations": destinations,
         "detail": doc,
-    })))
+    });
+    index.redactor().value(&mut answer);
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 /// `POST /admin/reload`: re-reads the workspace file and applies it without a restart (the
@@ -245,7 +263,7 @@ pub struct PanicRequest {
     destination: Option<String>,
 }
 
-/// `POST /admin/test/panic` with `{"actor": "processor" | "router" | "warehouse_uploader",
+/// `POST /admin/test/panic` with `{"actor": "gateway_writer" | "lease_keeper" | "processor" | "router" | "warehouse_uploader",
 /// "destination": "…"}`: makes that actor panic (fault-injection tests). Exists only when
 /// Keel was started with `KEEL_TEST_HOOKS=1`; 404 otherwise.
 pub async fn inject_panic(
@@ -264,6 +282,15 @@ pub async fn inject_panic(
     authorize(&req, &state)?;
     let dest = body.destination.clone().unwrap_or_default();
     let sent = match body.actor.as_str() {
+        "gateway_writer" => {
+            state.children.gateway_writer().do_send(InjectPanic);
+            true
+        }
+        "lease_keeper" => state
+            .children
+            .lease_keeper()
+            .map(|k| k.do_send(InjectPanic))
+            .is_some(),
         "processor" => state
             .children
             .processor
@@ -287,7 +314,7 @@ pub async fn inject_panic(
         other => {
             return Err(ApiError::bad_request(
                 "invalid_actor",
-                format!("actor {other:?} is not processor, router or warehouse_uploader"),
+                format!("actor {other:?} is not gateway_writer, lease_keeper, processor, router or warehouse_uploader"),
             ))
         }
     };

@@ -9,8 +9,6 @@ use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
@@ -20,44 +18,11 @@ use keel_actors::telemetry as t;
 
 use super::body::{check_headers, read_body};
 use super::error::ApiError;
-use super::normalize::{normalize_event, BatchDefaults, EventType, RequestInfo};
+use super::normalize::RequestInfo;
+use super::parse;
 use super::{auth, AppState};
 
-/// Which ingest endpoint a request came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// One event of this type.
-    Single(EventType),
-    /// `/v1/batch`.
-    Batch,
-    /// `/v1/import` (same as batch).
-    Import,
-}
-
-impl Endpoint {
-    /// Label value for metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Endpoint::Single(t) => t.as_str(),
-            Endpoint::Batch => "batch",
-            Endpoint::Import => "import",
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct BatchBody<'a> {
-    #[serde(borrow)]
-    batch: Vec<&'a RawValue>,
-    #[serde(default)]
-    context: Option<Value>,
-    #[serde(default)]
-    integrations: Option<Value>,
-    #[serde(default, rename = "sentAt")]
-    sent_at: Option<Value>,
-    #[serde(default, rename = "writeKey")]
-    write_key: Option<Value>,
-}
+pub use super::parse::Endpoint;
 
 /// Handles one ingest request and records its outcome in metrics.
 pub async fn ingest(
@@ -82,36 +47,6 @@ pub async fn ingest(
     result.map(|()| HttpResponse::Ok().json(serde_json::json!({"success": true})))
 }
 
-fn body_str(body: &[u8]) -> Result<&str, ApiError> {
-    std::str::from_utf8(body)
-        .map_err(|_| ApiError::bad_request("invalid_json", "body is not valid UTF-8 JSON"))
-}
-
-fn invalid_json(e: serde_json::Error) -> ApiError {
-    ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
-}
-
-fn object_field<'a>(
-    v: &'a Option<Value>,
-    name: &str,
-) -> Result<Option<&'a Map<String, Value>>, ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(m)) => Ok(Some(m)),
-        Some(_) => Err(ApiError::bad_request(
-            "invalid_field",
-            format!("batch-level {name} must be an object"),
-        )),
-    }
-}
-
-fn write_key_field(v: Option<&Value>) -> Option<String> {
-    match v {
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        _ => None,
-    }
-}
-
 async fn ingest_inner(
     req: &HttpRequest,
     payload: web::Payload,
@@ -129,7 +64,12 @@ async fn ingest_inner(
     }
     let encoding = check_headers(req.headers())?;
     // Authenticate from the header before reading the body, so unauthenticated floods are cheap.
-    let header_source = match auth::basic_write_key(req.headers())? {
+    // Browsers' `sendBeacon` cannot set headers: their SDKs put the key in the query.
+    let header_key = match auth::basic_write_key(req.headers())? {
+        Some(key) => Some(key),
+        None => auth::query_write_key(req.query_string()),
+    };
+    let header_source = match header_key {
         Some(key) => Some(state.sources().authenticate(&key)?),
         None => None,
     };
@@ -141,92 +81,20 @@ async fn ingest_inner(
         std::time::Duration::from_secs(state.config.server.read_timeout_secs),
     )
     .await?;
-    let text = body_str(&body)?;
+    let text = parse::body_str(&body)?;
     let request = RequestInfo {
         received_at: Utc::now(),
         ip: req.connection_info().realip_remote_addr().map(strip_port),
     };
 
-    let mut events: Vec<Map<String, Value>>;
-    let mut message_ids = Vec::new();
-    let body_key;
-    match endpoint {
-        Endpoint::Single(ty) => {
-            if text.len() > limits.max_event_bytes {
-                return Err(ApiError::too_large(format!(
-                    "event is {} bytes; the limit is {} bytes per event",
-                    text.len(),
-                    limits.max_event_bytes
-                ))
-                .at(0));
-            }
-            let value: Value = serde_json::from_str(text).map_err(invalid_json)?;
-            let Value::Object(mut event) = value else {
-                return Err(ApiError::bad_request(
-                    "invalid_json",
-                    "body must be a JSON object",
-                ));
-            };
-            body_key = write_key_field(event.get("writeKey"));
-            let source = resolve_source(header_source, body_key, state)?;
-            *source_seen = Some(source.clone());
-            message_ids.push(normalize_event(
-                &mut event,
-                0,
-                Some(ty),
-                &BatchDefaults::default(),
-                &request,
-            )?);
-            events = vec![event];
-            return commit(state, source, &request, events, message_ids).await;
-        }
-        Endpoint::Batch | Endpoint::Import => {
-            let parsed: BatchBody<'_> = serde_json::from_str(text).map_err(|e| {
-                if e.is_data() {
-                    ApiError::bad_request(
-                        "invalid_batch",
-                        format!("body must be an object with a \"batch\" array of events: {e}"),
-                    )
-                } else {
-                    invalid_json(e)
-                }
-            })?;
-            body_key = write_key_field(parsed.write_key.as_ref());
-            let source = resolve_source(header_source, body_key, state)?;
-            *source_seen = Some(source.clone());
-            if parsed.batch.is_empty() {
-                return Err(ApiError::bad_request("empty_batch", "batch has no events"));
-            }
-            let defaults = BatchDefaults {
-                context: object_field(&parsed.context, "context")?,
-                integrations: object_field(&parsed.integrations, "integrations")?,
-                sent_at: parsed.sent_at.as_ref(),
-            };
-            events = Vec::with_capacity(parsed.batch.len());
-            message_ids.reserve(parsed.batch.len());
-            for (i, raw) in parsed.batch.iter().enumerate() {
-                let raw = raw.get();
-                if raw.len() > limits.max_event_bytes {
-                    return Err(ApiError::too_large(format!(
-                        "event {i} is {} bytes; the limit is {} bytes per event",
-                        raw.len(),
-                        limits.max_event_bytes
-                    ))
-                    .at(i));
-                }
-                let Ok(Value::Object(mut event)) = serde_json::from_str::<Value>(raw) else {
-                    return Err(ApiError::bad_request(
-                        "invalid_event",
-                        format!("event {i} must be a JSON object"),
-                    )
-                    .at(i));
-                };
-                message_ids.push(normalize_event(&mut event, i, None, &defaults, &request)?);
-                events.push(event);
-            }
-            commit(state, source, &request, events, message_ids).await
-        }
-    }
+    let limits = parse::Limits {
+        max_event_bytes: limits.max_event_bytes,
+    };
+    let body = parse::parse_body(endpoint, text, &limits)?;
+    let source = resolve_source(header_source, body.write_key(), state)?;
+    *source_seen = Some(source.clone());
+    let parsed = body.normalize(&limits, &request)?;
+    commit(state, source, &request, parsed.events, parsed.message_ids).await
 }
 
 fn resolve_source(
@@ -358,12 +226,12 @@ async fn commit(
     let queued_bytes = bytes as f64;
     let (reply, answer) = oneshot::channel();
     let msg = Ingest {
-        source_id: source,
+        source_id: source.clone(),
         received_at: request.received_at,
         parts,
         reply,
     };
-    let sent = state.children.gateway_writer.try_send(msg);
+    let sent = state.children.gateway_writer().try_send(msg);
     let result = match sent {
         Err(_) => Err(ApiError::throttled(
             "ingest queue is full; retry after the indicated delay",
@@ -388,5 +256,22 @@ async fn commit(
     };
     metrics::gauge!(t::GATEWAY_QUEUE_BYTES).decrement(queued_bytes);
     drop(permit);
+    // The console's live view: the stored events, moved (nothing is copied when nobody
+    // watches).
+    let live = &state.children.live;
+    if result.is_ok() {
+        if live.sample_due(request.received_at) {
+            if let Some(e) = events.first() {
+                live.sample(&source, request.received_at, e);
+            }
+        }
+        if live.watched() {
+            live.accepted(keel_actors::live::Accepted {
+                source_id: source,
+                received_at: request.received_at,
+                events,
+            });
+        }
+    }
     result
 }

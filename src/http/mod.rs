@@ -1,12 +1,20 @@
-//! The HTTP surface: shared state, routes, and the handlers' modules (ingest, ops).
+//! The HTTP surface: shared state, routes, and the handlers' modules (ingest, browser SDK
+//! settings, ops, admin).
 
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod connections;
+pub mod console;
 pub mod error;
 pub mod ingest;
+pub mod live;
 pub mod normalize;
 pub mod ops;
+pub mod parse;
+pub mod scripts_api;
+pub mod sdk;
+pub mod workspace_api;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
@@ -116,6 +124,26 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             ingest_route(Endpoint::Single(ty)),
         );
     }
+    // analytics.js 2.0 posts to one-letter paths (`/v1/t`, and `/v1/b` when batching).
+    for (letter, ty) in [
+        ("i", EventType::Identify),
+        ("t", EventType::Track),
+        ("p", EventType::Page),
+        ("s", EventType::Screen),
+        ("g", EventType::Group),
+        ("a", EventType::Alias),
+    ] {
+        cfg.route(&format!("/v1/{letter}"), ingest_route(Endpoint::Single(ty)));
+    }
+    cfg.route("/v1/b", ingest_route(Endpoint::Batch))
+        // RudderStack JS SDK v3's `sendBeacon` queue (write key in the query).
+        .route("/beacon/v1/batch", ingest_route(Endpoint::Batch))
+        .route("/sourceConfig", web::get().to(sdk::source_config))
+        .route("/sourceConfig/", web::get().to(sdk::source_config))
+        .route(
+            "/v1/projects/{write_key}/settings",
+            web::get().to(sdk::segment_project_settings),
+        );
     cfg.route("/v1/batch", ingest_route(Endpoint::Batch))
         .route("/v1/import", ingest_route(Endpoint::Import))
         .route("/health", web::get().to(ops::health))
@@ -125,5 +153,35 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/admin/reload", web::post().to(admin::reload))
         .route("/admin/test/panic", web::post().to(admin::inject_panic))
         .route("/admin/dlq/replay", web::post().to(admin::replay_dlq))
-        .route("/admin/events/{message_id}", web::get().to(admin::explain));
+        // Before `{message_id}`, which would take "recent" for an id.
+        .route("/admin/events/recent", web::get().to(scripts_api::recent))
+        .route("/admin/events/{message_id}", web::get().to(admin::explain))
+        .route(
+            "/admin/connections",
+            web::get().to(connections::connections),
+        )
+        .route("/admin/live", web::get().to(live::live))
+        .route("/admin/catalogue", web::get().to(workspace_api::catalogue))
+        .route(
+            "/admin/workspace",
+            web::get().to(workspace_api::get_workspace),
+        )
+        .route(
+            "/admin/workspace",
+            web::put().to(workspace_api::put_workspace),
+        )
+        .route(
+            "/admin/workspace/validate",
+            web::post().to(workspace_api::validate_workspace),
+        )
+        .route(
+            "/admin/workspace/write-key",
+            web::post().to(workspace_api::new_write_key),
+        )
+        .route("/admin/scripts", web::get().to(scripts_api::list))
+        .route("/admin/scripts/file", web::get().to(scripts_api::read))
+        .route("/admin/scripts/file", web::put().to(scripts_api::save))
+        .route("/admin/scripts/run", web::post().to(scripts_api::run))
+        .route("/console", web::get().to(console::index))
+        .route("/console/{tail:.*}", web::get().to(console::asset));
 }

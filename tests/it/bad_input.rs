@@ -289,7 +289,7 @@ async fn nul_characters_big_numbers_and_deep_events_are_stored_and_delivered_int
     assert_eq!(nul["context"]["note"], "\u{0}");
     let big = by_id("big");
     // Integers within 64 bits stay exact; larger ones become the nearest double, as in
-    // JavaScript (documented in README, "Answers").
+    // JavaScript (documented in docs/api.md, "Odd values").
     assert_eq!(big["properties"]["m"], json!(i64::MIN));
     assert_eq!(big["properties"]["u"], json!(u64::MAX));
     assert_eq!(big["properties"]["n"].as_f64(), Some(1.2345678901234568e29));

@@ -79,7 +79,7 @@ fn check_config_prints_every_error_with_its_json_path() {
                           "destinationDefinition": {"name": "WEBHOOK"}}]}]});
     let err2 = check_config_fails(&ws2, &bad_url);
     assert!(
-        err2.contains("$.sources[0].destinations[0].config.webhookUrl: \"not a url\" is not a URL"),
+        err2.contains("$.sources[0].destinations[0].config.webhookUrl: \"not a url\" does not fit: The http(s) URL"),
         "{err2}"
     );
     let ws3 = dir.path().join("ws3.json");

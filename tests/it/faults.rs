@@ -368,7 +368,7 @@ fn restarts(metrics: &str, actor: &str) -> f64 {
 }
 
 #[tokio::test]
-async fn panicking_router_and_processor_are_revived_and_nothing_is_lost() {
+async fn panicking_actors_are_revived_and_nothing_is_lost() {
     let db = TestDb::create().await;
     let sink = Sink::start(SinkMode::Ok).await;
     let keel =
@@ -380,7 +380,13 @@ async fn panicking_router_and_processor_are_revived_and_nothing_is_lost() {
     };
     let load = Load::start(&Target::new(&keel.base), spec);
     let mut worst = Duration::ZERO;
-    for (actor, dest) in [("router", Some("hook")), ("processor", None)] {
+    // The gateway writer too: until it is revived, ingest answers 429 and the load retries.
+    for (actor, dest) in [
+        ("router", Some("hook")),
+        ("processor", None),
+        ("gateway_writer", None),
+        ("lease_keeper", None),
+    ] {
         assert!(load.wait_acked(100, Duration::from_secs(30)).await);
         let (status, body) = panic_actor(&keel, json!({"actor": actor, "destination": dest})).await;
         assert_eq!(status, 200, "{body}");
@@ -405,7 +411,7 @@ async fn panicking_router_and_processor_are_revived_and_nothing_is_lost() {
         .settle(&sink, &db.url, "hook", Duration::from_secs(60))
         .await;
     figures(
-        "panic in router, then processor",
+        "panic in router, processor, gateway writer, lease keeper",
         &spec,
         &report,
         &format!("panic → restart in /metrics ≤ {}", secs(worst)),

@@ -2,11 +2,16 @@
 //! area. Every test gets its own Postgres database and runs the real `keel` binary.
 
 mod bad_input;
+mod batching;
 mod brokers;
+mod browser;
 mod cli;
+mod clickhouse;
 mod cluster;
 mod common;
+mod console;
 mod delivery;
+mod destinations;
 mod faults;
 mod gateway;
 mod lifecycle;
@@ -15,5 +20,6 @@ mod ops;
 mod reload;
 mod sdk;
 mod security;
+mod storage;
 mod transform;
 mod warehouse;

@@ -1,5 +1,5 @@
 //! Operations surface: the telemetry contract (every metric a Grafana dashboard queries is
-//! exported by a running Keel, named in `telemetry.rs` and documented in the README), the
+//! exported by a running Keel, named in `telemetry.rs` and documented in docs/metrics.md), the
 //! alert rules (promtool), a real Prometheus scraping a real Keel and parsing every dashboard
 //! query, the backlog sampler through a Postgres outage, the docker-compose stack definition,
 //! and JSON logs that leak no secret.
@@ -382,14 +382,29 @@ async fn dashboards_query_only_metrics_a_running_keel_exports() {
 }
 
 #[test]
-fn readme_documents_every_metric_in_the_contract() {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README");
+fn docs_metrics_list_is_exactly_the_contract() {
+    let doc =
+        std::fs::read_to_string(repo_root().join("docs/metrics.md")).expect("docs/metrics.md");
     let missing: Vec<&str> = keel_actors::telemetry::ALL
         .iter()
         .copied()
-        .filter(|name| !readme.contains(&format!("`{name}`")))
+        .filter(|name| !doc.contains(&format!("| `{name}` |")))
         .collect();
-    assert!(missing.is_empty(), "README lacks {missing:?}");
+    assert!(missing.is_empty(), "docs/metrics.md lacks {missing:?}");
+    // And names nothing the code does not export.
+    let documented: Vec<&str> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `keel_"))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    let stale: Vec<&&str> = documented
+        .iter()
+        .filter(|n| !keel_actors::telemetry::ALL.contains(&format!("keel_{n}").as_str()))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "docs/metrics.md names metrics telemetry.rs does not: {stale:?}"
+    );
     for name in keel_actors::telemetry::ALL {
         assert!(
             name.starts_with("keel_") && name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
@@ -543,7 +558,11 @@ async fn prometheus_scrapes_keel_and_parses_every_dashboard_query() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let series = loop {
         let doc = prom
-            .api("/api/v1/query", &[("query", "keel_gateway_requests_total")])
+            // Zero series exist from the start: the one with the request sent above.
+            .api(
+                "/api/v1/query",
+                &[("query", "keel_gateway_requests_total > 0")],
+            )
             .await;
         let result = doc["data"]["result"]
             .as_array()
@@ -820,4 +839,41 @@ async fn backlog_sampler_counts_failed_samples_during_an_outage_and_recovers() {
         samples(t, "ok") > ok_before
     })
     .await;
+}
+
+/// A fresh Keel, before any traffic, already exports every series the shipped dashboards
+/// query (zero for the label sets it knows: its destinations, scripts, sources, outcomes),
+/// so a new deployment's panels show 0 rather than "No data".
+#[tokio::test]
+async fn a_fresh_keel_exports_every_series_the_dashboards_query() {
+    let db = TestDb::create().await;
+    let wh = TestDb::create().await;
+    let mut opts = KeelOptions::new(&db);
+    opts.workspace = json!({"sources": [{"id": "src_fresh", "name": "Fresh", "writeKey": WRITE_KEY, "enabled": true,
+        "destinations": [
+            {"id": "hook", "name": "Hook", "enabled": true, "config": {"webhookUrl": "http://127.0.0.1:9/x"},
+             "destinationDefinition": {"name": "WEBHOOK"}},
+            {"id": "am", "name": "Amplitude", "enabled": true, "config": {"apiKey": "am-key-123456"},
+             "destinationDefinition": {"name": "AM"}},
+            {"id": "wh", "name": "Warehouse", "enabled": true,
+             "config": {"host": "127.0.0.1", "port": "5432", "database": wh.name, "user": "postgres"},
+             "destinationDefinition": {"name": "POSTGRES"}}]}]});
+    let keel = Keel::start(opts).await;
+    let text = keel.metrics().await;
+    let types = exported_types(&text);
+    let mut missing = BTreeSet::new();
+    for (path, dash) in &dashboards() {
+        for q in dashboard_queries(dash) {
+            for name in promql_metric_names(&q) {
+                if exported_base(&name, &types).is_none() {
+                    missing.insert(format!("{}: {name}", path.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not exported before traffic:\n{}",
+        missing.into_iter().collect::<Vec<_>>().join("\n")
+    );
 }

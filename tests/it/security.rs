@@ -1,12 +1,13 @@
 //! Security controls: destinations may not point at loopback, private or link-local
 //! addresses unless `allow_private_targets` is set (checked for IP literals and after DNS
-//! resolution), and per-source rate limits answer 429 with `Retry-After`.
+//! resolution), per-source rate limits answer 429 with `Retry-After`, and destination
+//! secrets never show in logs, metrics, the explain API or dead-letter listings.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::sink::{Sink, SinkMode};
+use crate::common::sink::{Responder, Sink, SinkMode};
 use crate::common::*;
 
 #[tokio::test]
@@ -132,4 +133,82 @@ async fn per_source_rate_limits_answer_429_with_retry_after() {
         .metrics()
         .await
         .contains("keel_gateway_rate_limited_total{source=\"src_test\"} 1"));
+}
+
+const SECRET_SCRIPT: &str = r#"
+export function process(event, destination) {
+  const key = destination.Config.apiKey;
+  if (event.event === "Leak") {
+    const e = new Error(`the vendor refused key ${key}`); e.status = 400; throw e;
+  }
+  return { method: "POST", endpoint: destination.Config.url,
+           headers: { "X-Api-Key": key, Authorization: `Bearer ${key}` }, params: { api_key: key },
+           body: { JSON: { id: event.messageId } } };
+}
+"#;
+
+#[tokio::test]
+async fn destination_secrets_never_show_in_logs_metrics_explain_or_dead_letters() {
+    let secret = "sk_live_5ecret_v4lue_123";
+    let db = TestDb::create().await;
+    // The vendor echoes the credentials it got in its refusal, as some APIs do.
+    let sink = Sink::start(SinkMode::Answer(Responder::new(|target, _| {
+        (
+            401,
+            String::new(),
+            format!(r#"{{"error":"invalid key in {target}"}}"#),
+        )
+    })))
+    .await;
+    let scripts = tempfile::tempdir().expect("dir");
+    let folder = scripts.path().join("destinations/SECRETIVE");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    std::fs::write(folder.join("transform.js"), SECRET_SCRIPT).expect("script");
+    let mut opts = fast_router(KeelOptions::new(&db))
+        .env(
+            "KEEL_TRANSFORM__SCRIPTS_DIR",
+            &scripts.path().display().to_string(),
+        )
+        .env("KEEL_LOG", "debug");
+    opts.workspace = json!({"sources": [{"id": "src", "name": "Test", "writeKey": WRITE_KEY,
+        "enabled": true, "destinations": [{"id": "vendor", "name": "Vendor", "enabled": true,
+        "config": {"url": sink.url, "apiKey": secret}, "destinationDefinition": {"name": "SECRETIVE"}}]}]});
+    let keel = Keel::start(opts).await;
+    let events = vec![
+        json!({"type": "track", "userId": "u1", "event": "Fine", "messageId": "m-fine"}),
+        json!({"type": "track", "userId": "u2", "event": "Leak", "messageId": "m-leak"}),
+    ];
+    send_batches(&keel, &events, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let dlq = loop {
+        let (_, dlq) = keel.admin_get("/admin/dlq?destination=vendor").await;
+        if dlq["count"].as_u64() == Some(2) || Instant::now() > deadline {
+            break dlq;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dlq["count"], 2, "{dlq}");
+    // The vendor did get the key, and echoed it.
+    let got = sink.received();
+    assert!(got[0].target.contains(secret), "{}", got[0].target);
+    let dlq_text = dlq.to_string();
+    assert!(dlq_text.contains("[redacted]"), "{dlq_text}");
+    assert!(
+        dlq_text.contains("invalid key"),
+        "the vendor's words stay: {dlq_text}"
+    );
+    let (_, fine) = keel.admin_get("/admin/events/m-fine").await;
+    let (_, leak) = keel.admin_get("/admin/events/m-leak").await;
+    let metrics = keel.metrics().await;
+    let log = keel.log_text();
+    assert!(log.contains("dead-lettered"), "the failures were logged");
+    for (what, text) in [
+        ("dlq", dlq_text),
+        ("explain", fine.to_string()),
+        ("explain", leak.to_string()),
+        ("metrics", metrics),
+        ("log", log),
+    ] {
+        assert!(!text.contains(secret), "{what} shows the secret: {text}");
+    }
 }

@@ -54,29 +54,64 @@ export function baseUrl(base, fallback) {
   return b.replace(/\/+$/, "");
 }
 
-// The event type, lower-cased; a DestinationError when the destination does not take it.
+// The event type, lower-cased; an UnsupportedEventError when the destination does not take it.
 export function typeOf(event, supported) {
   const type = String(event.type ?? "").toLowerCase();
   if (!supported.includes(type)) {
-    throw new DestinationError(`event type ${JSON.stringify(event.type)} is not supported by this destination`, 400);
+    throw new UnsupportedEventError(`event type ${JSON.stringify(event.type)} is not supported by this destination`);
   }
   return type;
 }
 
-const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-// Standard base64 of the UTF-8 bytes of `s` (V8 alone has no btoa or TextEncoder).
+// Standard base64 of the UTF-8 bytes of `s`.
 export function base64(s) {
-  const bytes = unescape(encodeURIComponent(String(s)));
-  let out = "";
-  for (let i = 0; i < bytes.length; i += 3) {
-    const a = bytes.charCodeAt(i);
-    const b = i + 1 < bytes.length ? bytes.charCodeAt(i + 1) : NaN;
-    const c = i + 2 < bytes.length ? bytes.charCodeAt(i + 2) : NaN;
-    out += B64[a >> 2];
-    out += B64[((a & 3) << 4) | (Number.isNaN(b) ? 0 : b >> 4)];
-    out += Number.isNaN(b) ? "=" : B64[((b & 15) << 2) | (Number.isNaN(c) ? 0 : c >> 6)];
-    out += Number.isNaN(c) ? "=" : B64[c & 63];
+  return globalThis.__keelDigest("identity", String(s), undefined, "base64");
+}
+
+// Hex SHA-256 of the UTF-8 bytes of `s` (`encoding` "base64" for base64).
+export function sha256(s, encoding = "hex") {
+  return globalThis.__keelDigest("sha256", String(s), undefined, encoding);
+}
+
+// Hex SHA-1 of the UTF-8 bytes of `s`.
+export function sha1(s, encoding = "hex") {
+  return globalThis.__keelDigest("sha1", String(s), undefined, encoding);
+}
+
+// Hex MD5 of the UTF-8 bytes of `s`.
+export function md5(s, encoding = "hex") {
+  return globalThis.__keelDigest("md5", String(s), undefined, encoding);
+}
+
+// HMAC-SHA256 of `s` keyed with `key` (hex, or "base64").
+export function hmacSha256(key, s, encoding = "hex") {
+  return globalThis.__keelDigest("hmac-sha256", String(s), String(key), encoding);
+}
+
+// URL-safe base64 (no padding) of the UTF-8 bytes of `s`: JWT segments.
+export function base64url(s) {
+  return globalThis.__keelDigest("identity", String(s), undefined, "base64url");
+}
+
+// A signed JWT (RS256) of `claims` with the PKCS#8 PEM private key `pemKey` (a Google
+// service account's `private_key`).
+export function signJwtRs256(claims, pemKey, header = { alg: "RS256", typ: "JWT" }) {
+  const input = `${base64url(JSON.stringify(header))}.${base64url(JSON.stringify(claims))}`;
+  return `${input}.${globalThis.__keelDigest("rsa-sha256", input, String(pemKey), "base64url")}`;
+}
+
+// True when `s` already looks like a hex SHA-256 digest (64 hex digits).
+export function isSha256(s) {
+  return typeof s === "string" && /^[a-f0-9]{64}$/i.test(s);
+}
+
+// The event is of a kind the destination does not take: it is skipped (not dead-lettered)
+// and the explain API shows this message as the reason.
+export class UnsupportedEventError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "UnsupportedEventError";
+    this.status = 400;
+    this.drop = true;
   }
-  return out;
 }

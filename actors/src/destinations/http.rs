@@ -327,30 +327,177 @@ pub async fn send(client: &HttpClient, payload: &Value) -> DeliveryOutcome {
 /// JSON bodies go out as the stored text: serde_json wrote both, so the bytes are the same
 /// as serialising the parsed body again.
 pub async fn send_text(client: &HttpClient, payload: &str) -> DeliveryOutcome {
-    let req: StoredRequest<'_> = match serde_json::from_str(payload) {
+    let builder = match prepare(client, payload) {
+        Ok(b) => b,
+        Err(outcome) => return outcome,
+    };
+    match builder.send().await {
+        Err(e) => send_error(e),
+        Ok(res) => classify(res).await,
+    }
+}
+
+/// Sends one request carrying the JSON bodies of `payloads` (stored requests to one
+/// endpoint) as a JSON array, with the first one's method, endpoint, headers and params:
+/// what a batching webhook sends. The bodies are copied as their stored text; only the
+/// first payload is decoded whole, the others only as far as their body.
+pub async fn send_merged(client: &HttpClient, payloads: &[&str]) -> DeliveryOutcome {
+    #[derive(Deserialize)]
+    struct BodyOnly<'a> {
+        #[serde(default, borrow)]
+        body: StoredBody<'a>,
+    }
+    let abort = |error: String| {
+        DeliveryOutcome::Abort(Failure {
+            error,
+            ..Failure::default()
+        })
+    };
+    let Some((first, rest)) = payloads.split_first() else {
+        return abort("no payloads".into());
+    };
+    let first: StoredRequest<'_> = match serde_json::from_str(first) {
         Ok(r) => r,
+        Err(e) => return abort(format!("stored payload is not a delivery request: {e}")),
+    };
+    let json_of = |b: &StoredBody<'_>| -> Result<String, DeliveryOutcome> {
+        b.json
+            .or(b.json_array)
+            .map(|raw| raw.get().to_owned())
+            .ok_or_else(|| abort("a batched payload has no JSON body".into()))
+    };
+    let mut array = String::with_capacity(payloads.iter().map(|p| p.len()).sum::<usize>() + 2);
+    array.push('[');
+    match json_of(&first.body) {
+        Ok(j) => array.push_str(&j),
+        Err(o) => return o,
+    }
+    for p in rest {
+        let parsed: BodyOnly<'_> = match serde_json::from_str(p) {
+            Ok(b) => b,
+            Err(e) => return abort(format!("stored payload is not a delivery request: {e}")),
+        };
+        array.push(',');
+        match json_of(&parsed.body) {
+            Ok(j) => array.push_str(&j),
+            Err(o) => return o,
+        }
+    }
+    array.push(']');
+    let builder = match prepare_request(client, &first, Some(array)) {
+        Ok(b) => b,
+        Err(outcome) => return outcome,
+    };
+    match builder.send().await {
+        Err(e) => send_error(e),
+        Ok(res) => classify(res).await,
+    }
+}
+
+/// A destination's whole answer (body bounded), for kinds that read what it said about
+/// each event of a batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Header name → value (the last value of repeated headers).
+    pub headers: Map<String, Value>,
+    /// The body as (lossy UTF-8) text, at most [`ANSWER_MAX_BODY`] bytes.
+    pub body: String,
+    /// When to try again, from `Retry-After` or the vendor's rate-limit reset headers.
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
+}
+
+/// Response bytes [`exchange`] keeps.
+pub const ANSWER_MAX_BODY: usize = 1 << 20;
+
+impl Answer {
+    /// The outcome the status alone says (2xx delivered; 429, 408, 5xx retry; else abort).
+    pub fn outcome(&self) -> DeliveryOutcome {
+        let mut body = self.body.clone();
+        truncate_at_char(&mut body, BODY_KEEP);
+        outcome_of(self.status, body, self.retry_after)
+    }
+}
+
+/// Sends `payload` like [`send_text`] but answers what the destination said (any status);
+/// a request that got no answer (refused, timed out, connection failed) is the outcome.
+pub async fn exchange(client: &HttpClient, payload: &str) -> Result<Answer, DeliveryOutcome> {
+    let builder = prepare(client, payload)?;
+    let res = builder.send().await.map_err(send_error)?;
+    let status = res.status().as_u16();
+    let retry_after = retry_after_of(res.headers(), status);
+    let headers = res
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
+        .collect();
+    let mut bytes = match res.bytes().await {
+        Ok(b) => b.to_vec(),
         Err(e) => {
-            return DeliveryOutcome::Abort(Failure {
-                error: format!("stored payload is not a delivery request: {e}"),
+            return Err(DeliveryOutcome::Retry(Failure {
+                status: Some(status),
+                error: format!("reading the answer failed: {}", e.without_url()),
                 ..Failure::default()
-            })
+            }))
         }
     };
-    let method = match reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes()) {
-        Ok(m) => m,
-        Err(_) => {
-            return DeliveryOutcome::Abort(Failure {
+    bytes.truncate(ANSWER_MAX_BODY);
+    Ok(Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+        retry_after,
+    })
+}
+
+/// Cuts `s` to at most `max` bytes at a character boundary.
+pub(crate) fn truncate_at_char(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+/// The reqwest request a stored payload describes, or why it cannot be sent.
+fn prepare(client: &HttpClient, payload: &str) -> Result<reqwest::RequestBuilder, DeliveryOutcome> {
+    let req: StoredRequest<'_> = serde_json::from_str(payload).map_err(|e| {
+        DeliveryOutcome::Abort(Failure {
+            error: format!("stored payload is not a delivery request: {e}"),
+            ..Failure::default()
+        })
+    })?;
+    prepare_request(client, &req, None)
+}
+
+/// The request `req` describes; `json` replaces its JSON body when given.
+fn prepare_request(
+    client: &HttpClient,
+    req: &StoredRequest<'_>,
+    json: Option<String>,
+) -> Result<reqwest::RequestBuilder, DeliveryOutcome> {
+    let method =
+        reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes()).map_err(|_| {
+            DeliveryOutcome::Abort(Failure {
                 error: format!("invalid HTTP method {:?}", req.method),
                 ..Failure::default()
             })
-        }
-    };
+        })?;
     let url = client.endpoint(&req.endpoint);
     if let Some(why) = url.as_ref().and_then(|u| refused_literal(client, u)) {
-        return DeliveryOutcome::Abort(Failure {
+        return Err(DeliveryOutcome::Abort(Failure {
             error: why,
             ..Failure::default()
-        });
+        }));
     }
     let mut builder = match url {
         Some(url) => client.inner.request(method, url),
@@ -372,11 +519,12 @@ pub async fn send_text(client: &HttpClient, payload: &str) -> DeliveryOutcome {
         builder = builder.query(&params);
     }
     let body = &req.body;
-    builder = if let Some(json) = body.json.or(body.json_array) {
+    let json = json.or_else(|| body.json.or(body.json_array).map(|j| j.get().to_owned()));
+    Ok(if let Some(json) = json {
         if !has_content_type {
             builder = builder.header(reqwest::header::CONTENT_TYPE, "application/json");
         }
-        builder.body(json.get().to_owned())
+        builder.body(json)
     } else if let Some(form) = &body.form {
         let form: Vec<(String, String)> = form
             .iter()
@@ -384,42 +532,42 @@ pub async fn send_text(client: &HttpClient, payload: &str) -> DeliveryOutcome {
             .collect();
         builder.form(&form)
     } else if let Some(xml) = &body.xml {
-        builder
-            .header("Content-Type", "application/xml")
-            .body(xml.clone())
+        if !has_content_type {
+            builder = builder.header("Content-Type", "application/xml");
+        }
+        builder.body(xml.clone())
     } else {
         builder
-    };
-    match builder.send().await {
-        Err(e) => {
-            if let Some(why) = refused_private(&e) {
-                return DeliveryOutcome::Abort(Failure {
-                    error: format!("refused: {why}"),
-                    ..Failure::default()
-                });
-            }
-            // The URL may carry credentials (userinfo, tokens in the query); the error is
-            // stored with the job and logged when it is dead-lettered.
-            let e = e.without_url();
-            let error = if e.is_timeout() {
-                format!("timed out: {e}")
-            } else if e.is_connect() {
-                format!("connection failed: {e}")
-            } else if e.is_builder() {
-                return DeliveryOutcome::Abort(Failure {
-                    error: format!("invalid request: {e}"),
-                    ..Failure::default()
-                });
-            } else {
-                format!("request failed: {e}")
-            };
-            DeliveryOutcome::Retry(Failure {
-                error,
-                ..Failure::default()
-            })
-        }
-        Ok(res) => classify(res).await,
+    })
+}
+
+/// The outcome of a request that got no answer.
+fn send_error(e: reqwest::Error) -> DeliveryOutcome {
+    if let Some(why) = refused_private(&e) {
+        return DeliveryOutcome::Abort(Failure {
+            error: format!("refused: {why}"),
+            ..Failure::default()
+        });
     }
+    // The URL may carry credentials (userinfo, tokens in the query); the error is
+    // stored with the job and logged when it is dead-lettered.
+    let e = e.without_url();
+    let error = if e.is_timeout() {
+        format!("timed out: {e}")
+    } else if e.is_connect() {
+        format!("connection failed: {e}")
+    } else if e.is_builder() {
+        return DeliveryOutcome::Abort(Failure {
+            error: format!("invalid request: {e}"),
+            ..Failure::default()
+        });
+    } else {
+        format!("request failed: {e}")
+    };
+    DeliveryOutcome::Retry(Failure {
+        error,
+        ..Failure::default()
+    })
 }
 
 async fn classify(res: reqwest::Response) -> DeliveryOutcome {
@@ -429,25 +577,79 @@ async fn classify(res: reqwest::Response) -> DeliveryOutcome {
         let _ = res.bytes().await;
         return DeliveryOutcome::Delivered;
     }
-    let retry_after = res
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
+    let retry_after = retry_after_of(res.headers(), status.as_u16());
     let mut body = res.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
     body.truncate(BODY_KEEP);
+    outcome_of(
+        status.as_u16(),
+        String::from_utf8_lossy(&body).into_owned(),
+        retry_after,
+    )
+}
+
+/// The outcome of an answer with `status`: 2xx delivered; 429, 408 and 5xx retry; other
+/// statuses abort (the body, at most 1 KB, is kept for the DLQ).
+pub fn outcome_of(status: u16, body: String, retry_after: Option<Duration>) -> DeliveryOutcome {
+    if (200..300).contains(&status) {
+        return DeliveryOutcome::Delivered;
+    }
+    let shown = reqwest::StatusCode::from_u16(status)
+        .map_or_else(|_| status.to_string(), |s| s.to_string());
     let failure = Failure {
-        status: Some(status.as_u16()),
-        error: format!("destination answered {status}"),
-        body: String::from_utf8_lossy(&body).into_owned(),
+        status: Some(status),
+        error: format!("destination answered {shown}"),
+        body,
         retry_after,
     };
-    let code = status.as_u16();
-    if code == 429 || code == 408 || status.is_server_error() {
+    if status == 429 || status == 408 || status >= 500 {
         DeliveryOutcome::Retry(failure)
     } else {
         DeliveryOutcome::Abort(failure)
     }
+}
+
+/// When the destination says to try again: `Retry-After` (seconds or an HTTP date), else,
+/// on a 429 or 503, the rate-limit reset headers vendors send (`X-RateLimit-Reset`,
+/// `RateLimit-Reset`, `X-Rate-Limit-Reset`, `X-RateLimit-Reset-After`): seconds to wait,
+/// or a Unix time in seconds or milliseconds.
+pub fn retry_after_of(headers: &reqwest::header::HeaderMap, status: u16) -> Option<Duration> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(d) = get("retry-after").and_then(parse_retry_after) {
+        return Some(d);
+    }
+    if status != 429 && status != 503 {
+        return None;
+    }
+    [
+        "x-ratelimit-reset-after",
+        "x-ratelimit-reset",
+        "ratelimit-reset",
+        "x-rate-limit-reset",
+    ]
+    .into_iter()
+    .find_map(|h| get(h).and_then(parse_rate_limit_reset))
+}
+
+/// A rate-limit reset value: a delay in seconds, or a Unix time (seconds, or milliseconds
+/// past 10^12) turned into the delay until then.
+pub fn parse_rate_limit_reset(v: &str) -> Option<Duration> {
+    let n = v
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
+    let secs = if n >= 1e12 {
+        n / 1000.0 - now
+    } else if n >= 1e9 {
+        n - now
+    } else {
+        n
+    };
+    Some(Duration::from_secs_f64(secs.max(0.0)))
 }
 
 /// `Retry-After` as seconds or an HTTP date.
@@ -499,5 +701,26 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn parses_rate_limit_resets_as_delays_or_unix_times() {
+        assert_eq!(parse_rate_limit_reset("7"), Some(Duration::from_secs(7)));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let in_30s = parse_rate_limit_reset(&(now + 30).to_string()).expect("epoch seconds");
+        assert!((28..=30).contains(&in_30s.as_secs()), "{in_30s:?}");
+        let in_10s = parse_rate_limit_reset(&((now + 10) * 1000).to_string()).expect("epoch ms");
+        assert!((8..=10).contains(&in_10s.as_secs()), "{in_10s:?}");
+        assert_eq!(parse_rate_limit_reset("1"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_rate_limit_reset("later"), None);
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("x-ratelimit-reset", "4".parse().expect("value"));
+        assert_eq!(retry_after_of(&h, 429), Some(Duration::from_secs(4)));
+        assert_eq!(retry_after_of(&h, 500), None, "only rate-limit answers");
+        h.insert("retry-after", "2".parse().expect("value"));
+        assert_eq!(retry_after_of(&h, 500), Some(Duration::from_secs(2)));
     }
 }

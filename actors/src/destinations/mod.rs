@@ -7,7 +7,9 @@
 //! in [`broker`] and store in each payload what their delivery needs (stream, routing key or
 //! subject, and the body), so delivery parses no event.
 
+pub mod batch;
 pub mod broker;
+pub mod catalogue;
 pub mod http;
 pub mod nats;
 pub mod rabbitmq;
@@ -49,10 +51,17 @@ pub struct Failure {
     pub retry_after: Option<Duration>,
 }
 
-/// A kind's refusal to map an event (sent to the DLQ with this reason).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct TransformError(pub String);
+/// Why a kind maps an event to nothing.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TransformError {
+    /// It cannot map it (bad input, a script error): sent to the DLQ with this reason.
+    #[error("{0}")]
+    Failed(String),
+    /// The destination does not take such events (e.g. an event type its API lacks): the
+    /// event is skipped for this destination, the reason recorded for the explain API.
+    #[error("{0}")]
+    Unsupported(String),
+}
 
 /// Invalid destination settings, naming the field.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -129,13 +138,33 @@ pub trait Destination: Send + Sync {
             }
         })
     }
+    /// Whether this kind delivers several payloads per request, and within which limits
+    /// (router side; asked once when a router starts). `None`: one payload per delivery.
+    fn batching(&self) -> BoxFuture<'_, Option<batch::BatchLimits>> {
+        Box::pin(futures::future::ready(None))
+    }
+    /// Delivers several stored payloads (a batch the router formed within
+    /// [`Destination::batching`]'s limits, never two of one ordering key) and answers one
+    /// outcome per payload, in order. The default delivers them one after another.
+    fn deliver_batch<'a>(
+        &'a self,
+        payloads: &'a [Arc<str>],
+    ) -> BoxFuture<'a, Vec<DeliveryOutcome>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(payloads.len());
+            for p in payloads {
+                out.push(self.deliver_text(p).await);
+            }
+            out
+        })
+    }
     /// For script-backed kinds, their script (checked by `keel check-config`).
     fn script(&self) -> Option<&Arc<transform::Script>> {
         None
     }
     /// For warehouse kinds, their settings: the processor writes their events to `wh_jobs`
     /// and a warehouse uploader loads them in batches instead of a router delivering them.
-    fn warehouse(&self) -> Option<&crate::warehouse::PostgresWarehouse> {
+    fn warehouse(&self) -> Option<&dyn crate::warehouse::WarehouseKind> {
         None
     }
 }
@@ -201,26 +230,20 @@ impl BuildEnv {
     }
 }
 
-/// Destination script folders in `scripts_dir` (lower-case names), for validation.
+/// Destination script folders in `scripts_dir` (their names), for messages and `--all`.
 pub fn script_kinds(scripts_dir: &Path) -> Vec<String> {
-    let mut kinds: Vec<String> = std::fs::read_dir(scripts_dir.join("destinations"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join("transform.js").is_file())
-        .filter_map(|e| e.file_name().to_str().map(str::to_ascii_lowercase))
-        .collect();
-    kinds.sort();
-    kinds
+    catalogue::Catalogue::load(scripts_dir)
+        .kinds()
+        .iter()
+        .filter(|k| k.script.is_some())
+        .map(|k| k.name.clone())
+        .collect()
 }
 
 fn destination_script_in(scripts_dir: &Path, definition: &str) -> Option<(String, PathBuf)> {
-    let dir = scripts_dir.join("destinations");
-    std::fs::read_dir(&dir).ok()?.flatten().find_map(|e| {
-        let name = e.file_name().to_str()?.to_owned();
-        let path = e.path().join("transform.js");
-        (name.eq_ignore_ascii_case(definition) && path.is_file()).then_some((name, path))
-    })
+    let catalogue = catalogue::Catalogue::load(scripts_dir);
+    let kind = catalogue.resolve(definition)?;
+    Some((kind.name.clone(), kind.script.clone()?))
 }
 
 /// Builds the kind named by `dest.destinationDefinition.name`: a built-in kind, else a
@@ -237,6 +260,15 @@ pub fn build(
             dest,
             http.connect_timeout,
         )?)),
+        "S3" | "MINIO" | "GCS" | "AZURE_BLOB" => Ok(Arc::new(
+            crate::warehouse::objects::ObjectStorage::new(dest, http)?,
+        )),
+        crate::warehouse::datalake::KIND => Ok(Arc::new(
+            crate::warehouse::datalake::DataLake::new(dest, http)?,
+        )),
+        crate::warehouse::clickhouse::KIND => Ok(Arc::new(
+            crate::warehouse::clickhouse::ClickHouse::new(dest, http)?,
+        )),
         redis::KIND => Ok(Arc::new(redis::Redis::new(dest, http)?)),
         rabbitmq::KIND => Ok(Arc::new(rabbitmq::RabbitMq::new(dest, http)?)),
         nats::KIND => Ok(Arc::new(nats::Nats::new(dest, http)?)),
@@ -248,26 +280,15 @@ pub fn build(
                 destination: dest.id.clone(),
                 field: "destinationDefinition.name".into(),
                 problem: format!(
-                    "unknown destination kind {other:?} (built in: {}; scripts: {})",
-                    KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
-                    script_kinds(&env.scripts_dir).join(", ")
+                    "unknown destination kind {other:?} (known: {})",
+                    catalogue::Catalogue::load(&env.scripts_dir)
+                        .names()
+                        .join(", ")
                 ),
             }),
         },
     }
 }
-
-/// Names of every kind this build knows, with the config keys each requires.
-pub const KINDS: &[(&str, &[&str])] = &[
-    (webhook::KIND, &["webhookUrl"]),
-    (
-        crate::warehouse::config::KIND,
-        &["host", "database", "user"],
-    ),
-    (redis::KIND, &["address"]),
-    (rabbitmq::KIND, &["url"]),
-    (nats::KIND, &["url"]),
-];
 
 /// A destination of `kind` with `config`, as a workspace would hold it (unit tests).
 #[cfg(test)]

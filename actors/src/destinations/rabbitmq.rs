@@ -54,6 +54,17 @@ impl RabbitMqConfig {
                 ),
             )
         })?;
+        // This build has no TLS for AMQP: lapin would connect in clear text (credentials
+        // included) rather than fail, so an `amqps://` URL is refused here.
+        if url.scheme == lapin::uri::AMQPScheme::AMQPS {
+            return Err(r.error(
+                "url",
+                format!(
+                    "{:?}: amqps (TLS) is not supported by this build; use amqp:// on a trusted network or through a TLS-terminating proxy",
+                    redact(&raw)
+                ),
+            ));
+        }
         let routing_key = r.string("routingKey")?.unwrap_or_else(|| "{type}".into());
         let routing_key = Template::parse(&routing_key).map_err(|e| r.error("routingKey", e))?;
         Ok(Self {
@@ -219,7 +230,7 @@ impl Destination for RabbitMq {
     fn transform(&self, event: &Map<String, Value>) -> Result<Vec<Value>, TransformError> {
         let routing_key = self.config.routing_key.render(event, str::to_owned);
         if routing_key.len() > 255 {
-            return Err(TransformError(format!(
+            return Err(TransformError::Failed(format!(
                 "routing key {routing_key:?} is longer than AMQP's 255 bytes"
             )));
         }
@@ -266,6 +277,7 @@ mod tests {
         };
         assert_eq!(err(json!({})), "url");
         assert_eq!(err(json!({"url": "http://x"})), "url");
+        assert_eq!(err(json!({"url": "amqps://u:p@127.0.0.1:5671/%2f"})), "url");
         assert_eq!(
             err(json!({"url": "amqp://127.0.0.1", "routingKey": "{user}"})),
             "routingKey"

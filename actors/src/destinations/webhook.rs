@@ -1,12 +1,17 @@
 //! `WEBHOOK`: POSTs (or PUT/GET…) each event's JSON to a URL, as RudderStack's webhook
 //! destination does. Config: `webhookUrl` (required), `webhookMethod` (default POST),
-//! `headers` (`[{ "from": name, "to": value }]`).
+//! `headers` (`[{ "from": name, "to": value }]`). Keel extension: `batch: true` sends up to
+//! `maxBatchSize` events (default 100; `maxBatchBytes`, `maxBatchWaitMs`) per request as
+//! one JSON array; the whole request's status is every event's outcome.
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use std::sync::Arc;
+
+use super::batch::{self, BatchLimits, BatchSettings};
 use super::http::{self, DeliveryRequest, RequestBody};
 use super::{ConfigError, DeliveryOutcome, Destination, HttpSettings, TransformError};
 use crate::workspace;
@@ -35,12 +40,16 @@ pub struct WebhookConfig {
     /// Extra headers.
     #[serde(default)]
     pub headers: Vec<HeaderPair>,
+    /// Send several events per request as a JSON array (body-carrying methods only).
+    #[serde(default)]
+    pub batch: bool,
 }
 
 /// A configured webhook.
 pub struct Webhook {
     config: WebhookConfig,
     client: http::HttpClient,
+    batching: Option<BatchLimits>,
 }
 
 impl Webhook {
@@ -70,9 +79,24 @@ impl Webhook {
                 return Err(bad("webhookMethod", format!("{m:?} is not an HTTP method")));
             }
         }
+        let limits = BatchSettings::from_config(&dest.id, &dest.config)?
+            .limits(batch::DEFAULT_MAX_EVENTS, batch::DEFAULT_MAX_BYTES);
+        if config.batch
+            && config
+                .webhook_method
+                .as_deref()
+                .is_some_and(|m| m.eq_ignore_ascii_case("GET"))
+        {
+            return Err(bad(
+                "batch",
+                "a GET webhook sends events as query parameters and cannot batch them".into(),
+            ));
+        }
+        let batching = if config.batch { limits } else { None };
         Ok(Self {
             config,
             client: http::client(settings),
+            batching,
         })
     }
 }
@@ -119,7 +143,7 @@ impl Webhook {
         };
         serde_json::to_string(&req)
             .map(|p| vec![p])
-            .map_err(|e| TransformError(format!("cannot encode webhook request: {e}")))
+            .map_err(|e| TransformError::Failed(format!("cannot encode webhook request: {e}")))
     }
 
     fn headers(&self) -> Map<String, Value> {
@@ -184,7 +208,7 @@ impl Destination for Webhook {
         };
         serde_json::to_value(req)
             .map(|v| vec![v])
-            .map_err(|e| TransformError(format!("cannot encode webhook request: {e}")))
+            .map_err(|e| TransformError::Failed(format!("cannot encode webhook request: {e}")))
     }
 
     fn deliver<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, DeliveryOutcome> {
@@ -193,5 +217,20 @@ impl Destination for Webhook {
 
     fn deliver_text<'a>(&'a self, payload: &'a str) -> BoxFuture<'a, DeliveryOutcome> {
         Box::pin(http::send_text(&self.client, payload))
+    }
+
+    fn batching(&self) -> BoxFuture<'_, Option<BatchLimits>> {
+        Box::pin(futures::future::ready(self.batching))
+    }
+
+    fn deliver_batch<'a>(
+        &'a self,
+        payloads: &'a [Arc<str>],
+    ) -> BoxFuture<'a, Vec<DeliveryOutcome>> {
+        Box::pin(async move {
+            let texts: Vec<&str> = payloads.iter().map(|p| &**p).collect();
+            let outcome = http::send_merged(&self.client, &texts).await;
+            vec![outcome; payloads.len()]
+        })
     }
 }

@@ -45,6 +45,8 @@ pub struct Route {
     pub kind: Arc<dyn Destination>,
     /// User transformations, run in order before the kind maps the events.
     pub transformations: Vec<Arc<Script>>,
+    /// The destination's secret settings, kept out of log lines.
+    pub secrets: Arc<crate::redact::Redactor>,
 }
 
 /// Source id → its routes; built once from the workspace.
@@ -75,6 +77,7 @@ impl RoutingTable {
             Arc::default()
         });
         let mut built: HashMap<String, Route> = HashMap::new();
+        let catalogue = destinations::catalogue::Catalogue::load(&env.scripts_dir);
         for source in &ws.sources {
             let mut routes = Vec::new();
             for d in &source.destinations {
@@ -115,7 +118,19 @@ impl RoutingTable {
                 if let Some(script) = kind.script() {
                     t::register_script_series(&script.name);
                 }
+                // Zero from the start for every series its dashboards show.
+                t::register_destination_series(&d.id);
+                if kind.warehouse().is_some() {
+                    t::register_warehouse_series(&d.id);
+                }
                 let route = Route {
+                    secrets: Arc::new(crate::redact::Redactor::for_config(
+                        &d.config,
+                        &catalogue
+                            .resolve(&d.destination_definition.name)
+                            .map(|k| k.secret_settings())
+                            .unwrap_or_default(),
+                    )),
                     destination: d.clone(),
                     kind,
                     transformations,
@@ -215,6 +230,8 @@ pub struct ProcessorConfig {
     pub routing_log_window: Duration,
     /// Partition count (`[cluster] partitions`): the partition of each delivery job.
     pub partitions: u32,
+    /// Raw backup enabled (`[backup]`): consumed requests move to `backup_jobs`.
+    pub backup: bool,
 }
 
 impl Default for ProcessorConfig {
@@ -225,6 +242,7 @@ impl Default for ProcessorConfig {
             idle_poll: Duration::from_millis(20),
             routing_log_window: Duration::from_secs(24 * 3600),
             partitions: 16,
+            backup: false,
         }
     }
 }
@@ -281,8 +299,10 @@ impl Processor {
         let partitions = self.partitions.clone();
         let limit = self.config.batch_jobs;
         let count = self.config.partitions;
+        let backup = self.config.backup;
         let started = Instant::now();
-        let fut = async move { process_batch(&store, &routing, &partitions, count, limit).await };
+        let fut =
+            async move { process_batch(&store, &routing, &partitions, count, limit, backup).await };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.busy = false;
             for w in act.routing_waiters.drain(..) {
@@ -330,6 +350,7 @@ type ParsedJob<'a> = (
     &'a str,
     Option<HashSet<uuid::Uuid>>,
     Vec<StoredEvent<'a>>,
+    Option<&'a [String]>,
 );
 
 /// One event that passed dedup, with what the processor decided for it.
@@ -543,6 +564,7 @@ fn push_mapped(
             ));
         }
         Ok(payloads) => out.payloads.extend(payloads.into_iter().map(|p| (i, p))),
+        Err(destinations::TransformError::Unsupported(reason)) => out.dropped.push((i, reason)),
         Err(e) => out.dead.push((i, event(), format!("mapping failed: {e}"))),
     }
 }
@@ -643,7 +665,7 @@ fn assemble(
         }
         for (i, event, reason) in output.dead {
             let ctx = &mut ctxs[i];
-            tracing::warn!(destination = %d.id, message_id = %ctx.message_id, %reason, "event dead-lettered before delivery");
+            tracing::warn!(destination = %d.id, message_id = %ctx.message_id, reason = %route.secrets.text(&reason), "event dead-lettered before delivery");
             ctx.filtered.insert(
                 d.id.clone(),
                 Value::String(format!("dead-lettered: {reason}")),
@@ -747,6 +769,7 @@ async fn process_batch(
     partitions: &[i32],
     partition_count: u32,
     limit: i64,
+    backup: bool,
 ) -> Result<Option<BatchResult>, BatchError> {
     let jobs = store.fetch_gw_jobs(partitions, limit).await?;
     if jobs.is_empty() {
@@ -760,6 +783,7 @@ async fn process_batch(
     let consumed = Consumed {
         ids: jobs.iter().map(|j| j.id).collect(),
         positions: positions.into_iter().collect(),
+        backup,
     };
     let mut parsed: Vec<ParsedJob<'_>> = Vec::with_capacity(jobs.len());
     // Rows stored before the gateway recorded duplicates: their events' dedup owners.
@@ -781,7 +805,13 @@ async fn process_batch(
         }
         let duplicates: Option<HashSet<uuid::Uuid>> =
             job.duplicates.as_ref().map(|d| d.iter().copied().collect());
-        parsed.push((job.id, job.source_id.as_str(), duplicates, events));
+        parsed.push((
+            job.id,
+            job.source_id.as_str(),
+            duplicates,
+            events,
+            job.only_destinations.as_deref(),
+        ));
     }
     let owners = if keys.is_empty() {
         HashMap::new()
@@ -794,7 +824,7 @@ async fn process_batch(
     let mut ctxs: Vec<EventCtx<'_>> = Vec::new();
     let mut groups: Vec<(&Route, &str, Vec<usize>)> = Vec::new();
     let mut group_of: HashMap<(&str, &str), usize> = HashMap::new();
-    for (job_id, source_id, duplicates, events) in parsed {
+    for (job_id, source_id, duplicates, events, only) in parsed {
         let routes = routing.by_source.get(source_id).unwrap_or(&empty);
         let mut seen_in_job = HashSet::new();
         for event in events {
@@ -813,6 +843,13 @@ async fn process_batch(
             let mut filtered = Map::new();
             for route in routes {
                 let d = &route.destination;
+                if only.is_some_and(|o| !o.contains(&d.id)) {
+                    filtered.insert(
+                        d.id.clone(),
+                        Value::String("replay: destination not selected".into()),
+                    );
+                    continue;
+                }
                 if let Err(reason) = d.accepts(&event.head) {
                     metrics::counter!(t::PROCESSOR_FILTERED_TOTAL, "destination" => d.id.clone(), "outcome" => reason.as_str())
                         .increment(1);
@@ -990,4 +1027,110 @@ impl Handler<ReplayTransformed> for Processor {
                 }),
         )
     }
+}
+
+/// What one destination would receive from a set of stored requests (a dry run).
+#[derive(Debug, Clone, Default)]
+pub struct PreviewRoute {
+    /// Destination id.
+    pub destination: String,
+    /// Its kind.
+    pub kind: String,
+    /// Payloads, in delivery order: the `rt_jobs` payload, or for warehouse kinds the event.
+    pub payloads: Vec<String>,
+    /// Events a transformation or mapping dead-lettered, with the reason.
+    pub dead: Vec<String>,
+    /// Events not routed to it, by reason.
+    pub filtered: std::collections::BTreeMap<String, u64>,
+}
+
+/// Routes stored requests (`(source id, events as stored)`, in order) with `routing` exactly
+/// as the processor would — filters, user transformations, the kind's mapping — without
+/// deduplication and without writing anything; `only` restricts the destinations (as
+/// `keel replay --destination` does). Answers per destination, by destination id.
+pub async fn preview(
+    routing: &RoutingTable,
+    requests: &[(String, Vec<Box<RawValue>>)],
+    only: Option<&[String]>,
+) -> Result<std::collections::BTreeMap<String, PreviewRoute>, String> {
+    let empty = Vec::new();
+    let mut out: std::collections::BTreeMap<String, PreviewRoute> = Default::default();
+    let mut ctxs: Vec<EventCtx<'_>> = Vec::new();
+    let mut groups: Vec<(&Route, &str, Vec<usize>)> = Vec::new();
+    let mut group_of: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, (source_id, events)) in requests.iter().enumerate() {
+        let routes = routing.by_source.get(source_id).unwrap_or(&empty);
+        for raw in events {
+            let event = StoredEvent::parse(raw).map_err(|e| format!("request {i}: {e}"))?;
+            let idx = ctxs.len();
+            for route in routes {
+                let d = &route.destination;
+                let entry = out.entry(d.id.clone()).or_insert_with(|| PreviewRoute {
+                    destination: d.id.clone(),
+                    kind: d.destination_definition.name.clone(),
+                    ..PreviewRoute::default()
+                });
+                if only.is_some_and(|o| !o.contains(&d.id)) {
+                    continue;
+                }
+                if let Err(reason) = d.accepts(&event.head) {
+                    *entry
+                        .filtered
+                        .entry(reason.as_str().to_owned())
+                        .or_default() += 1;
+                    continue;
+                }
+                let g = *group_of
+                    .entry((source_id.as_str(), d.id.as_str()))
+                    .or_insert_with(|| {
+                        groups.push((route, source_id.as_str(), Vec::new()));
+                        groups.len() - 1
+                    });
+                groups[g].2.push(idx);
+            }
+            let key = ordering_key(&event.head);
+            ctxs.push(EventCtx {
+                job_id: i as i64 + 1,
+                source_id: source_id.as_str(),
+                partition: 0,
+                key,
+                message_id: event.message_id().to_owned(),
+                event,
+                routed: Vec::new(),
+                filtered: Map::new(),
+            });
+        }
+    }
+    if let Some(o) = only {
+        out.retain(|id, _| o.contains(id));
+    }
+    let assembled = map_routes(routing, &groups, &mut ctxs)
+        .await
+        .map_err(|e| e.to_string())?;
+    for j in assembled.rt {
+        if let Some(p) = out.get_mut(&j.destination_id) {
+            p.payloads.push(j.payload);
+        }
+    }
+    for w in assembled.wh {
+        if let Some(p) = out.get_mut(&w.destination_id) {
+            let events: Vec<&RawValue> = serde_json::from_str(&w.payload).unwrap_or_default();
+            p.payloads
+                .extend(events.into_iter().map(|e| e.get().to_owned()));
+        }
+    }
+    for d in assembled.dlq {
+        if let Some(p) = out.get_mut(&d.destination_id) {
+            p.dead.push(format!("{}: {}", d.message_id, d.reason));
+        }
+    }
+    for ctx in &ctxs {
+        for (dest, reason) in &ctx.filtered {
+            if let Some(p) = out.get_mut(dest) {
+                let r = reason.as_str().unwrap_or("filtered").to_owned();
+                *p.filtered.entry(r).or_default() += 1;
+            }
+        }
+    }
+    Ok(out)
 }

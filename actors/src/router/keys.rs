@@ -108,6 +108,17 @@ impl<J: QueuedJob + Clone> KeyQueues<J> {
         !self.ready.is_empty()
     }
 
+    /// Keys whose head could be dispatched now.
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// The head [`Self::take`] would take next.
+    pub fn peek(&self) -> Option<&J> {
+        let (_, key) = self.ready.first_key_value()?;
+        self.queues.get(key)?.front()
+    }
+
     /// Takes the oldest dispatchable head; its key stays blocked until [`Self::finish`].
     pub fn take(&mut self) -> Option<(Arc<str>, J)> {
         let (_, key) = self.ready.pop_first()?;

@@ -2,10 +2,17 @@
 //! supervisor replaces it when they change). Loads its destination's `rt_jobs` of those
 //! partitions in id order
 //! into per-key queues (bounded window), delivers up to `concurrency` at once but never two
-//! jobs of one ordering key, throttles (GCRA), retries with backoff honouring `Retry-After`,
+//! jobs of one ordering key, throttles (GCRA), retries with backoff honouring `Retry-After` (a rate-limit hint
+//! pauses the whole destination until it passes, as it covers the API key, not one user),
 //! dead-letters refused or exhausted jobs, opens a circuit breaker after sustained failure,
 //! and records outcomes in batched transactions. After a restart it flushes what it holds
 //! and reloads from Postgres, so nothing depends on memory surviving.
+//!
+//! A kind that batches ([`Destination::batching`]) gets up to its limit of ready heads per
+//! delivery — one job per ordering key, so batching never reorders a user's events —
+//! and answers one outcome per job. A partial batch waits up to the kind's `max_wait` only
+//! while more jobs are being loaded; otherwise it goes at once. The breaker and throttle
+//! count a batch as one delivery.
 
 pub mod keys;
 pub mod policy;
@@ -17,6 +24,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 
 use crate::cluster::LeaseGuard;
+use crate::destinations::batch::BatchLimits;
 use crate::destinations::{DeliveryOutcome, Destination, Failure};
 use crate::messages::{
     Drain, DrainReport, GetRouterStatus, Heartbeat, HeartbeatReply, InjectPanic, Retire,
@@ -85,6 +93,7 @@ struct RouterMetrics {
     throttled: metrics::Counter,
     store_failures: metrics::Counter,
     delivery_duration: metrics::Histogram,
+    batch_events: metrics::Histogram,
     in_flight: metrics::Gauge,
     loaded: metrics::Gauge,
     circuit_open: metrics::Gauge,
@@ -101,6 +110,7 @@ impl RouterMetrics {
             throttled: metrics::counter!(t::ROUTER_THROTTLED_TOTAL, "destination" => d.clone()),
             store_failures: metrics::counter!(t::ROUTER_STORE_FAILURES_TOTAL, "destination" => d.clone()),
             delivery_duration: metrics::histogram!(t::ROUTER_DELIVERY_DURATION_SECONDS, "destination" => d.clone()),
+            batch_events: metrics::histogram!(t::ROUTER_BATCH_EVENTS, "destination" => d.clone()),
             in_flight: metrics::gauge!(t::ROUTER_IN_FLIGHT, "destination" => d.clone()),
             loaded: metrics::gauge!(t::ROUTER_LOADED_JOBS, "destination" => d.clone()),
             circuit_open: metrics::gauge!(t::ROUTER_CIRCUIT_OPEN, "destination" => d),
@@ -153,11 +163,23 @@ pub struct RouterActor {
     wakeup: Option<(Instant, SpawnHandle)>,
     restarts: u32,
     paused_until: Option<Instant>,
+    /// Until when the destination asked (429/503 with a rate-limit hint) not to be called:
+    /// the hint covers the API key, so no job of any user goes out before it.
+    rate_limited_until: Option<Instant>,
     generation: u64,
     draining: bool,
     drain_waiters: Vec<tokio::sync::oneshot::Sender<DrainReport>>,
     retired: bool,
     metrics: RouterMetrics,
+    /// The kind's batch limits: `None` until the kind answered, then `Some(None)` for one
+    /// job per delivery.
+    batching: Option<Option<BatchLimits>>,
+    /// Since when a partial batch has been held back waiting for more jobs.
+    batch_wait: Option<Instant>,
+    /// The destination's secrets, kept out of log lines.
+    secrets: Arc<crate::redact::Redactor>,
+    /// The console's live feed (answers are published while someone watches).
+    live: Option<Arc<crate::live::LiveFeed>>,
 }
 
 impl RouterActor {
@@ -195,11 +217,67 @@ impl RouterActor {
             wakeup: None,
             restarts: 0,
             paused_until: None,
+            rate_limited_until: None,
             generation: 0,
             draining: false,
             drain_waiters: Vec::new(),
             retired: false,
+            batching: None,
+            batch_wait: None,
+            secrets: Arc::default(),
+            live: None,
         }
+    }
+
+    /// The destination's secrets, replaced in what the router logs.
+    pub fn with_secrets(mut self, secrets: Arc<crate::redact::Redactor>) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// Publishes this router's answers to the console's live feed.
+    pub fn with_live(mut self, live: Arc<crate::live::LiveFeed>) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    /// Tells the live feed (if watched) what became of `job`.
+    fn publish(
+        &self,
+        key: &Arc<str>,
+        job: &Job,
+        outcome: &'static str,
+        attempts: i32,
+        f: Option<&Failure>,
+    ) {
+        let Some(live) = self.live.as_ref() else {
+            return;
+        };
+        if let Some(f) = f {
+            live.note_failure(
+                &self.destination_id,
+                crate::live::LastFailure {
+                    error: self.secrets.text(&f.error).into_owned(),
+                    status: f.status,
+                    at: Utc::now(),
+                },
+            );
+        }
+        if !live.watched() {
+            return;
+        }
+        live.answered(crate::live::Answered {
+            destination_id: self.destination_id.clone(),
+            message_id: job.message_id.clone(),
+            key: key.clone(),
+            outcome,
+            status: f.and_then(|f| f.status),
+            error: f
+                .map(|f| self.secrets.text(&f.error).into_owned())
+                .unwrap_or_default(),
+            attempts,
+            at: Utc::now(),
+        });
     }
 
     fn dest_label(&self) -> String {
@@ -318,12 +396,34 @@ impl RouterActor {
             }
             return;
         }
+        let Some(batching) = self.batching else {
+            // Pumped again once the kind said whether it batches.
+            return;
+        };
         let now = Instant::now();
+        if let Some(until) = self.rate_limited_until {
+            if now < until {
+                self.metrics.throttled.increment(1);
+                self.schedule(ctx, until);
+                return;
+            }
+            self.rate_limited_until = None;
+        }
         self.queues.promote(now);
         while self.in_flight < self.config.concurrency && self.queues.has_ready() {
             if self.pending.len() + self.flushing_len >= self.config.max_unrecorded {
                 // Resumed when the running status write completes.
                 break;
+            }
+            if let Some(limits) = batching {
+                if self.queues.ready_len() < limits.max_events && !self.caught_up {
+                    // More jobs are on their way: wait a little for a fuller batch.
+                    let since = *self.batch_wait.get_or_insert(now);
+                    if now < since + limits.max_wait {
+                        self.schedule(ctx, since + limits.max_wait);
+                        break;
+                    }
+                }
             }
             if !self.breaker.allow(now) {
                 break;
@@ -338,6 +438,15 @@ impl RouterActor {
                     self.schedule(ctx, now + wait);
                     return;
                 }
+            }
+            if let Some(limits) = batching {
+                self.batch_wait = None;
+                let batch = self.take_batch(limits);
+                if batch.is_empty() {
+                    break;
+                }
+                self.dispatch_batch(ctx, batch);
+                continue;
             }
             let Some((key, job)) = self.queues.take() else {
                 break;
@@ -394,6 +503,80 @@ impl RouterActor {
         }));
     }
 
+    /// The oldest ready heads (one per key) within `limits`: at most `max_events`, and no
+    /// more stored bytes than `max_bytes` (a single larger job still goes, alone).
+    fn take_batch(&mut self, limits: BatchLimits) -> Vec<(Arc<str>, Job)> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while batch.len() < limits.max_events {
+            let Some(next) = self.queues.peek() else {
+                break;
+            };
+            let len = next.payload.len();
+            if !batch.is_empty() && bytes + len > limits.max_bytes {
+                break;
+            }
+            let Some(taken) = self.queues.take() else {
+                break;
+            };
+            bytes += len;
+            batch.push(taken);
+        }
+        batch
+    }
+
+    fn dispatch_batch(&mut self, ctx: &mut Context<Self>, batch: Vec<(Arc<str>, Job)>) {
+        self.in_flight += 1;
+        self.metrics.batch_events.record(batch.len() as f64);
+        let kind = self.kind.clone();
+        let payloads: Vec<Arc<str>> = batch.iter().map(|(_, j)| j.payload.clone()).collect();
+        let started = Instant::now();
+        let generation = self.generation;
+        let fut = async move { kind.deliver_batch(&payloads).await };
+        ctx.spawn(fut.into_actor(self).map(move |outcomes, act, ctx| {
+            if generation != act.generation {
+                return;
+            }
+            act.in_flight -= 1;
+            act.metrics
+                .delivery_duration
+                .record(started.elapsed().as_secs_f64());
+            // The destination answered for the batch as a whole: one breaker step.
+            let failed = !outcomes.is_empty()
+                && outcomes
+                    .iter()
+                    .all(|o| matches!(o, DeliveryOutcome::Retry(_)));
+            act.breaker_step(!failed, Instant::now());
+            let mut outcomes = outcomes.into_iter();
+            for (key, job) in batch {
+                let outcome = outcomes.next().unwrap_or_else(|| {
+                    DeliveryOutcome::Retry(Failure {
+                        error: "the destination kind answered fewer outcomes than events".into(),
+                        ..Failure::default()
+                    })
+                });
+                act.record(key, job, outcome);
+            }
+            act.flush(ctx);
+            act.pump(ctx);
+            act.check_drained();
+        }));
+    }
+
+    /// The breaker's view of one delivery: healthy (delivered, or refused — the
+    /// destination is up) or failed.
+    fn breaker_step(&mut self, healthy: bool, now: Instant) {
+        if healthy {
+            if self.breaker.success() {
+                tracing::info!(destination = %self.destination_id, "circuit breaker closed: destination recovered");
+                self.metrics.circuit_open.set(0.0);
+            }
+        } else if self.breaker.failure(now) {
+            tracing::warn!(destination = %self.destination_id, "circuit breaker open: pausing deliveries, probing");
+            self.metrics.circuit_open.set(1.0);
+        }
+    }
+
     fn complete(
         &mut self,
         _ctx: &mut Context<Self>,
@@ -401,30 +584,30 @@ impl RouterActor {
         job: Job,
         outcome: DeliveryOutcome,
     ) {
+        let healthy = !matches!(outcome, DeliveryOutcome::Retry(_));
+        self.breaker_step(healthy, Instant::now());
+        self.record(key, job, outcome);
+    }
+
+    /// Books one job's outcome: delivered, dead-lettered, or retried later (the breaker
+    /// was told already).
+    fn record(&mut self, key: Arc<str>, job: Job, outcome: DeliveryOutcome) {
         let now = Instant::now();
         match outcome {
             DeliveryOutcome::Delivered => {
+                self.publish(&key, &job, "delivered", job.attempts + 1, None);
                 self.metrics.delivered.increment(1);
-                if self.breaker.success() {
-                    tracing::info!(destination = %self.destination_id, "circuit breaker closed: destination recovered");
-                    self.metrics.circuit_open.set(0.0);
-                }
                 self.pending.delivered.push(job.id);
                 self.queues.finish(&key, Finish::Done, now);
             }
             DeliveryOutcome::Abort(f) => {
+                self.publish(&key, &job, "dead_lettered", job.attempts + 1, Some(&f));
                 self.metrics.dead.increment(1);
-                // A refusal means the destination is up: the breaker counts it as health.
-                self.breaker.success();
                 let reason = format!("refused: {}", f.error);
                 self.dead_letter(&job, job.attempts + 1, reason, f);
                 self.queues.finish(&key, Finish::Done, now);
             }
             DeliveryOutcome::Retry(f) => {
-                if self.breaker.failure(now) {
-                    tracing::warn!(destination = %self.destination_id, "circuit breaker open: pausing deliveries, probing");
-                    self.metrics.circuit_open.set(1.0);
-                }
                 let attempts = job.attempts + 1;
                 let first_failed = job.first_failed_at.unwrap_or_else(Utc::now);
                 let failing_for = (Utc::now() - first_failed)
@@ -432,14 +615,21 @@ impl RouterActor {
                     .unwrap_or(Duration::ZERO);
                 let policy = &self.config.retry;
                 if attempts >= policy.max_attempts || failing_for >= policy.max_duration {
+                    self.publish(&key, &job, "dead_lettered", attempts, Some(&f));
                     self.metrics.dead.increment(1);
                     let reason =
                         format!("retries exhausted after {attempts} attempts: {}", f.error);
                     self.dead_letter(&job, attempts, reason, f);
                     self.queues.finish(&key, Finish::Done, now);
                 } else {
+                    self.publish(&key, &job, "retrying", attempts, Some(&f));
                     self.metrics.retry.increment(1);
                     let delay = policy.delay(job.attempts, f.retry_after);
+                    if f.retry_after.is_some() {
+                        let until = now + delay;
+                        self.rate_limited_until =
+                            Some(self.rate_limited_until.map_or(until, |u| u.max(until)));
+                    }
                     let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
                     let error = match f.status {
                         Some(s) => format!("{} (status {s}): {}", f.error, f.body),
@@ -463,7 +653,7 @@ impl RouterActor {
     }
 
     fn dead_letter(&mut self, job: &Job, attempts: i32, reason: String, f: Failure) {
-        tracing::info!(destination = %self.destination_id, message_id = %job.message_id, %reason, "job dead-lettered");
+        tracing::info!(destination = %self.destination_id, message_id = %job.message_id, reason = %self.secrets.text(&reason), "job dead-lettered");
         self.pending.dead.push(DeadLetter {
             id: job.id,
             attempts,
@@ -540,6 +730,20 @@ impl Actor for RouterActor {
             act.flush(ctx);
             act.load(ctx);
         });
+        if self.batching.is_none() {
+            let kind = self.kind.clone();
+            ctx.spawn(
+                async move { kind.batching().await }
+                    .into_actor(self)
+                    .map(|limits, act, ctx| {
+                        if let Some(l) = limits {
+                            tracing::info!(destination = %act.destination_id, max_events = l.max_events, max_bytes = l.max_bytes, max_wait = ?l.max_wait, "batched delivery");
+                        }
+                        act.batching = Some(limits);
+                        act.pump(ctx);
+                    }),
+            );
+        }
         ctx.run_interval(self.config.poll_interval, |act, ctx| {
             if act.paused_until.is_none() {
                 act.caught_up = false;

@@ -132,3 +132,57 @@ impl Store {
         .await
     }
 }
+
+/// One replayed request part (`keel replay`): stored like an accepted request, with an
+/// empty `duplicates` list (the messageId window never drops it) and, optionally, the only
+/// destinations it is routed to.
+#[derive(Debug, Clone)]
+pub struct ReplayInsert {
+    /// Source id.
+    pub source_id: String,
+    /// Partition of its events.
+    pub partition: i32,
+    /// Number of events.
+    pub event_count: i32,
+    /// JSON array of the events, as backed up.
+    pub payload: String,
+}
+
+impl Store {
+    /// Stores replayed requests in order (ids follow the slice), in one statement.
+    /// `only`: route to these destination ids only (`None`: every destination).
+    pub async fn insert_replayed(
+        &self,
+        rows: Vec<ReplayInsert>,
+        only: Option<Vec<String>>,
+    ) -> Result<(), StoreError> {
+        let mut src = Vec::with_capacity(rows.len());
+        let mut part = Vec::with_capacity(rows.len());
+        let mut count = Vec::with_capacity(rows.len());
+        let mut payload = Vec::with_capacity(rows.len());
+        for r in rows {
+            src.push(r.source_id);
+            part.push(r.partition);
+            count.push(r.event_count);
+            payload.push(r.payload);
+        }
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            diesel::sql_query(
+                "INSERT INTO gw_jobs (id, source_id, received_at, event_count, payload, partition, duplicates, only_destinations) \
+                 SELECT nextval('gw_jobs_id_seq'), s, now(), n, p, k, '{}', $5 FROM ( \
+                   SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::int4[]) \
+                   WITH ORDINALITY AS u(s, n, p, k, o) ORDER BY o) r",
+            )
+            .bind::<Array<Text>, _>(src)
+            .bind::<Array<Integer>, _>(count)
+            .bind::<Array<Text>, _>(payload)
+            .bind::<Array<Integer>, _>(part)
+            .bind::<diesel::sql_types::Nullable<Array<Text>>, _>(only)
+            .execute(&mut conn)
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -9,6 +9,7 @@ mod migrate;
 mod processor;
 mod router;
 mod telemetry;
+mod uploads;
 mod warehouse;
 
 use std::time::Duration;
@@ -21,12 +22,13 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use cached::CacheExt;
 pub use cluster::{HeldLease, LeaseRow, NodeRow, Tenure};
-pub use gateway::GwJobInsert;
+pub use gateway::{GwJobInsert, ReplayInsert};
 pub use migrate::{run_migrations, MIGRATIONS};
 pub use processor::{Consumed, DlqInsert, GwJob, RoutingRecord, RtJobInsert, PROCESSOR_STAGE};
 pub use router::{DeadLetter, DlqJob, RetryUpdate, RtJob, StatusBatch, TransformDeadLetter};
 pub use telemetry::{DestinationBacklog, PoolUsage};
-pub use warehouse::{WhBacklog, WhJob, WhJobInsert};
+pub use uploads::{ClaimedBatch, JobQueue, QueueBacklog, QueuedJob};
+pub use warehouse::WhJobInsert;
 
 /// The dedup-table key of a (source, messageId): a 128-bit xxh3 hash of both, as a UUID.
 pub fn dedup_key(source_id: &str, message_id: &str) -> uuid::Uuid {

@@ -34,6 +34,9 @@ pub struct GwJob {
     /// drop); `None` for a row stored before the gateway recorded them (look them up).
     #[diesel(sql_type = Nullable<Array<diesel::sql_types::Uuid>>)]
     pub duplicates: Option<Vec<uuid::Uuid>>,
+    /// Rows written by `keel replay --destination`: the only destinations to route to.
+    #[diesel(sql_type = Nullable<Array<Text>>)]
+    pub only_destinations: Option<Vec<String>>,
 }
 
 #[derive(QueryableByName)]
@@ -51,6 +54,8 @@ pub struct Consumed {
     pub ids: Vec<i64>,
     /// (partition, highest id consumed in it): the checkpoints to advance.
     pub positions: Vec<(i32, i64)>,
+    /// Raw backup enabled: the rows move to `backup_jobs` instead of being deleted.
+    pub backup: bool,
 }
 
 /// Lowest and highest id of the rows one insert wrote.
@@ -150,7 +155,7 @@ impl Store {
         self.timed(async {
             let mut conn = self.conn().await?;
             Ok(diesel::sql_query(
-                "SELECT id, source_id, payload, partition, duplicates FROM gw_jobs \
+                "SELECT id, source_id, payload, partition, duplicates, only_destinations FROM gw_jobs \
                  WHERE partition = ANY($1) ORDER BY id LIMIT $2",
             )
             .bind::<Array<Integer>, _>(partitions)
@@ -312,7 +317,17 @@ impl Store {
                                 "node {node} no longer holds all of partitions {fence:?}"
                             )));
                         }
-                        let deleted = diesel::sql_query("DELETE FROM gw_jobs WHERE id = ANY($1)")
+                        // With the raw backup on, the consumed rows move to backup_jobs in the
+                        // same statement (the count is the rows moved).
+                        let sql = if c.backup {
+                            "WITH moved AS (DELETE FROM gw_jobs WHERE id = ANY($1) \
+                               RETURNING id, source_id, received_at, partition, event_count, payload) \
+                             INSERT INTO backup_jobs (id, source_id, received_at, partition, event_count, payload) \
+                             SELECT id, source_id, received_at, partition, event_count, payload FROM moved"
+                        } else {
+                            "DELETE FROM gw_jobs WHERE id = ANY($1)"
+                        };
+                        let deleted = diesel::sql_query(sql)
                             .bind::<Array<BigInt>, _>(&c.ids)
                             .cached()
                             .execute(conn)

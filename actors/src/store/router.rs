@@ -12,6 +12,17 @@ use serde::Serialize;
 
 use super::{Store, StoreError};
 
+/// A destination's newest dead letter.
+#[derive(Debug, QueryableByName)]
+struct NewestDead {
+    #[diesel(sql_type = Text)]
+    destination_id: String,
+    #[diesel(sql_type = Text)]
+    reason: String,
+    #[diesel(sql_type = Timestamptz)]
+    failed_at: DateTime<Utc>,
+}
+
 /// A job as a router holds it.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct RtJob {
@@ -132,6 +143,10 @@ pub struct DlqJob {
     /// `delivery` (the router gave up) or `transform` (a script failed before delivery).
     #[diesel(sql_type = Text)]
     pub stage: String,
+    /// What it would have sent (`delivery`: the request) or the event (`transform`), as
+    /// stored; the admin API redacts secrets before showing it.
+    #[diesel(sql_type = Text)]
+    pub payload: String,
 }
 
 #[derive(QueryableByName)]
@@ -274,7 +289,7 @@ impl Store {
         self.timed(async {
             let mut conn = self.conn().await?;
             Ok(diesel::sql_query(
-                "SELECT id, destination_id, ordering_key, message_id, attempts, reason, last_status, last_response, failed_at, stage \
+                "SELECT id, destination_id, ordering_key, message_id, attempts, reason, last_status, last_response, failed_at, stage, payload \
                  FROM dlq_jobs WHERE ($1::text IS NULL OR destination_id = $1) ORDER BY id LIMIT $2",
             )
             .bind::<Nullable<Text>, _>(destination)
@@ -282,6 +297,31 @@ impl Store {
             .cached()
             .load(&mut conn)
             .await?)
+        })
+        .await
+    }
+
+    /// The newest dead letter's reason and time of each of `destinations` that has one
+    /// (one index step per destination).
+    pub async fn newest_dead_letters_of(
+        &self,
+        destinations: Vec<String>,
+    ) -> Result<std::collections::HashMap<String, (String, DateTime<Utc>)>, StoreError> {
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            let rows: Vec<NewestDead> = diesel::sql_query(
+                "SELECT d.id AS destination_id, j.reason, j.failed_at FROM unnest($1::text[]) AS d(id) \
+                 CROSS JOIN LATERAL (SELECT reason, failed_at FROM dlq_jobs WHERE destination_id = d.id \
+                 ORDER BY id DESC LIMIT 1) j",
+            )
+            .bind::<Array<Text>, _>(destinations)
+            .cached()
+            .load(&mut conn)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| (r.destination_id, (r.reason, r.failed_at)))
+                .collect())
         })
         .await
     }

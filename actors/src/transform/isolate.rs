@@ -1,8 +1,9 @@
 //! One isolate thread: owns a V8 isolate and its context, compiles scripts as ES modules
 //! (libraries resolved by name), runs calls under a watchdog (time budget →
 //! `terminate_execution`) and a heap cap (near-heap-limit callback, plus a capped array
-//! buffer allocator), answers `fetch` from scripts through the destinations' HTTP client,
-//! and recreates the isolate after any call it had to stop.
+//! buffer allocator), answers `fetch` from scripts through the destinations' HTTP client
+//! (or from the pool's [`FetchMocks`], when it has some), and recreates the isolate after
+//! any call it had to stop.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -12,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use super::TransformSettings;
 use super::{CallError, Libraries, Script, ScriptError, ScriptKind};
+use super::{FetchMocks, TransformSettings};
 use crate::destinations::{http, HttpSettings};
 use crate::telemetry as t;
 
@@ -23,6 +24,9 @@ pub(super) struct Job {
     /// JSON array of `{e, m}` items.
     pub input: String,
     pub destination: Option<String>,
+    /// A destination script's export to call instead of `process` (`batch`,
+    /// `batchResponse`, `describe`); its input is a JSON array of arguments.
+    pub entry: Option<&'static str>,
     /// The answer text (decoded by the caller, off the isolate thread).
     pub reply: tokio::sync::oneshot::Sender<Result<String, CallError>>,
 }
@@ -52,16 +56,21 @@ const SCRIPT_CACHE: usize = 256;
 fn init_v8() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
+        // ICU's data (time zones, locales): without it `Intl` aborts the process. Aligned
+        // as ICU asks; a failure leaves `Intl` unusable but everything else working.
+        if let Err(code) = v8::icu::set_common_data_77(deno_core_icudata::ICU_DATA) {
+            tracing::warn!(code, "ICU data not loaded: Intl is unavailable to scripts");
+        }
         let platform = v8::new_default_platform(0, false).make_shared();
         v8::V8::initialize_platform(platform);
         v8::V8::initialize();
     });
 }
 
-/// Starts isolate thread `index`, taking calls from `rx` until every sender is gone.
+/// Starts isolate thread `index`, taking calls from `queue` until it is closed.
 pub(super) fn spawn(
     index: usize,
-    rx: flume::Receiver<Job>,
+    queue: Arc<super::fair::FairQueue>,
     settings: Arc<TransformSettings>,
 ) -> std::io::Result<()> {
     init_v8();
@@ -77,7 +86,7 @@ pub(super) fn spawn(
                 fetch: Arc::new(fetch),
                 runtime: None,
             };
-            while let Ok(job) = rx.recv() {
+            while let Some((job, _taken)) = queue.take() {
                 // A bug on this side must not take the thread (and the pool) down.
                 let result =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.call(&job)))
@@ -179,12 +188,14 @@ impl Watchdog {
     }
 }
 
-/// What `fetch` needs on the isolate thread: a small runtime and the destinations' client.
+/// What `fetch` needs on the isolate thread: a small runtime and the destinations' client,
+/// or the canned answers that replace them.
 struct FetchEnv {
     runtime: Option<tokio::runtime::Runtime>,
     client: http::HttpClient,
     max_requests: usize,
     max_body: usize,
+    mocks: Option<Arc<FetchMocks>>,
 }
 
 impl FetchEnv {
@@ -205,6 +216,7 @@ impl FetchEnv {
             client,
             max_requests: settings.fetch_max_requests,
             max_body: settings.fetch_max_body,
+            mocks: settings.fetch_mocks.clone(),
         }
     }
 }
@@ -393,6 +405,9 @@ impl Worker {
             let name = v8::String::new(scope, "__keel_host_fetch").ok_or("no string")?;
             let f = v8::Function::new(scope, host_fetch).ok_or("no function")?;
             global.set(scope, name.into(), f.into());
+            let name = v8::String::new(scope, "__keel_host_digest").ok_or("no string")?;
+            let f = v8::Function::new(scope, host_digest).ok_or("no function")?;
+            global.set(scope, name.into(), f.into());
             v8::tc_scope!(let tc, scope);
             let source = v8::String::new(tc, PRELUDE).ok_or("no string")?;
             let script = v8::Script::compile(tc, source, None).ok_or_else(|| {
@@ -455,6 +470,16 @@ fn run(rt: &mut Runtime, job: &Job) -> Result<String, CallError> {
                 .into(),
         );
     }
+    if let Some(entry) = job.entry {
+        if job.destination.is_none() {
+            args.push(v8::undefined(tc).into());
+        }
+        args.push(
+            v8::String::new(tc, entry)
+                .ok_or_else(|| CallError::InvalidOutput("no string".into()))?
+                .into(),
+        );
+    }
     let recv = v8::undefined(tc).into();
     let Some(mut value) = func.call(tc, recv, &args) else {
         return Err({
@@ -482,6 +507,7 @@ fn run(rt: &mut Runtime, job: &Job) -> Result<String, CallError> {
                         .into(),
                 stack: None,
                 status: None,
+                drop: false,
             })),
         }
     }
@@ -605,6 +631,44 @@ fn resolve_library<'s>(
     Some(module)
 }
 
+/// `__keel_host_digest(algorithm, data, key, encoding)` → the digest of the UTF-8 bytes of
+/// `data` as lower-case hex (or `"base64"`, `"base64url"`): `identity`, `sha256`, `sha512`,
+/// `sha1`, `md5`, `hmac-sha256` / `hmac-sha1` keyed with `key`, or `rsa-sha256` signed with
+/// the PKCS#8 PEM key `key`. Throws on an unknown algorithm or a bad key.
+fn host_digest(
+    scope: &mut v8::PinScope,
+    args: v8::FunctionCallbackArguments,
+    mut rv: v8::ReturnValue<v8::Value>,
+) {
+    let algorithm = args.get(0).to_rust_string_lossy(scope);
+    let data = args.get(1).to_rust_string_lossy(scope);
+    let key = args.get(2);
+    let key = (!key.is_null_or_undefined()).then(|| key.to_rust_string_lossy(scope));
+    let encoding = args.get(3).to_rust_string_lossy(scope);
+    match super::digest::digest(
+        &algorithm,
+        data.as_bytes(),
+        key.as_deref().map(str::as_bytes),
+    ) {
+        Ok(bytes) => {
+            let text = match encoding.as_str() {
+                "base64" => super::digest::base64(&bytes),
+                "base64url" => super::digest::base64url(&bytes),
+                _ => super::digest::hex(&bytes),
+            };
+            if let Some(s) = v8::String::new(scope, &text) {
+                rv.set(s.into());
+            }
+        }
+        Err(message) => {
+            if let Some(m) = v8::String::new(scope, &message) {
+                let e = v8::Exception::type_error(scope, m);
+                scope.throw_exception(e);
+            }
+        }
+    }
+}
+
 /// `__keel_host_fetch(url, optionsJson)` → JSON `{status, headers, body}` or `{error}`.
 fn host_fetch(
     scope: &mut v8::PinScope,
@@ -636,6 +700,9 @@ fn host_fetch(
 }
 
 fn fetch_now(env: &FetchEnv, url: &str, options: &Map<String, Value>, left: Duration) -> Value {
+    if let Some(mocks) = &env.mocks {
+        return fetch_mocked(mocks, url, options);
+    }
     let Some(runtime) = &env.runtime else {
         return serde_json::json!({"error": "fetch is unavailable"});
     };
@@ -660,6 +727,24 @@ fn fetch_now(env: &FetchEnv, url: &str, options: &Map<String, Value>, left: Dura
         Err(_) => {
             serde_json::json!({ "error": "fetch timed out at the end of the call's time budget" })
         }
+    }
+}
+
+/// `fetch` answered from canned answers: the matching entry's response, or `{error}`
+/// naming the method and URL no entry matched.
+fn fetch_mocked(mocks: &FetchMocks, url: &str, options: &Map<String, Value>) -> Value {
+    let method = options
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("GET");
+    let headers = match options.get("headers") {
+        Some(Value::Object(h)) => h.clone(),
+        _ => Map::new(),
+    };
+    let body = options.get("body").and_then(Value::as_str);
+    match mocks.answer(method, url, &headers, body) {
+        Ok(res) => serde_json::to_value(res).unwrap_or(Value::Null),
+        Err(error) => serde_json::json!({ "error": error }),
     }
 }
 
@@ -692,6 +777,7 @@ fn error_of<'s>(scope: &mut v8::PinScope<'s, '_>, value: v8::Local<'s, v8::Value
         message,
         stack: None,
         status: None,
+        drop: false,
     };
     if let Ok(obj) = v8::Local::<v8::Object>::try_from(value) {
         if let Some(stack) = property(scope, obj, "stack").filter(|s| s.is_string()) {
@@ -727,6 +813,7 @@ fn thrown<'s>(scope: &mut v8::PinScope<'s, '_>, caught: Caught<'s>) -> CallError
             message: "execution terminated".into(),
             stack: None,
             status: None,
+            drop: false,
         });
     }
     match caught.exception {
@@ -735,6 +822,7 @@ fn thrown<'s>(scope: &mut v8::PinScope<'s, '_>, caught: Caught<'s>) -> CallError
             message: "the script failed without an exception".into(),
             stack: None,
             status: None,
+            drop: false,
         }),
     }
 }

@@ -1,13 +1,21 @@
 //! JavaScript transformations on V8: a pool of isolates, each on its own OS thread (isolates
-//! are `!Send`), fed through one bounded channel, one batch of events per call. Scripts are
+//! are `!Send`), fed fairly from one bounded queue per script ([`fair`]: a runaway script
+//! holds at most all isolates but one while others have work), one batch of events per
+//! call. Scripts are
 //! ES modules in RudderStack's shape — user transformations export `transformEvent(event,
 //! metadata)` or `transformBatch(events, metadata)`, destination scripts export
 //! `process(event, destination)` — and may import libraries by name. Each isolate caches
 //! the scripts it compiled, runs each call under a time budget (a watchdog terminates it)
 //! and a heap cap, and is recreated after a call it had to stop. This module owns the
-//! public side: settings, scripts, calls and their results; [`isolate`] owns V8.
+//! public side: settings, scripts, calls and their results; [`isolate`] owns V8. Tests
+//! may give a pool canned answers for every `fetch` its scripts make ([`mocks`]).
 
+pub mod digest;
+mod fair;
 mod isolate;
+pub mod mocks;
+
+pub use mocks::{FetchMocks, MockExchange};
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -37,6 +45,12 @@ pub struct TransformSettings {
     pub fetch_max_body: usize,
     /// Let `fetch` reach loopback, private and link-local addresses.
     pub allow_private_targets: bool,
+    /// How long the processor waits for a destination script's mapping before it leaves
+    /// the events to that destination's router.
+    pub mapping_deadline: Duration,
+    /// Canned answers for every `fetch`/`fetchV2` (tests: `keel transform test` cases with
+    /// `network`); `None` (production) sends real requests.
+    pub fetch_mocks: Option<Arc<FetchMocks>>,
 }
 
 impl Default for TransformSettings {
@@ -49,6 +63,8 @@ impl Default for TransformSettings {
             fetch_max_requests: 20,
             fetch_max_body: 1 << 20,
             allow_private_targets: false,
+            mapping_deadline: Duration::from_secs(1),
+            fetch_mocks: None,
         }
     }
 }
@@ -175,6 +191,11 @@ pub struct ScriptError {
     /// A `status` (or `statusCode`) the thrown error carried.
     #[serde(default)]
     pub status: Option<u16>,
+    /// The script declined the event rather than failed on it (an error with `drop: true`,
+    /// such as `keel`'s `UnsupportedEventError`): the event is skipped with this message
+    /// as the reason, not dead-lettered.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drop: bool,
 }
 
 impl std::fmt::Display for ScriptError {
@@ -260,8 +281,14 @@ impl CallError {
 /// The pool of isolates. Cheap to share (`Arc`); dropping the last handle stops the threads
 /// once their queue is empty.
 pub struct TransformPool {
-    tx: flume::Sender<isolate::Job>,
+    queue: Arc<fair::FairQueue>,
     settings: Arc<TransformSettings>,
+}
+
+impl Drop for TransformPool {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl TransformPool {
@@ -269,11 +296,11 @@ impl TransformPool {
     pub fn start(settings: TransformSettings) -> std::io::Result<Arc<Self>> {
         let settings = Arc::new(settings);
         let n = settings.isolates.max(1);
-        let (tx, rx) = flume::bounded(n * 4);
+        let queue = Arc::new(fair::FairQueue::new(n, n * 4));
         for i in 0..n {
-            isolate::spawn(i, rx.clone(), settings.clone())?;
+            isolate::spawn(i, queue.clone(), settings.clone())?;
         }
-        Ok(Arc::new(Self { tx, settings }))
+        Ok(Arc::new(Self { queue, settings }))
     }
 
     /// The limits this pool enforces.
@@ -335,13 +362,54 @@ impl TransformPool {
             script: script.clone(),
             input,
             destination,
+            entry: None,
             reply,
         };
-        self.tx
-            .send_async(job)
+        self.queue
+            .send(script.id(), job)
             .await
             .map_err(|_| CallError::Unavailable)?;
         rx.await.map_err(|_| CallError::Unavailable)?
+    }
+
+    /// Calls the export `entry` of a destination script (`batch`, `batchResponse`, or
+    /// `describe`, which reports the script's optional exports) with `args` (spread as its
+    /// arguments, then `destination`). Answers the value it returned (awaited) and its logs.
+    pub async fn call_export(
+        &self,
+        script: &Arc<Script>,
+        entry: &'static str,
+        args: &Value,
+        destination: Option<&Value>,
+    ) -> Result<ExportOutput, CallError> {
+        let started = Instant::now();
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let job = isolate::Job {
+            script: script.clone(),
+            input: args.to_string(),
+            destination: destination.map(Value::to_string),
+            entry: Some(entry),
+            reply,
+        };
+        self.queue
+            .send(script.id(), job)
+            .await
+            .map_err(|_| CallError::Unavailable)?;
+        let result = rx
+            .await
+            .map_err(|_| CallError::Unavailable)?
+            .and_then(|text| parse_export_answer(&text));
+        if entry != "describe" {
+            let label = script.name.clone();
+            metrics::histogram!(t::TRANSFORM_CALL_DURATION_SECONDS, "script" => label.clone())
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!(t::TRANSFORM_CALLS_TOTAL, "script" => label.clone()).increment(1);
+            if let Err(e) = &result {
+                metrics::counter!(t::TRANSFORM_ERRORS_TOTAL, "script" => label, "reason" => e.reason())
+                    .increment(1);
+            }
+        }
+        result
     }
 
     /// Runs one script over one event from synchronous code (the CLI), blocking.
@@ -353,6 +421,37 @@ impl TransformPool {
         destination: Option<&Value>,
     ) -> Result<CallOutput, CallError> {
         futures::executor::block_on(self.call(script, common, items, destination))
+    }
+}
+
+/// What a call of a script's named export answered.
+#[derive(Debug, Clone)]
+pub struct ExportOutput {
+    /// The returned value (`null` for `undefined`).
+    pub value: Value,
+    /// Lines the script logged.
+    pub logs: Vec<String>,
+}
+
+fn parse_export_answer(text: &str) -> Result<ExportOutput, CallError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Answer {
+        #[serde(default)]
+        value: Value,
+        #[serde(default)]
+        call_error: Option<ScriptError>,
+        #[serde(default)]
+        logs: Vec<String>,
+    }
+    let answer: Answer = serde_json::from_str(text)
+        .map_err(|e| CallError::InvalidOutput(format!("the answer is not JSON: {e}")))?;
+    match answer.call_error {
+        Some(e) => Err(CallError::Exception(e)),
+        None => Ok(ExportOutput {
+            value: answer.value,
+            logs: answer.logs,
+        }),
     }
 }
 
@@ -382,6 +481,8 @@ fn parse_answer(text: &str, expected: usize) -> Result<CallOutput, CallError> {
         stack: Option<String>,
         #[serde(default)]
         status: Option<u16>,
+        #[serde(default)]
+        drop: bool,
     }
     let objects = |values: Vec<Value>| -> Result<Vec<Map<String, Value>>, CallError> {
         values
@@ -413,6 +514,7 @@ fn parse_answer(text: &str, expected: usize) -> Result<CallOutput, CallError> {
                 message,
                 stack: item.stack,
                 status: item.status,
+                drop: item.drop,
             });
             out.push(match (item.out, error) {
                 (Some(values), _) => match objects(values) {
@@ -421,6 +523,7 @@ fn parse_answer(text: &str, expected: usize) -> Result<CallOutput, CallError> {
                         message: e.to_string(),
                         stack: None,
                         status: None,
+                        drop: false,
                     }),
                 },
                 (None, Some(e)) => ItemResult::Failed(e),

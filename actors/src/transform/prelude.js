@@ -6,6 +6,15 @@
 (() => {
   const hostFetch = globalThis.__keel_host_fetch;
   delete globalThis.__keel_host_fetch;
+  // Digests in Rust (`keel`'s sha256, md5, hmacSha256… wrap it): digest(algorithm, text,
+  // key, "hex" | "base64").
+  const hostDigest = globalThis.__keel_host_digest;
+  delete globalThis.__keel_host_digest;
+  Object.defineProperty(globalThis, "__keelDigest", {
+    value: (algorithm, data, key, encoding) =>
+      hostDigest(String(algorithm), String(data ?? ""), key == null ? undefined : String(key), encoding ?? "hex"),
+    enumerable: false,
+  });
 
   const LOG_LINES = 200;
   const LOG_BYTES = 64 * 1024;
@@ -66,7 +75,8 @@
     const stack = e instanceof Error && e.stack ? String(e.stack) : undefined;
     let status = e && typeof e === "object" ? (e.status ?? e.statusCode) : undefined;
     if (typeof status !== "number") status = undefined;
-    return { error, stack, status };
+    const drop = e !== null && typeof e === "object" && e.drop === true ? true : undefined;
+    return { error, stack, status, drop };
   };
   const outOf = (r) => (r == null ? [] : Array.isArray(r) ? r.filter((x) => x != null) : [r]);
   const isThenable = (v) => v !== null && typeof v === "object" && typeof v.then === "function";
@@ -155,6 +165,31 @@
     return perEvent(f, items, () => dest);
   };
 
+  // A destination script's other exports: `describe` reports which optional ones exist
+  // and their limits; any other entry calls that export with the JSON array `input` as its
+  // arguments, then the destination, and answers `{ value }`.
+  const describe = (ns) => ({
+    batch: typeof ns.batch === "function",
+    batchResponse: typeof ns.batchResponse === "function",
+    maxBatchSize: typeof ns.maxBatchSize === "number" ? ns.maxBatchSize : undefined,
+    maxBatchBytes: typeof ns.maxBatchBytes === "number" ? ns.maxBatchBytes : undefined,
+  });
+  const runExport = (ns, entry, input, destination) => {
+    if (entry === "describe") return finish({ value: describe(ns) });
+    const f = ns[entry];
+    if (typeof f !== "function") {
+      return finish({ callError: { error: `Error: the script exports no function ${entry}` } });
+    }
+    const done = (v) => finish({ value: v === undefined ? null : v });
+    const failed = (e) => finish({ callError: errorOf(e) });
+    try {
+      const r = f(...JSON.parse(input), destination === undefined ? undefined : JSON.parse(destination));
+      return isThenable(r) ? Promise.resolve(r).then(done, failed) : done(r);
+    } catch (e) {
+      return failed(e);
+    }
+  };
+
   // Called once per compiled script: picks the entry point and returns the function Rust
   // calls with each batch.
   globalThis.__keel_bind = (ns, kind) => {
@@ -162,7 +197,10 @@
       if (typeof ns.process !== "function") {
         throw new Error("a destination script must export function process(event, destination)");
       }
-      return (input, destination) => runDestination(ns.process, input, destination);
+      return (input, destination, entry) =>
+        entry === undefined
+          ? runDestination(ns.process, input, destination)
+          : runExport(ns, entry, input, destination);
     }
     if (typeof ns.transformBatch === "function") return (input) => runBatch(ns.transformBatch, input);
     if (typeof ns.transformEvent === "function") return (input) => runEvent(ns.transformEvent, input);

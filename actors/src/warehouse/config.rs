@@ -64,7 +64,7 @@ pub struct PostgresWarehouse {
     pub max_batch_rows: i64,
 }
 
-fn num(config: &Map<String, Value>, key: &str) -> Result<Option<f64>, String> {
+pub(crate) fn num(config: &Map<String, Value>, key: &str) -> Result<Option<f64>, String> {
     match config.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
@@ -78,7 +78,7 @@ fn num(config: &Map<String, Value>, key: &str) -> Result<Option<f64>, String> {
     }
 }
 
-fn text(config: &Map<String, Value>, key: &str) -> Result<Option<String>, String> {
+pub(crate) fn text(config: &Map<String, Value>, key: &str) -> Result<Option<String>, String> {
     match config.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
@@ -191,7 +191,7 @@ impl Destination for PostgresWarehouse {
         })
     }
 
-    fn warehouse(&self) -> Option<&PostgresWarehouse> {
+    fn warehouse(&self) -> Option<&dyn super::WarehouseKind> {
         Some(self)
     }
 }

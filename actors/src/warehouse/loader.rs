@@ -18,6 +18,7 @@ use super::flatten::{Row, TableKind};
 use super::schema::{
     coerce, infer, parse_timestamp, quote, Cell, ColType, DISCARDS_TABLE, LOADS_TABLE,
 };
+use crate::store::QueuedJob;
 
 /// Rows of one batch for one table, each with the `wh_jobs` id it came from (ascending).
 pub struct TableBatch {
@@ -29,6 +30,40 @@ pub struct TableBatch {
     pub kind: TableKind,
     /// `(job id, row)` in job order.
     pub rows: Vec<(i64, Row)>,
+}
+
+/// A table's kind and its rows with their job ids.
+type TableRows = (TableKind, Vec<(i64, Row)>);
+
+/// The rows of `jobs` grouped by (schema, table), in job order within each table;
+/// `schema_of` names the schema (namespace, database) of a source id.
+pub fn group_jobs(jobs: &[QueuedJob], schema_of: impl Fn(&str) -> String) -> Vec<TableBatch> {
+    let mut groups: BTreeMap<(String, String), TableRows> = BTreeMap::new();
+    for job in jobs {
+        let schema = schema_of(&job.source_id);
+        let events: Vec<serde_json::Map<String, Value>> = serde_json::from_str(&job.payload).unwrap_or_else(|e| {
+            // Only the processor writes wh_jobs, so this is a corrupted row; never panic.
+            tracing::error!(job = job.id, error = %e, "wh_jobs payload is not an event array; skipped");
+            Vec::new()
+        });
+        for event in &events {
+            for row in super::flatten::rows_for_event(event) {
+                let entry = groups
+                    .entry((schema.clone(), row.table.clone()))
+                    .or_insert_with(|| (row.kind, Vec::new()));
+                entry.1.push((job.id, row));
+            }
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((schema, table), (kind, rows))| TableBatch {
+            schema,
+            table,
+            kind,
+            rows,
+        })
+        .collect()
 }
 
 /// One batch: every table it touches and the last job id it covers.
@@ -54,6 +89,10 @@ pub struct LoadStats {
     pub discards: u64,
     /// Columns added.
     pub columns_added: u64,
+    /// Objects written (object-store sinks).
+    pub objects: u64,
+    /// Bytes written (object-store sinks).
+    pub bytes: u64,
 }
 
 /// Why a load failed; the batch stays in `wh_jobs` and is retried.
@@ -65,6 +104,9 @@ pub enum LoadError {
     /// A statement failed.
     #[error("warehouse statement failed: {0}")]
     Query(#[from] tokio_postgres::Error),
+    /// Keel's own database failed (claiming or confirming a batch).
+    #[error("keel database: {0}")]
+    Keel(String),
 }
 
 type Columns = HashMap<String, ColType>;
@@ -423,7 +465,7 @@ async fn load_table(
 
 /// `users` rows of one batch merged per user, later non-null values winning (one upsert
 /// statement cannot touch a row twice).
-fn merge_by_id(rows: &[&Row]) -> Vec<Row> {
+pub(crate) fn merge_by_id(rows: &[&Row]) -> Vec<Row> {
     let mut out: Vec<Row> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     for r in rows {

@@ -1,30 +1,42 @@
-//! Warehouse loading: the `POSTGRES` destination kind ([`config`]), how events become rows
-//! ([`flatten`]), naming and typing rules ([`schema`]), the loader that writes a batch into
-//! the warehouse ([`loader`]), and the [`WarehouseUploader`] actor, one per enabled
-//! warehouse destination. Every `upload_interval` the uploader reads its destination's
-//! `wh_jobs` in id order (at most `maxBatchRows` events at a time), groups the rows by
-//! table, loads each table in one warehouse transaction together with that table's
-//! checkpoint, then deletes the loaded jobs. A failure leaves the jobs in place and retries
-//! with capped exponential backoff; other destinations never wait for it.
+//! Batch uploads: the warehouse destination kinds and the raw backup share one actor, the
+//! [`WarehouseUploader`], over a small [`Sink`] trait. Every `upload_interval` (or as soon
+//! as a full batch waits) the uploader claims the next batch of its queue (`wh_jobs` of its
+//! destination, or `backup_jobs`) — the batch's job id range is recorded before the upload,
+//! so a retry uploads exactly the same range and names derived from it are overwritten,
+//! never doubled — hands it to the sink, and deletes the jobs only after the sink confirmed.
+//! A failure leaves the jobs in place and retries with capped exponential backoff; other
+//! destinations never wait for it.
+//!
+//! A backlog sample (every `backlog_interval`) that finds a full batch waiting starts an
+//! upload at once, so a batch goes out after `uploadInterval` or `maxBatchRows`, whichever
+//! comes first.
+//!
+//! Sinks: [`postgres::PostgresSink`] (`POSTGRES`, the loader in [`loader`]), gzip JSON lines
+//! in object storage ([`objects`]: `S3`, `MINIO`, `GCS`, `AZURE_BLOB`), Parquet files
+//! ([`datalake`]: `S3_DATALAKE`), ClickHouse over HTTP ([`clickhouse`]: `CLICKHOUSE`), and
+//! the raw backup (`crate::backup`). How events become rows is shared ([`flatten`],
+//! [`schema`]).
 
+pub mod clickhouse;
 pub mod config;
+pub mod datalake;
 pub mod flatten;
 pub mod loader;
+pub mod objects;
+pub mod postgres;
 pub mod schema;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use serde_json::{Map, Value};
+use futures::future::BoxFuture;
 
 use crate::messages::{Drain, DrainReport, Heartbeat, HeartbeatReply, InjectPanic, Retire};
-use crate::store::{Store, StoreError, WhJob};
+use crate::store::{JobQueue, QueuedJob, Store, StoreError};
 use crate::telemetry as t;
 pub use config::PostgresWarehouse;
-use flatten::TableKind;
-use loader::{Batch, LoadError, Loader, TableBatch};
+pub use loader::LoadStats;
 
 /// Uploader tuning shared by every warehouse destination.
 #[derive(Debug, Clone)]
@@ -50,23 +62,87 @@ impl Default for UploaderConfig {
     }
 }
 
-/// Why an upload round failed.
-#[derive(Debug, thiserror::Error)]
-enum UploadError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Load(#[from] LoadError),
+/// One claimed batch, as a sink sees it.
+pub struct JobBatch {
+    /// Keel database instance id (keys checkpoints kept in a warehouse).
+    pub instance: uuid::Uuid,
+    /// Destination id (`backup` for the raw backup).
+    pub destination: String,
+    /// Lowest job id of the batch's range.
+    pub first_id: i64,
+    /// Highest job id of the batch's range.
+    pub last_id: i64,
+    /// The jobs, in id order.
+    pub jobs: Vec<QueuedJob>,
 }
 
-/// The uploader of one warehouse destination (see the module comment).
+/// Why a sink could not take a batch; the batch stays queued and is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The Postgres warehouse failed.
+    #[error(transparent)]
+    Postgres(#[from] loader::LoadError),
+    /// The object store failed or refused.
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    /// ClickHouse failed or refused.
+    #[error("clickhouse: {0}")]
+    ClickHouse(String),
+    /// The batch could not be encoded (Parquet, JSON).
+    #[error("encoding: {0}")]
+    Encode(String),
+}
+
+/// Where an uploader's batches go. A sink must make a batch durable before `load`
+/// returns `Ok`, and loading the same batch (same id range) again must not duplicate it.
+pub trait Sink: Send {
+    /// Uploads or loads one batch.
+    fn load<'a>(&'a mut self, batch: &'a JobBatch) -> BoxFuture<'a, Result<LoadStats, SinkError>>;
+    /// Forgets connections and cached state after a failure.
+    fn reset(&mut self) {}
+}
+
+/// What a batch-uploading destination kind tells the supervisor: how to batch, and how to
+/// make its sink.
+pub trait WarehouseKind: Send + Sync {
+    /// Destination id, queue, interval and batch size.
+    fn spec(&self) -> UploadSpec;
+    /// A fresh sink; `sources` maps the ids of the sources feeding the destination to their
+    /// names (default schema / namespace names derive from them).
+    fn sink(&self, sources: &HashMap<String, String>, config: &UploaderConfig) -> Box<dyn Sink>;
+}
+
+/// Which metric family an uploader reports to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadMetrics {
+    /// `keel_warehouse_*`, labelled `destination`.
+    Warehouse,
+    /// `keel_backup_*`.
+    Backup,
+}
+
+/// How one uploader batches.
+#[derive(Debug, Clone)]
+pub struct UploadSpec {
+    /// Destination id (`backup` for the raw backup).
+    pub id: String,
+    /// Where its jobs wait.
+    pub queue: JobQueue,
+    /// How often what waits is uploaded.
+    pub upload_interval: Duration,
+    /// Events per batch at most (a single larger job is a batch of its own).
+    pub max_batch_rows: i64,
+    /// Metric family.
+    pub metrics: UploadMetrics,
+}
+
+/// The uploader of one warehouse destination, or of the raw backup (see the module
+/// comment).
 pub struct WarehouseUploader {
-    spec: Arc<PostgresWarehouse>,
-    /// Source id → warehouse schema.
-    schemas: Arc<HashMap<String, String>>,
+    spec: UploadSpec,
     store: Store,
     config: UploaderConfig,
-    loader: Option<Loader>,
+    sink: Option<Box<dyn Sink>>,
     busy: bool,
     failures: u32,
     retry_at: Option<Instant>,
@@ -76,30 +152,18 @@ pub struct WarehouseUploader {
 }
 
 impl WarehouseUploader {
-    /// An uploader for `spec`; `sources` maps the ids of the sources feeding it to their
-    /// names (for the default `keel_<source name>` schema).
+    /// An uploader of `spec`'s queue into `sink`.
     pub fn new(
-        spec: Arc<PostgresWarehouse>,
-        sources: &HashMap<String, String>,
+        spec: UploadSpec,
+        sink: Box<dyn Sink>,
         store: Store,
         config: UploaderConfig,
     ) -> Self {
-        let schemas = sources
-            .iter()
-            .map(|(id, name)| {
-                let schema = spec
-                    .schema
-                    .clone()
-                    .unwrap_or_else(|| schema::default_schema(name));
-                (id.clone(), schema)
-            })
-            .collect();
         Self {
-            loader: Some(Loader::new(spec.conn.clone(), config.max_columns)),
             spec,
-            schemas: Arc::new(schemas),
             store,
             config,
+            sink: Some(sink),
             busy: false,
             failures: 0,
             retry_at: None,
@@ -109,24 +173,31 @@ impl WarehouseUploader {
         }
     }
 
+    fn actor_name(&self) -> &'static str {
+        match self.spec.metrics {
+            UploadMetrics::Warehouse => "warehouse_uploader",
+            UploadMetrics::Backup => "backup_writer",
+        }
+    }
+
     fn cycle(&mut self, ctx: &mut Context<Self>) {
         if self.draining || self.busy || self.retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        let Some(mut loader) = self.loader.take() else {
+        let Some(mut sink) = self.sink.take() else {
             return;
         };
         self.busy = true;
-        let (store, spec, schemas) = (self.store.clone(), self.spec.clone(), self.schemas.clone());
+        let (store, spec) = (self.store.clone(), self.spec.clone());
         let fut = async move {
-            let result = upload_all(&store, &spec, &schemas, &mut loader).await;
+            let result = upload_all(&store, &spec, sink.as_mut()).await;
             if result.is_err() {
-                loader.reset();
+                sink.reset();
             }
-            (loader, result)
+            (sink, result)
         };
-        ctx.spawn(fut.into_actor(self).map(|(loader, result), act, _ctx| {
-            act.loader = Some(loader);
+        ctx.spawn(fut.into_actor(self).map(|(sink, result), act, _ctx| {
+            act.sink = Some(sink);
             act.busy = false;
             if act.draining {
                 for w in act.drain_waiters.drain(..) {
@@ -149,120 +220,123 @@ impl WarehouseUploader {
                         .min(act.config.retry_max_backoff);
                     let jitter = backoff.mul_f64(rand::random::<f64>() * 0.2);
                     act.retry_at = Some(Instant::now() + backoff + jitter);
-                    metrics::counter!(t::WAREHOUSE_BATCHES_TOTAL, "destination" => dest.clone(), "outcome" => "failed")
-                        .increment(1);
-                    tracing::warn!(destination = %dest, error = %e, failures = act.failures,
-                        retry_in = ?(backoff + jitter), "warehouse upload failed; events wait in wh_jobs");
+                    match act.spec.metrics {
+                        UploadMetrics::Warehouse => {
+                            metrics::counter!(t::WAREHOUSE_BATCHES_TOTAL, "destination" => dest.clone(), "outcome" => "failed")
+                                .increment(1);
+                            tracing::warn!(destination = %dest, error = %e, failures = act.failures,
+                                retry_in = ?(backoff + jitter), "warehouse upload failed; events wait in wh_jobs");
+                        }
+                        UploadMetrics::Backup => {
+                            metrics::counter!(t::BACKUP_FAILURES_TOTAL).increment(1);
+                            tracing::warn!(error = %e, failures = act.failures,
+                                retry_in = ?(backoff + jitter), "backup upload failed; requests wait in backup_jobs");
+                        }
+                    }
                 }
             }
         }));
     }
 
     fn sample_backlog(&mut self, ctx: &mut Context<Self>) {
-        let (store, dest) = (self.store.clone(), self.spec.id.clone());
+        let (store, spec) = (self.store.clone(), self.spec.clone());
         ctx.spawn(
             async move {
-                match store.wh_backlog(&dest).await {
+                match store.queue_backlog(&spec.queue).await {
                     Ok(b) => {
-                        metrics::gauge!(t::WAREHOUSE_PENDING_EVENTS, "destination" => dest.clone())
-                            .set(b.events as f64);
-                        metrics::gauge!(t::WAREHOUSE_LAG_SECONDS, "destination" => dest)
-                            .set(b.oldest_age_secs.unwrap_or(0.0).max(0.0));
+                        let waiting = b.events;
+                        let age = b.oldest_age_secs.unwrap_or(0.0).max(0.0);
+                        match spec.metrics {
+                            UploadMetrics::Warehouse => {
+                                metrics::gauge!(t::WAREHOUSE_PENDING_EVENTS, "destination" => spec.id.clone())
+                                    .set(b.events as f64);
+                                metrics::gauge!(t::WAREHOUSE_LAG_SECONDS, "destination" => spec.id)
+                                    .set(age);
+                            }
+                            UploadMetrics::Backup => {
+                                metrics::gauge!(t::BACKUP_PENDING_ROWS).set(b.rows as f64);
+                                metrics::gauge!(t::BACKUP_LAG_SECONDS).set(age);
+                            }
+                        }
+                        Some(waiting)
                     }
-                    Err(e) => tracing::debug!(error = %e, "warehouse backlog query failed"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "upload backlog query failed");
+                        None
+                    }
                 }
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(|waiting, act, ctx| {
+                // A full batch waits: upload now rather than at the next interval.
+                if waiting.is_some_and(|w| w >= act.spec.max_batch_rows) && !act.busy {
+                    act.cycle(ctx);
+                }
+            }),
         );
     }
 }
 
-/// Loads batches until fewer than a full batch is waiting.
+/// Uploads batches until fewer than a full batch is waiting.
 async fn upload_all(
     store: &Store,
-    spec: &PostgresWarehouse,
-    schemas: &HashMap<String, String>,
-    loader: &mut Loader,
-) -> Result<(), UploadError> {
-    let instance = store.instance_id().await?;
+    spec: &UploadSpec,
+    sink: &mut dyn Sink,
+) -> Result<(), SinkError> {
+    let instance = store.instance_id().await.map_err(store_error)?;
     loop {
-        let jobs = store.fetch_wh_jobs(&spec.id, spec.max_batch_rows).await?;
-        let Some(last) = jobs.last() else {
+        let Some(claimed) = store
+            .claim_batch(&spec.queue, spec.max_batch_rows)
+            .await
+            .map_err(store_error)?
+        else {
             return Ok(());
         };
-        let last_job_id = last.id;
-        let events: i64 = jobs.iter().map(|j| i64::from(j.event_count)).sum();
+        let events: i64 = claimed.jobs.iter().map(|j| i64::from(j.event_count)).sum();
         let started = Instant::now();
-        let batch = Batch {
+        let batch = JobBatch {
             instance,
             destination: spec.id.clone(),
-            last_job_id,
-            tables: group_rows(&jobs, spec, schemas),
+            first_id: claimed.first_id,
+            last_id: claimed.last_id,
+            jobs: claimed.jobs,
         };
-        let stats = loader.load(&batch).await?;
-        store.delete_wh_jobs(&spec.id, last_job_id).await?;
+        let stats = sink.load(&batch).await?;
+        store
+            .confirm_batch(&spec.queue, batch.last_id)
+            .await
+            .map_err(store_error)?;
         let dest = spec.id.clone();
-        metrics::histogram!(t::WAREHOUSE_LOAD_DURATION_SECONDS, "destination" => dest.clone())
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!(t::WAREHOUSE_BATCHES_TOTAL, "destination" => dest.clone(), "outcome" => "loaded")
-            .increment(1);
-        metrics::counter!(t::WAREHOUSE_ROWS_LOADED_TOTAL, "destination" => dest.clone())
-            .increment(stats.rows);
-        metrics::counter!(t::WAREHOUSE_EVENTS_LOADED_TOTAL, "destination" => dest.clone())
-            .increment(u64::try_from(events).unwrap_or(0));
-        metrics::counter!(t::WAREHOUSE_DISCARDS_TOTAL, "destination" => dest.clone())
-            .increment(stats.discards);
-        metrics::counter!(t::WAREHOUSE_COLUMNS_ADDED_TOTAL, "destination" => dest.clone())
-            .increment(stats.columns_added);
+        match spec.metrics {
+            UploadMetrics::Warehouse => {
+                metrics::histogram!(t::WAREHOUSE_LOAD_DURATION_SECONDS, "destination" => dest.clone())
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!(t::WAREHOUSE_BATCHES_TOTAL, "destination" => dest.clone(), "outcome" => "loaded")
+                    .increment(1);
+                metrics::counter!(t::WAREHOUSE_ROWS_LOADED_TOTAL, "destination" => dest.clone())
+                    .increment(stats.rows);
+                metrics::counter!(t::WAREHOUSE_EVENTS_LOADED_TOTAL, "destination" => dest.clone())
+                    .increment(u64::try_from(events).unwrap_or(0));
+                metrics::counter!(t::WAREHOUSE_DISCARDS_TOTAL, "destination" => dest.clone())
+                    .increment(stats.discards);
+                metrics::counter!(t::WAREHOUSE_COLUMNS_ADDED_TOTAL, "destination" => dest.clone())
+                    .increment(stats.columns_added);
+            }
+            UploadMetrics::Backup => {
+                metrics::counter!(t::BACKUP_ROWS_TOTAL).increment(batch.jobs.len() as u64);
+                metrics::counter!(t::BACKUP_OBJECTS_TOTAL).increment(stats.objects);
+            }
+        }
         tracing::debug!(destination = %dest, events, rows = stats.rows, skipped = stats.skipped,
-            discards = stats.discards, "warehouse batch loaded");
+            discards = stats.discards, objects = stats.objects, "batch uploaded");
         if events < spec.max_batch_rows {
             return Ok(());
         }
     }
 }
 
-/// A table's kind and its rows with their job ids.
-type TableRows = (TableKind, Vec<(i64, flatten::Row)>);
-
-/// Rows of `jobs` grouped by (schema, table), in job order within each table.
-fn group_rows(
-    jobs: &[WhJob],
-    spec: &PostgresWarehouse,
-    schemas: &HashMap<String, String>,
-) -> Vec<TableBatch> {
-    let mut groups: BTreeMap<(String, String), TableRows> = BTreeMap::new();
-    for job in jobs {
-        // The map already applies the destination's `schema`; a source missing from it
-        // (removed from the workspace since) gets the same rule by its id.
-        let schema = schemas.get(&job.source_id).cloned().unwrap_or_else(|| {
-            spec.schema
-                .clone()
-                .unwrap_or_else(|| schema::default_schema(&job.source_id))
-        });
-        let events: Vec<Map<String, Value>> = serde_json::from_str(&job.payload).unwrap_or_else(|e| {
-            // Only the processor writes wh_jobs, so this is a corrupted row; never panic.
-            tracing::error!(job = job.id, error = %e, "wh_jobs payload is not an event array; skipped");
-            Vec::new()
-        });
-        for event in &events {
-            for row in flatten::rows_for_event(event) {
-                let entry = groups
-                    .entry((schema.clone(), row.table.clone()))
-                    .or_insert_with(|| (row.kind, Vec::new()));
-                entry.1.push((job.id, row));
-            }
-        }
-    }
-    groups
-        .into_iter()
-        .map(|((schema, table), (kind, rows))| TableBatch {
-            schema,
-            table,
-            kind,
-            rows,
-        })
-        .collect()
+fn store_error(e: StoreError) -> SinkError {
+    SinkError::Postgres(loader::LoadError::Keel(e.to_string()))
 }
 
 impl Actor for WarehouseUploader {
@@ -274,16 +348,27 @@ impl Actor for WarehouseUploader {
             return;
         }
         let dest = self.spec.id.clone();
-        for outcome in ["loaded", "failed"] {
-            metrics::counter!(t::WAREHOUSE_BATCHES_TOTAL, "destination" => dest.clone(), "outcome" => outcome)
-                .increment(0);
+        match self.spec.metrics {
+            UploadMetrics::Warehouse => {
+                for outcome in ["loaded", "failed"] {
+                    metrics::counter!(t::WAREHOUSE_BATCHES_TOTAL, "destination" => dest.clone(), "outcome" => outcome)
+                        .increment(0);
+                }
+                metrics::counter!(t::WAREHOUSE_ROWS_LOADED_TOTAL, "destination" => dest.clone())
+                    .increment(0);
+                metrics::counter!(t::WAREHOUSE_EVENTS_LOADED_TOTAL, "destination" => dest.clone())
+                    .increment(0);
+                metrics::counter!(t::WAREHOUSE_DISCARDS_TOTAL, "destination" => dest.clone())
+                    .increment(0);
+                metrics::counter!(t::WAREHOUSE_COLUMNS_ADDED_TOTAL, "destination" => dest)
+                    .increment(0);
+            }
+            UploadMetrics::Backup => {
+                metrics::counter!(t::BACKUP_ROWS_TOTAL).increment(0);
+                metrics::counter!(t::BACKUP_OBJECTS_TOTAL).increment(0);
+                metrics::counter!(t::BACKUP_FAILURES_TOTAL).increment(0);
+            }
         }
-        metrics::counter!(t::WAREHOUSE_ROWS_LOADED_TOTAL, "destination" => dest.clone())
-            .increment(0);
-        metrics::counter!(t::WAREHOUSE_EVENTS_LOADED_TOTAL, "destination" => dest.clone())
-            .increment(0);
-        metrics::counter!(t::WAREHOUSE_DISCARDS_TOTAL, "destination" => dest.clone()).increment(0);
-        metrics::counter!(t::WAREHOUSE_COLUMNS_ADDED_TOTAL, "destination" => dest).increment(0);
         // Poll a little more often than the interval so a retry delay is honoured promptly.
         let tick = self.spec.upload_interval.min(Duration::from_secs(1));
         let interval = self.spec.upload_interval;
@@ -309,10 +394,11 @@ impl Supervised for WarehouseUploader {
             // Stopped on purpose (reload, partition switch): not a restart.
             return;
         }
-        metrics::counter!(t::SUPERVISOR_RESTARTS_TOTAL, "actor" => "warehouse_uploader")
-            .increment(1);
+        metrics::counter!(t::SUPERVISOR_RESTARTS_TOTAL, "actor" => self.actor_name()).increment(1);
         self.busy = false;
-        self.loader = Some(Loader::new(self.spec.conn.clone(), self.config.max_columns));
+        if let Some(s) = self.sink.as_mut() {
+            s.reset();
+        }
     }
 }
 
@@ -358,7 +444,7 @@ impl Handler<Heartbeat> for WarehouseUploader {
 
     fn handle(&mut self, _msg: Heartbeat, _ctx: &mut Self::Context) -> HeartbeatReply {
         HeartbeatReply {
-            actor: "warehouse_uploader",
+            actor: self.actor_name(),
             pending: usize::from(self.busy),
         }
     }

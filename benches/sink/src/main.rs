@@ -1,9 +1,10 @@
 //! `sink`: the webhook receiver of Keel's end-to-end benchmark.
 //!
 //! A small HTTP/1.1 server (keep-alive) that plays the destination. Every `POST`
-//! (to any path other than `/reset`) is taken as one delivered event: the JSON
-//! body is parsed for `messageId`, `userId` and `receivedAt` only, the request is
-//! answered `200 {}` at once, and the sink records
+//! (to any path other than `/reset`) is taken as one delivered event, or, when its body
+//! is a JSON array (a batching webhook), as one event per element: each is parsed for
+//! `messageId`, `userId` and `receivedAt` only, the request is answered `200 {}` at
+//! once, and the sink records
 //!
 //! * how many deliveries arrived (`received`), how many distinct messageIds
 //!   (`unique`) and how many repeats of an already seen messageId (`duplicates`);
@@ -152,8 +153,28 @@ impl Stats {
         }
     }
 
-    /// Records one delivery whose body is `body`, received at `now_ms`.
+    /// Records one delivery whose body is `body` (one event, or a JSON array of them),
+    /// received at `now_ms`.
     fn record(&mut self, body: &[u8], now_ms: i64) {
+        if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            match serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(body) {
+                Ok(events) => {
+                    for e in events {
+                        self.record_event(e.get().as_bytes(), now_ms);
+                    }
+                }
+                Err(_) => {
+                    self.received += 1;
+                    self.invalid += 1;
+                }
+            }
+            return;
+        }
+        self.record_event(body, now_ms);
+    }
+
+    /// Records one delivered event.
+    fn record_event(&mut self, body: &[u8], now_ms: i64) {
         self.received += 1;
         if self.first_at_ms == 0 {
             self.first_at_ms = now_ms;

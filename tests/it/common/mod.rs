@@ -9,6 +9,7 @@ pub mod history;
 pub mod pgcluster;
 pub mod proxy;
 pub mod sink;
+pub mod storage;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

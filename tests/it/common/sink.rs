@@ -46,6 +46,29 @@ pub enum SinkMode {
     GarbageBody,
     /// Each request picks one mode with its probability; the rest get 200.
     Chaos(Vec<(f64, SinkMode)>),
+    /// The answer a function gives for (request target, JSON body): status, extra header
+    /// lines (`Name: value\r\n`…) and body — a vendor API's own answers.
+    Answer(Responder),
+}
+
+/// (request target, JSON body) → (status, extra header lines, body).
+pub type AnswerFn = dyn Fn(&str, &Value) -> (u16, String, String) + Send + Sync;
+
+/// A function answering requests for [`SinkMode::Answer`].
+#[derive(Clone)]
+pub struct Responder(pub Arc<AnswerFn>);
+
+impl Responder {
+    /// Wraps `f`.
+    pub fn new(f: impl Fn(&str, &Value) -> (u16, String, String) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Responder")
+    }
 }
 
 impl SinkMode {
@@ -183,6 +206,7 @@ impl Sink {
             let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             let mode = self.mode.lock().expect("mode").clone().pick();
             let mut delay = Duration::ZERO;
+            let mut custom_body: Option<String> = None;
             let mut raw_answer: Option<&[u8]> = None;
             let mut reset = false;
             let (status, extra) = match mode {
@@ -207,6 +231,11 @@ impl Sink {
                     (200, String::new())
                 }
                 SinkMode::Status(s) => (s, String::new()),
+                SinkMode::Answer(f) => {
+                    let (status, extra, text) = (f.0)(&target, &body);
+                    custom_body = Some(text);
+                    (status, extra)
+                }
                 SinkMode::Hang => (0, String::new()),
                 SinkMode::RejectUser(u) => {
                     if body["userId"] == Value::String(u) {
@@ -259,11 +288,13 @@ impl Sink {
                 while reader.read(&mut sink).await.unwrap_or(0) > 0 {}
                 return;
             }
-            let text = if status < 300 {
-                "{\"ok\":true}"
-            } else {
-                "{\"error\":\"sink says no\"}"
-            };
+            let text = custom_body.unwrap_or_else(|| {
+                if status < 300 {
+                    "{\"ok\":true}".into()
+                } else {
+                    "{\"error\":\"sink says no\"}".into()
+                }
+            });
             let resp = format!(
                 "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{text}",
                 text.len()
