@@ -12,12 +12,12 @@ use actix_cors::Cors;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use keel_actors::cluster::{ClusterConfig, LeaseGuard};
-use keel_actors::destinations::{BuildEnv, HttpSettings};
 use keel_actors::gateway::GatewayWriterConfig;
 use keel_actors::messages::{FlushNow, LeaveCluster};
-use keel_actors::processor::{ProcessorConfig, RoutingTable};
+use keel_actors::processor::ProcessorConfig;
 use keel_actors::router::policy::RetryPolicy;
 use keel_actors::router::RouterConfig;
+use keel_actors::routing::RoutingTable;
 use keel_actors::sampler::TelemetrySamplerConfig;
 use keel_actors::store::{run_migrations, PoolSettings, Store};
 use keel_actors::supervisor::{DrainAll, PipelineConfig, RootSupervisor, SupervisorConfig};
@@ -27,9 +27,11 @@ use keel_actors::warehouse::UploaderConfig;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::Semaphore;
 
-use crate::config::{KeelConfig, Workspace};
+use crate::config::{build_env, KeelConfig, Workspace};
 use crate::embedded_pg::{self, EmbeddedCluster};
-use crate::http::{self, auth::SourceIndex, AppState};
+use crate::http::state::{source_rate_limiter, AppState};
+use crate::http::{self, auth::SourceIndex};
+use keel_actors::destinations::BuildEnv;
 
 /// Latency buckets (seconds) for every `_seconds` histogram.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -82,27 +84,6 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     telemetry::describe_all();
     telemetry::register_static_series();
     Ok(handle)
-}
-
-/// Outbound client settings every destination kind is built with (start-up and reload).
-pub fn http_settings(config: &KeelConfig) -> HttpSettings {
-    HttpSettings {
-        timeout: Duration::from_secs_f64(config.router.timeout_secs),
-        connect_timeout: Duration::from_secs_f64(config.router.connect_timeout_secs),
-        allow_private_targets: config.allow_private_targets,
-        ..HttpSettings::default()
-    }
-}
-
-/// What destinations and transformations are built with: client settings, the script pool,
-/// the scripts folder and the workspace file's folder.
-pub fn build_env(config: &KeelConfig, pool: Option<Arc<TransformPool>>) -> BuildEnv {
-    BuildEnv {
-        http: http_settings(config),
-        pool,
-        scripts_dir: config.transform.scripts_dir.clone().into(),
-        workspace_dir: crate::config::workspace_dir(std::path::Path::new(&config.server.workspace)),
-    }
 }
 
 /// Starts the V8 isolate pool (`[transform]`).
@@ -269,7 +250,7 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
         prometheus,
         queue: Arc::new(Semaphore::new(queue_permits)),
         draining: draining.clone(),
-        rate_limiter: http::source_rate_limiter(&config.gateway),
+        rate_limiter: source_rate_limiter(&config.gateway),
         test_hooks: std::env::var("KEEL_TEST_HOOKS").is_ok_and(|v| v == "1"),
         transforms,
         config: config.clone(),

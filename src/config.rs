@@ -1,17 +1,22 @@
 //! Server configuration: `config/keel.toml` (or `--config`), overridden by `KEEL_*`
 //! environment variables (`KEEL_GATEWAY__MAX_BATCH=256` sets `gateway.max_batch`), then by
 //! CLI flags. Also owns the workspace file (`workspace.json`, RudderStack's workspace shape)
-//! and its validation, which reports every problem with its JSON path.
+//! and its validation, which reports every problem with its JSON path, and the conversion of
+//! the file's settings into what the actors are built with ([`build_env`]).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use keel_actors::destinations::{BuildEnv, HttpSettings};
+use keel_actors::transform::TransformPool;
 
 /// Everything `keel serve` is tuned by. Each field is documented in README.md.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -643,7 +648,7 @@ pub fn workspace_from_text(
         workspace_dir: workspace_dir(path),
         ..Default::default()
     };
-    if let Err(errors) = keel_actors::processor::RoutingTable::build(&ws, &env) {
+    if let Err(errors) = keel_actors::routing::RoutingTable::build(&ws, &env) {
         let mut problems = Vec::new();
         for e in errors {
             for (i, src) in ws.sources.iter().enumerate() {
@@ -824,6 +829,27 @@ fn require_bool(obj: &Value, key: &str, at: &str, problems: &mut Vec<String>) {
         None => problems.push(format!("{at}.{key}: missing")),
         Some(Value::Bool(_)) => {}
         Some(_) => problems.push(format!("{at}.{key}: must be true or false")),
+    }
+}
+
+/// Outbound client settings every destination kind is built with (start-up and reload).
+pub fn http_settings(config: &KeelConfig) -> HttpSettings {
+    HttpSettings {
+        timeout: Duration::from_secs_f64(config.router.timeout_secs),
+        connect_timeout: Duration::from_secs_f64(config.router.connect_timeout_secs),
+        allow_private_targets: config.allow_private_targets,
+        ..HttpSettings::default()
+    }
+}
+
+/// What destinations and transformations are built with: client settings, the script pool,
+/// the scripts folder and the workspace file's folder.
+pub fn build_env(config: &KeelConfig, pool: Option<Arc<TransformPool>>) -> BuildEnv {
+    BuildEnv {
+        http: http_settings(config),
+        pool,
+        scripts_dir: config.transform.scripts_dir.clone().into(),
+        workspace_dir: workspace_dir(std::path::Path::new(&config.server.workspace)),
     }
 }
 

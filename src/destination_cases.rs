@@ -130,11 +130,11 @@ pub fn run(config: &KeelConfig, args: &CaseRun) -> anyhow::Result<Totals> {
     let scripts_dir = PathBuf::from(&config.transform.scripts_dir);
     let mut names = args.destinations.clone();
     if args.all {
-        names = keel_actors::destinations::script_kinds(&scripts_dir)
+        names = keel_actors::destinations::catalogue::script_kinds(&scripts_dir)
             .into_iter()
             .filter(|k| {
                 let env = env_for(config, &scripts_dir, None);
-                env.destination_script(k)
+                keel_actors::destinations::catalogue::destination_script(&env.scripts_dir, k)
                     .is_some_and(|(_, p)| p.with_file_name("cases").is_dir())
             })
             .collect();
@@ -160,11 +160,13 @@ pub fn run(config: &KeelConfig, args: &CaseRun) -> anyhow::Result<Totals> {
     let mut totals = Totals::default();
     let mut empty = Vec::new();
     for name in &names {
-        let Some((folder, script)) = env.destination_script(name) else {
+        let Some((folder, script)) =
+            keel_actors::destinations::catalogue::destination_script(&env.scripts_dir, name)
+        else {
             bail!(
                 "{}: no destination script {name:?} (folders: {})",
                 scripts_dir.join("destinations").display(),
-                keel_actors::destinations::script_kinds(&scripts_dir).join(", ")
+                keel_actors::destinations::catalogue::script_kinds(&scripts_dir).join(", ")
             );
         };
         let dir = match &args.cases {
@@ -231,7 +233,7 @@ pub fn run(config: &KeelConfig, args: &CaseRun) -> anyhow::Result<Totals> {
 }
 
 fn env_for(config: &KeelConfig, scripts_dir: &Path, pool: Option<Arc<TransformPool>>) -> BuildEnv {
-    let mut env = crate::boot::build_env(config, pool);
+    let mut env = crate::config::build_env(config, pool);
     env.scripts_dir = scripts_dir.to_owned();
     env
 }

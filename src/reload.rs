@@ -7,12 +7,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_actors::processor::RoutingTable;
+use keel_actors::routing::RoutingTable;
 use keel_actors::supervisor::{Reconfigure, ReloadReport};
 
 use crate::config::load_workspace;
 use crate::http::auth::SourceIndex;
-use crate::http::AppState;
+use crate::http::state::AppState;
 
 static RELOADING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -31,7 +31,7 @@ pub async fn reload(state: &AppState) -> Result<ReloadReport, Vec<String>> {
             .map(|p| format!("{}: {p}", e.file))
             .collect::<Vec<_>>()
     })?;
-    let env = crate::boot::build_env(&state.config, Some(state.transforms.clone()));
+    let env = crate::config::build_env(&state.config, Some(state.transforms.clone()));
     let http = env.http.clone();
     let routing = RoutingTable::build(&ws, &env)
         .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;

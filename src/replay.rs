@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use chrono::{DateTime, NaiveDate, Utc};
 use keel_actors::backup::{self, BackupRecord};
-use keel_actors::cluster::{ordering_key, partition_of};
-use keel_actors::processor::RoutingTable;
+use keel_actors::partition::{ordering_key, partition_of};
+use keel_actors::routing::RoutingTable;
 use keel_actors::store::{PoolSettings, ReplayInsert, Store};
 use serde_json::{Map, Value};
 
@@ -254,7 +254,7 @@ pub async fn run(config: &KeelConfig, ws: &Workspace, args: &ReplayArgs) -> anyh
     let mut out = String::new();
     if args.dry_run {
         let pool = crate::boot::start_transforms(config)?;
-        let env = crate::boot::build_env(config, Some(pool));
+        let env = crate::config::build_env(config, Some(pool));
         let routing = RoutingTable::build(ws, &env).map_err(|errors| {
             anyhow::anyhow!(
                 "invalid destinations:\n{}",

@@ -23,8 +23,8 @@ pub fn check_scripts(config: &KeelConfig, ws: &crate::config::Workspace) -> Vec<
         Ok(p) => p,
         Err(e) => return vec![format!("cannot start V8: {e}")],
     };
-    let env = crate::boot::build_env(config, Some(pool.clone()));
-    let table = match keel_actors::processor::RoutingTable::build(ws, &env) {
+    let env = crate::config::build_env(config, Some(pool.clone()));
+    let table = match keel_actors::routing::RoutingTable::build(ws, &env) {
         Ok(t) => t,
         // load_workspace reported these already.
         Err(_) => return Vec::new(),

@@ -119,10 +119,12 @@ pub struct DrainReport {
 pub struct Retire;
 
 /// Gives the processor a new routing table (config reload); answered once no batch that
-/// started with the old table is still running.
-#[derive(Message, Clone)]
+/// started with the old table is still running. Generic over the table so this module
+/// depends on nothing above it: the processor handles `UpdateRouting<RoutingTable>`
+/// (`crate::routing`).
+#[derive(Message)]
 #[rtype(result = "()")]
-pub struct UpdateRouting(pub std::sync::Arc<crate::processor::RoutingTable>);
+pub struct UpdateRouting<T: 'static>(pub Arc<T>);
 
 /// Test hook, reachable only when Keel runs with `KEEL_TEST_HOOKS=1`: the receiving actor
 /// panics, to prove that supervision revives it and nothing is lost.

@@ -28,8 +28,9 @@ use crate::gateway::{GatewayWriter, GatewayWriterConfig};
 use crate::messages::{
     AssignPartitions, Drain, DrainReport, Heartbeat, Retire, SetPartitions, UpdateRouting,
 };
-use crate::processor::{Processor, ProcessorConfig, Route, RouterRegistry, RoutingTable};
+use crate::processor::{Processor, ProcessorConfig, RouterRegistry};
 use crate::router::{RouterActor, RouterConfig};
+use crate::routing::{Route, RoutingTable};
 use crate::sampler::{TelemetrySampler, TelemetrySamplerConfig};
 use crate::store::Store;
 use crate::telemetry as t;

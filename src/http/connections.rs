@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::admin::authorize;
 use super::error::ApiError;
-use super::AppState;
+use super::state::AppState;
 
 /// `destination → (metric[/outcome] → value)` from the Prometheus text.
 fn by_destination(text: &str) -> HashMap<String, HashMap<String, f64>> {

@@ -12,15 +12,16 @@ use chrono::Utc;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use keel_actors::cluster::{ordering_key, partition_of};
 use keel_actors::messages::{Ingest, IngestError, IngestPart};
+use keel_actors::partition::{ordering_key, partition_of};
 use keel_actors::telemetry as t;
 
+use super::auth;
 use super::body::{check_headers, read_body};
 use super::error::ApiError;
 use super::normalize::RequestInfo;
 use super::parse;
-use super::{auth, AppState};
+use super::state::AppState;
 
 pub use super::parse::Endpoint;
 
@@ -123,7 +124,7 @@ fn strip_port(addr: &str) -> String {
 /// Takes `n` events from the source's budget, or answers 429 with how long to wait (413
 /// when one request holds more events than the burst allows at all).
 fn check_rate(
-    limiter: &super::SourceRateLimiter,
+    limiter: &super::state::SourceRateLimiter,
     source: &Arc<str>,
     n: usize,
     limits: &crate::config::GatewayConfig,

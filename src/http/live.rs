@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 use super::admin::authorize;
 use super::error::ApiError;
-use super::AppState;
+use super::state::AppState;
 
 /// Messages a watcher may be sent per second unless it asks for fewer.
 const DEFAULT_RATE: u32 = 200;

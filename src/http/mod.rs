@@ -1,5 +1,5 @@
-//! The HTTP surface: shared state, routes, and the handlers' modules (ingest, browser SDK
-//! settings, ops, admin).
+//! The HTTP surface: the routes and the handlers' modules (ingest, browser SDK settings,
+//! ops, admin, console); the state they share is in [`state`].
 
 pub mod admin;
 pub mod auth;
@@ -14,72 +14,13 @@ pub mod ops;
 pub mod parse;
 pub mod scripts_api;
 pub mod sdk;
+pub mod state;
 pub mod workspace_api;
 
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, RwLock};
-
-use actix::Addr;
-
 use actix_web::web;
-use keel_actors::store::Store;
-use keel_actors::supervisor::{Children, RootSupervisor};
-use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::Semaphore;
-
-use crate::config::KeelConfig;
 use ingest::Endpoint;
 use normalize::EventType;
-
-/// State every handler shares.
-pub struct AppState {
-    /// Effective configuration.
-    pub config: KeelConfig,
-    /// Write key lookup; replaced as a whole by a reload.
-    pub sources: RwLock<Arc<auth::SourceIndex>>,
-    /// Root of the actor tree (reloads go through it).
-    pub root: Addr<RootSupervisor>,
-    /// Actor addresses.
-    pub children: Children,
-    /// Database handle for readiness.
-    pub store: Store,
-    /// Renders `/metrics`.
-    pub prometheus: PrometheusHandle,
-    /// Commit queue budget in KiB of payload; empty means 429.
-    pub queue: Arc<Semaphore>,
-    /// Set once shutdown began: ingest answers 503.
-    pub draining: Arc<AtomicBool>,
-    /// `KEEL_TEST_HOOKS=1` at start-up: enables `POST /admin/test/panic`.
-    pub test_hooks: bool,
-    /// Per-source event rate limiter (`gateway.rate_limit_events_per_sec`), if one is set.
-    pub rate_limiter: Option<Arc<SourceRateLimiter>>,
-    /// The JavaScript pool every routing table (start-up and reloads) runs scripts on.
-    pub transforms: Arc<keel_actors::transform::TransformPool>,
-}
-
-/// GCRA limiter keyed by source id.
-pub type SourceRateLimiter = governor::DefaultKeyedRateLimiter<Arc<str>>;
-
-/// The limiter `gateway` asks for, if any.
-pub fn source_rate_limiter(
-    gateway: &crate::config::GatewayConfig,
-) -> Option<Arc<SourceRateLimiter>> {
-    let rate = std::num::NonZeroU32::new(gateway.rate_limit_events_per_sec)?;
-    let burst = std::num::NonZeroU32::new(gateway.effective_rate_burst()).unwrap_or(rate);
-    Some(Arc::new(governor::RateLimiter::keyed(
-        governor::Quota::per_second(rate).allow_burst(burst),
-    )))
-}
-
-impl AppState {
-    /// The current write-key index.
-    pub fn sources(&self) -> Arc<auth::SourceIndex> {
-        match self.sources.read() {
-            Ok(s) => s.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-}
+use state::AppState;
 
 fn ingest_route(endpoint: Endpoint) -> actix_web::Route {
     web::post().to(

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use super::AppState;
+use super::state::AppState;
 
 /// `GET /health`: 200 while the process runs.
 pub async fn health() -> HttpResponse {

@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 
 use super::admin::authorize;
 use super::error::ApiError;
-use super::AppState;
+use super::state::AppState;
 
 /// Largest script the editor accepts.
 const MAX_SCRIPT_BYTES: usize = 2 * 1024 * 1024;

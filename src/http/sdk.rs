@@ -18,8 +18,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::auth;
 use super::error::ApiError;
-use super::{auth, AppState};
+use super::state::AppState;
 use keel_actors::workspace::{Destination, Source};
 
 /// How long browsers and proxies may keep a settings document.

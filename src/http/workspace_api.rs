@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::admin::authorize;
 use super::error::ApiError;
-use super::AppState;
+use super::state::AppState;
 
 /// Largest workspace the editor accepts.
 const MAX_WORKSPACE_BYTES: usize = 8 * 1024 * 1024;
@@ -108,8 +108,8 @@ async fn check(state: &AppState, body: &[u8]) -> Result<(Vec<String>, String), A
         Err(e) => return Ok((e.problems, text)),
     };
     // What a reload would also refuse: scripts that do not compile or export.
-    let env = crate::boot::build_env(&state.config, Some(state.transforms.clone()));
-    let problems = match keel_actors::processor::RoutingTable::build(&ws, &env) {
+    let env = crate::config::build_env(&state.config, Some(state.transforms.clone()));
+    let problems = match keel_actors::routing::RoutingTable::build(&ws, &env) {
         Ok(table) => table.check_scripts().await,
         Err(errors) => errors.iter().map(|e| format!("$: {e}")).collect(),
     };

@@ -33,7 +33,7 @@ fn assert_ordered(delivered: &[Value], sent: &HashMap<String, Vec<String>>) {
 
 #[tokio::test]
 async fn rows_stored_before_ingest_dedup_are_checked_against_the_dedup_table() {
-    use keel_actors::cluster::partition_of;
+    use keel_actors::partition::partition_of;
     use keel_actors::store::dedup_key;
     let db = TestDb::create().await;
     let sink = Sink::start(SinkMode::Ok).await;

@@ -88,7 +88,7 @@ async fn accepts_every_single_event_endpoint_and_stores_the_type() {
 
 #[tokio::test]
 async fn a_batch_is_stored_as_one_row_per_partition_in_request_order() {
-    use keel_actors::cluster::partition_of;
+    use keel_actors::partition::partition_of;
     let db = TestDb::create().await;
     let keel = Keel::start(KeelOptions::new(&db)).await;
     let users: Vec<String> = (0..40).map(|i| format!("user-{i}")).collect();

@@ -10,11 +10,21 @@
 //! with its JSON path), what the console renders its forms from, and where
 //! `writeOnly: true` marks the settings that are secrets (redacted everywhere Keel shows
 //! text, whatever their name).
+//!
+//! [`build`] is the factory: the kind a workspace destination names, built from its
+//! settings. It lives here, above the kinds, so that the kinds (and the warehouse sinks)
+//! depend on the `Destination` trait in `destinations/mod.rs` and nothing depends back.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
+
+use super::{nats, rabbitmq, redis, script, webhook};
+use super::{BuildEnv, ConfigError, Destination};
+use crate::transform::Libraries;
+use crate::workspace;
 
 /// Settings Keel itself reads on any destination, merged into every kind's schema.
 const COMMON: &str = include_str!("schemas/common.json");
@@ -280,6 +290,66 @@ fn json_path(pointer: &str) -> String {
         }
     }
     out
+}
+
+/// Destination script folders in `scripts_dir` (their names), for messages and `--all`.
+pub fn script_kinds(scripts_dir: &Path) -> Vec<String> {
+    Catalogue::load(scripts_dir)
+        .kinds()
+        .iter()
+        .filter(|k| k.script.is_some())
+        .map(|k| k.name.clone())
+        .collect()
+}
+
+/// The script of a destination definition: `<scripts_dir>/destinations/<name>/transform.js`
+/// (folder matched case-insensitively, aliases followed), with the kind's name.
+pub fn destination_script(scripts_dir: &Path, definition: &str) -> Option<(String, PathBuf)> {
+    let catalogue = Catalogue::load(scripts_dir);
+    let kind = catalogue.resolve(definition)?;
+    Some((kind.name.clone(), kind.script.clone()?))
+}
+
+/// Builds the kind named by `dest.destinationDefinition.name`: a built-in kind, else a
+/// destination script whose folder carries that name.
+pub fn build(
+    dest: &workspace::Destination,
+    env: &BuildEnv,
+    libraries: &Arc<Libraries>,
+) -> Result<Arc<dyn Destination>, ConfigError> {
+    let http = &env.http;
+    match dest.destination_definition.name.as_str() {
+        webhook::KIND => Ok(Arc::new(webhook::Webhook::new(dest, http)?)),
+        crate::warehouse::config::KIND => Ok(Arc::new(crate::warehouse::PostgresWarehouse::new(
+            dest,
+            http.connect_timeout,
+        )?)),
+        "S3" | "MINIO" | "GCS" | "AZURE_BLOB" => Ok(Arc::new(
+            crate::warehouse::objects::ObjectStorage::new(dest, http)?,
+        )),
+        crate::warehouse::datalake::KIND => Ok(Arc::new(
+            crate::warehouse::datalake::DataLake::new(dest, http)?,
+        )),
+        crate::warehouse::clickhouse::KIND => Ok(Arc::new(
+            crate::warehouse::clickhouse::ClickHouse::new(dest, http)?,
+        )),
+        redis::KIND => Ok(Arc::new(redis::Redis::new(dest, http)?)),
+        rabbitmq::KIND => Ok(Arc::new(rabbitmq::RabbitMq::new(dest, http)?)),
+        nats::KIND => Ok(Arc::new(nats::Nats::new(dest, http)?)),
+        other => match destination_script(&env.scripts_dir, other) {
+            Some((folder, path)) => Ok(Arc::new(script::ScriptDestination::new(
+                dest, &folder, &path, env, libraries,
+            )?)),
+            None => Err(ConfigError {
+                destination: dest.id.clone(),
+                field: "destinationDefinition.name".into(),
+                problem: format!(
+                    "unknown destination kind {other:?} (known: {})",
+                    Catalogue::load(&env.scripts_dir).names().join(", ")
+                ),
+            }),
+        },
+    }
 }
 
 #[cfg(test)]

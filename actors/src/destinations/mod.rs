@@ -24,8 +24,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
+pub use crate::outbound::HttpSettings;
 use crate::transform::{self, Libraries, TransformPool};
-use crate::workspace;
 
 /// What happened to one delivery attempt.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,33 +164,8 @@ pub trait Destination: Send + Sync {
     }
     /// For warehouse kinds, their settings: the processor writes their events to `wh_jobs`
     /// and a warehouse uploader loads them in batches instead of a router delivering them.
-    fn warehouse(&self) -> Option<&dyn crate::warehouse::WarehouseKind> {
+    fn warehouse(&self) -> Option<&dyn crate::warehouse::sink::WarehouseKind> {
         None
-    }
-}
-
-/// Settings every outbound client shares (HTTP and broker kinds: `timeout` bounds every
-/// delivery attempt, `connect_timeout` every connection attempt).
-#[derive(Debug, Clone)]
-pub struct HttpSettings {
-    /// Whole-request timeout.
-    pub timeout: Duration,
-    /// TCP/TLS connect timeout.
-    pub connect_timeout: Duration,
-    /// Idle pooled connections kept per host.
-    pub pool_max_idle_per_host: usize,
-    /// Allow loopback, private and link-local targets (refused by default).
-    pub allow_private_targets: bool,
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
-            pool_max_idle_per_host: 64,
-            allow_private_targets: false,
-        }
     }
 }
 
@@ -213,12 +188,6 @@ impl BuildEnv {
         transform::load_libraries(&self.scripts_dir.join("libraries")).map(Arc::new)
     }
 
-    /// The script of a destination definition: `<scripts_dir>/destinations/<name>/transform.js`
-    /// with the folder matched case-insensitively.
-    pub fn destination_script(&self, definition: &str) -> Option<(String, PathBuf)> {
-        destination_script_in(&self.scripts_dir, definition)
-    }
-
     /// A transformation file as the workspace names it.
     pub fn transformation_path(&self, file: &str) -> PathBuf {
         let p = Path::new(file);
@@ -230,69 +199,13 @@ impl BuildEnv {
     }
 }
 
-/// Destination script folders in `scripts_dir` (their names), for messages and `--all`.
-pub fn script_kinds(scripts_dir: &Path) -> Vec<String> {
-    catalogue::Catalogue::load(scripts_dir)
-        .kinds()
-        .iter()
-        .filter(|k| k.script.is_some())
-        .map(|k| k.name.clone())
-        .collect()
-}
-
-fn destination_script_in(scripts_dir: &Path, definition: &str) -> Option<(String, PathBuf)> {
-    let catalogue = catalogue::Catalogue::load(scripts_dir);
-    let kind = catalogue.resolve(definition)?;
-    Some((kind.name.clone(), kind.script.clone()?))
-}
-
-/// Builds the kind named by `dest.destinationDefinition.name`: a built-in kind, else a
-/// destination script whose folder carries that name.
-pub fn build(
-    dest: &workspace::Destination,
-    env: &BuildEnv,
-    libraries: &Arc<Libraries>,
-) -> Result<Arc<dyn Destination>, ConfigError> {
-    let http = &env.http;
-    match dest.destination_definition.name.as_str() {
-        webhook::KIND => Ok(Arc::new(webhook::Webhook::new(dest, http)?)),
-        crate::warehouse::config::KIND => Ok(Arc::new(crate::warehouse::PostgresWarehouse::new(
-            dest,
-            http.connect_timeout,
-        )?)),
-        "S3" | "MINIO" | "GCS" | "AZURE_BLOB" => Ok(Arc::new(
-            crate::warehouse::objects::ObjectStorage::new(dest, http)?,
-        )),
-        crate::warehouse::datalake::KIND => Ok(Arc::new(
-            crate::warehouse::datalake::DataLake::new(dest, http)?,
-        )),
-        crate::warehouse::clickhouse::KIND => Ok(Arc::new(
-            crate::warehouse::clickhouse::ClickHouse::new(dest, http)?,
-        )),
-        redis::KIND => Ok(Arc::new(redis::Redis::new(dest, http)?)),
-        rabbitmq::KIND => Ok(Arc::new(rabbitmq::RabbitMq::new(dest, http)?)),
-        nats::KIND => Ok(Arc::new(nats::Nats::new(dest, http)?)),
-        other => match env.destination_script(other) {
-            Some((folder, path)) => Ok(Arc::new(script::ScriptDestination::new(
-                dest, &folder, &path, env, libraries,
-            )?)),
-            None => Err(ConfigError {
-                destination: dest.id.clone(),
-                field: "destinationDefinition.name".into(),
-                problem: format!(
-                    "unknown destination kind {other:?} (known: {})",
-                    catalogue::Catalogue::load(&env.scripts_dir)
-                        .names()
-                        .join(", ")
-                ),
-            }),
-        },
-    }
-}
-
 /// A destination of `kind` with `config`, as a workspace would hold it (unit tests).
 #[cfg(test)]
-pub(crate) fn test_destination(id: &str, kind: &str, config: Value) -> workspace::Destination {
+pub(crate) fn test_destination(
+    id: &str,
+    kind: &str,
+    config: Value,
+) -> crate::workspace::Destination {
     serde_json::from_value(serde_json::json!({
         "id": id, "name": id, "enabled": true, "config": config,
         "destinationDefinition": {"name": kind}

@@ -127,7 +127,7 @@ impl ScriptDestination {
         Ok(Self {
             script: Arc::new(script),
             pool: env.pool.clone(),
-            client: http::client(&env.http),
+            client: crate::outbound::client(&env.http),
             destination,
             batch_settings: BatchSettings::from_config(&dest.id, &dest.config)?,
             exports: tokio::sync::OnceCell::new(),

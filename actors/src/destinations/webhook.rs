@@ -95,7 +95,7 @@ impl Webhook {
         let batching = if config.batch { limits } else { None };
         Ok(Self {
             config,
-            client: http::client(settings),
+            client: crate::outbound::client(settings),
             batching,
         })
     }

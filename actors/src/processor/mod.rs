@@ -17,202 +17,22 @@ use actix::prelude::*;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::cluster::{ordering_key, partition_of};
-use crate::destinations::{self, BuildEnv, Destination};
+use crate::destinations;
 use crate::messages::{
     Heartbeat, HeartbeatReply, InjectPanic, ReplayTransformed, SetPartitions, UpdateRouting, Wake,
 };
+use crate::partition::{ordering_key, partition_of};
 use crate::router::RouterActor;
+use crate::routing::{Route, RoutingTable};
 use crate::store::{
     dedup_key, Consumed, DlqInsert, RoutingRecord, RtJobInsert, Store, StoreError, WhJobInsert,
 };
 use crate::telemetry as t;
-use crate::transform::{
-    CallError, CallItem, CallResults, ItemResult, Script, ScriptKind, TransformPool,
-};
-use crate::workspace::{self, Workspace};
+use crate::transform::{CallError, CallItem, CallResults, ItemResult, TransformPool};
 
 mod event;
 
 use event::StoredEvent;
-
-/// One destination of a source, with its kind and user transformations.
-#[derive(Clone)]
-pub struct Route {
-    /// The destination as configured.
-    pub destination: workspace::Destination,
-    /// Its kind.
-    pub kind: Arc<dyn Destination>,
-    /// User transformations, run in order before the kind maps the events.
-    pub transformations: Vec<Arc<Script>>,
-    /// The destination's secret settings, kept out of log lines.
-    pub secrets: Arc<crate::redact::Redactor>,
-}
-
-/// Source id → its routes; built once from the workspace.
-#[derive(Clone, Default)]
-pub struct RoutingTable {
-    by_source: HashMap<String, Vec<Route>>,
-    source_names: HashMap<String, String>,
-    pool: Option<Arc<TransformPool>>,
-}
-
-impl RoutingTable {
-    /// Builds every destination of every enabled source and loads every transformation;
-    /// reports every invalid one.
-    pub fn build(ws: &Workspace, env: &BuildEnv) -> Result<Self, Vec<destinations::ConfigError>> {
-        let mut by_source = HashMap::new();
-        let source_names = ws
-            .sources
-            .iter()
-            .map(|s| (s.id.clone(), s.name.clone()))
-            .collect();
-        let mut errors = Vec::new();
-        let libraries = env.libraries().unwrap_or_else(|problem| {
-            errors.push(destinations::ConfigError {
-                destination: "*".into(),
-                field: "transformations".into(),
-                problem,
-            });
-            Arc::default()
-        });
-        let mut built: HashMap<String, Route> = HashMap::new();
-        let catalogue = destinations::catalogue::Catalogue::load(&env.scripts_dir);
-        for source in &ws.sources {
-            let mut routes = Vec::new();
-            for d in &source.destinations {
-                if let Some(r) = built.get(&d.id) {
-                    routes.push(Route {
-                        destination: d.clone(),
-                        ..r.clone()
-                    });
-                    continue;
-                }
-                let kind = match destinations::build(d, env, &libraries) {
-                    Ok(k) => k,
-                    Err(e) => {
-                        errors.push(e);
-                        continue;
-                    }
-                };
-                let mut transformations = Vec::new();
-                for (i, t) in d.transformations.iter().enumerate() {
-                    let path = env.transformation_path(&t.file);
-                    match Script::load(
-                        &t.name,
-                        &path,
-                        ScriptKind::Transformation,
-                        libraries.clone(),
-                    ) {
-                        Ok(s) => transformations.push(Arc::new(s)),
-                        Err(problem) => errors.push(destinations::ConfigError {
-                            destination: d.id.clone(),
-                            field: format!("transformations[{i}].file"),
-                            problem,
-                        }),
-                    }
-                }
-                for t in &transformations {
-                    t::register_script_series(&t.name);
-                }
-                if let Some(script) = kind.script() {
-                    t::register_script_series(&script.name);
-                }
-                // Zero from the start for every series its dashboards show.
-                t::register_destination_series(&d.id);
-                if kind.warehouse().is_some() {
-                    t::register_warehouse_series(&d.id);
-                }
-                let route = Route {
-                    secrets: Arc::new(crate::redact::Redactor::for_config(
-                        &d.config,
-                        &catalogue
-                            .resolve(&d.destination_definition.name)
-                            .map(|k| k.secret_settings())
-                            .unwrap_or_default(),
-                    )),
-                    destination: d.clone(),
-                    kind,
-                    transformations,
-                };
-                built.insert(d.id.clone(), route.clone());
-                routes.push(route);
-            }
-            by_source.insert(source.id.clone(), routes);
-        }
-        if errors.is_empty() {
-            Ok(Self {
-                by_source,
-                source_names,
-                pool: env.pool.clone(),
-            })
-        } else {
-            Err(errors)
-        }
-    }
-
-    /// Every script (transformations and destination scripts) this table runs, for
-    /// checking that they compile.
-    pub fn scripts(&self) -> Vec<Arc<Script>> {
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        for routes in self.by_source.values() {
-            for r in routes {
-                for t in r.transformations.iter().chain(r.kind.script()) {
-                    if seen.insert(t.id()) {
-                        out.push(t.clone());
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// Compiles every script this table runs and checks its exports (an empty call on the
-    /// pool); one line per problem, naming the file. Without a pool there is nothing to run.
-    pub async fn check_scripts(&self) -> Vec<String> {
-        let Some(pool) = &self.pool else {
-            return Vec::new();
-        };
-        let empty = Value::Object(Map::new());
-        let mut problems = Vec::new();
-        for script in self.scripts() {
-            if let Err(e) = pool.call(&script, &empty, &[], Some(&empty)).await {
-                problems.push(format!("{}: {e}", script.path.display()));
-            }
-        }
-        problems
-    }
-
-    /// Id → name of every source whose routes include destination `id`.
-    pub fn sources_of(&self, id: &str) -> HashMap<String, String> {
-        self.by_source
-            .iter()
-            .filter(|(_, routes)| routes.iter().any(|r| r.destination.id == id))
-            .map(|(s, _)| {
-                (
-                    s.clone(),
-                    self.source_names.get(s).cloned().unwrap_or_default(),
-                )
-            })
-            .collect()
-    }
-
-    /// Every distinct enabled destination (one router or warehouse uploader each).
-    pub fn enabled_destinations(&self) -> Vec<Route> {
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        for routes in self.by_source.values() {
-            for r in routes {
-                if r.destination.enabled && seen.insert(r.destination.id.clone()) {
-                    out.push(r.clone());
-                }
-            }
-        }
-        out.sort_by(|a, b| a.destination.id.cmp(&b.destination.id));
-        out
-    }
-}
 
 /// Addresses of the running routers, by destination id.
 pub type RouterRegistry = Arc<RwLock<HashMap<String, Addr<RouterActor>>>>;
@@ -587,13 +407,10 @@ async fn map_routes(
     groups: &[(&Route, &str, Vec<usize>)],
     ctxs: &mut [EventCtx<'_>],
 ) -> Result<Assembled, BatchError> {
-    let pool = routing.pool.as_deref();
+    let pool = routing.pool().map(Arc::as_ref);
     let shared: &[EventCtx<'_>] = ctxs;
     let outputs = futures::future::join_all(groups.iter().map(|(route, source_id, idx)| {
-        let source_name = routing
-            .source_names
-            .get(*source_id)
-            .map_or("", String::as_str);
+        let source_name = routing.source_name(source_id);
         run_route(pool, route, source_name, shared, idx)
     }))
     .await
@@ -704,13 +521,12 @@ async fn replay_transformed(
     let letters = store
         .transform_dead_letters(msg.destination, msg.ids, REPLAY_LIMIT)
         .await?;
-    let empty = Vec::new();
     let mut ctxs: Vec<EventCtx<'_>> = Vec::new();
     let mut groups: Vec<(&Route, &str, Vec<usize>)> = Vec::new();
     let mut group_of: HashMap<(&str, &str), usize> = HashMap::new();
     let mut replayed = Vec::new();
     for l in &letters {
-        let routes = routing.by_source.get(&l.source_id).unwrap_or(&empty);
+        let routes = routing.routes_of(&l.source_id);
         let Some(route) = routes.iter().find(|r| r.destination.id == l.destination_id) else {
             continue;
         };
@@ -818,14 +634,13 @@ async fn process_batch(
     } else {
         store.dedup_owners(keys).await?
     };
-    let empty = Vec::new();
     let mut dup_n = 0u64;
     // Phase 1: dedup and filters; each route collects the indices of the events it takes.
     let mut ctxs: Vec<EventCtx<'_>> = Vec::new();
     let mut groups: Vec<(&Route, &str, Vec<usize>)> = Vec::new();
     let mut group_of: HashMap<(&str, &str), usize> = HashMap::new();
     for (job_id, source_id, duplicates, events, only) in parsed {
-        let routes = routing.by_source.get(source_id).unwrap_or(&empty);
+        let routes = routing.routes_of(source_id);
         let mut seen_in_job = HashSet::new();
         for event in events {
             let message_id = event.message_id().to_owned();
@@ -964,10 +779,14 @@ impl Handler<SetPartitions> for Processor {
     }
 }
 
-impl Handler<UpdateRouting> for Processor {
+impl Handler<UpdateRouting<RoutingTable>> for Processor {
     type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, msg: UpdateRouting, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(
+        &mut self,
+        msg: UpdateRouting<RoutingTable>,
+        _ctx: &mut Self::Context,
+    ) -> Self::Result {
         self.routing = msg.0;
         // A batch under way keeps the table it started with; answer once it is done, so
         // every batch started after the answer routes with the new table.
@@ -1053,13 +872,12 @@ pub async fn preview(
     requests: &[(String, Vec<Box<RawValue>>)],
     only: Option<&[String]>,
 ) -> Result<std::collections::BTreeMap<String, PreviewRoute>, String> {
-    let empty = Vec::new();
     let mut out: std::collections::BTreeMap<String, PreviewRoute> = Default::default();
     let mut ctxs: Vec<EventCtx<'_>> = Vec::new();
     let mut groups: Vec<(&Route, &str, Vec<usize>)> = Vec::new();
     let mut group_of: HashMap<(&str, &str), usize> = HashMap::new();
     for (i, (source_id, events)) in requests.iter().enumerate() {
-        let routes = routing.by_source.get(source_id).unwrap_or(&empty);
+        let routes = routing.routes_of(source_id);
         for raw in events {
             let event = StoredEvent::parse(raw).map_err(|e| format!("request {i}: {e}"))?;
             let idx = ctxs.len();

@@ -13,7 +13,20 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::isolate::Job;
+use super::{CallError, Script};
+
+/// One call for an isolate thread.
+pub(super) struct Job {
+    pub script: Arc<Script>,
+    /// JSON array of `{e, m}` items.
+    pub input: String,
+    pub destination: Option<String>,
+    /// A destination script's export to call instead of `process` (`batch`,
+    /// `batchResponse`, `describe`); its input is a JSON array of arguments.
+    pub entry: Option<&'static str>,
+    /// The answer text (decoded by the caller, off the isolate thread).
+    pub reply: tokio::sync::oneshot::Sender<Result<String, CallError>>,
+}
 
 /// How recently a script must have had work to count as competing for isolates.
 const ACTIVE_WINDOW: Duration = Duration::from_secs(1);

@@ -1,7 +1,7 @@
 //! One isolate thread: owns a V8 isolate and its context, compiles scripts as ES modules
 //! (libraries resolved by name), runs calls under a watchdog (time budget →
 //! `terminate_execution`) and a heap cap (near-heap-limit callback, plus a capped array
-//! buffer allocator), answers `fetch` from scripts through the destinations' HTTP client
+//! buffer allocator), answers `fetch` from scripts through Keel's outbound client (`crate::outbound`)
 //! (or from the pool's [`FetchMocks`], when it has some), and recreates the isolate after
 //! any call it had to stop.
 
@@ -13,23 +13,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
+use super::fair::Job;
 use super::{CallError, Libraries, Script, ScriptError, ScriptKind};
 use super::{FetchMocks, TransformSettings};
-use crate::destinations::{http, HttpSettings};
+use crate::outbound::{self, HttpSettings};
 use crate::telemetry as t;
-
-/// One call for an isolate thread.
-pub(super) struct Job {
-    pub script: Arc<Script>,
-    /// JSON array of `{e, m}` items.
-    pub input: String,
-    pub destination: Option<String>,
-    /// A destination script's export to call instead of `process` (`batch`,
-    /// `batchResponse`, `describe`); its input is a JSON array of arguments.
-    pub entry: Option<&'static str>,
-    /// The answer text (decoded by the caller, off the isolate thread).
-    pub reply: tokio::sync::oneshot::Sender<Result<String, CallError>>,
-}
 
 /// What a try-catch scope caught.
 struct Caught<'s> {
@@ -192,7 +180,7 @@ impl Watchdog {
 /// or the canned answers that replace them.
 struct FetchEnv {
     runtime: Option<tokio::runtime::Runtime>,
-    client: http::HttpClient,
+    client: outbound::HttpClient,
     max_requests: usize,
     max_body: usize,
     mocks: Option<Arc<FetchMocks>>,
@@ -205,7 +193,7 @@ impl FetchEnv {
             .build()
             .map_err(|e| tracing::error!(error = %e, "no runtime for script fetch"))
             .ok();
-        let client = http::client(&HttpSettings {
+        let client = outbound::client(&HttpSettings {
             timeout: settings.fetch_timeout,
             connect_timeout: settings.fetch_timeout.min(Duration::from_secs(5)),
             pool_max_idle_per_host: 8,
@@ -719,7 +707,7 @@ fn fetch_now(env: &FetchEnv, url: &str, options: &Map<String, Value>, left: Dura
         .and_then(Value::as_str)
         .map(str::to_owned);
     metrics::counter!(t::TRANSFORM_FETCHES_TOTAL).increment(1);
-    let request = http::fetch(&env.client, method, url, &headers, body, env.max_body);
+    let request = outbound::fetch(&env.client, method, url, &headers, body, env.max_body);
     // The timer must be made inside the runtime.
     match runtime.block_on(async { tokio::time::timeout(left, request).await }) {
         Ok(Ok(res)) => serde_json::to_value(res).unwrap_or(Value::Null),

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::destinations::http::FetchResponse;
+use crate::outbound::FetchResponse;
 
 /// One request a script is expected to make and the answer it gets.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

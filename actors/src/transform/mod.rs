@@ -358,7 +358,7 @@ impl TransformPool {
         destination: Option<String>,
     ) -> Result<String, CallError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let job = isolate::Job {
+        let job = fair::Job {
             script: script.clone(),
             input,
             destination,
@@ -384,7 +384,7 @@ impl TransformPool {
     ) -> Result<ExportOutput, CallError> {
         let started = Instant::now();
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let job = isolate::Job {
+        let job = fair::Job {
             script: script.clone(),
             input: args.to_string(),
             destination: destination.map(Value::to_string),

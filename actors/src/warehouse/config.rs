@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
-use super::loader::LoadError;
+use super::sink::LoadError;
 use crate::destinations::{ConfigError, DeliveryOutcome, Destination, Failure, TransformError};
 use crate::workspace;
 

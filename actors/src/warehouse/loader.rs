@@ -18,6 +18,7 @@ use super::flatten::{Row, TableKind};
 use super::schema::{
     coerce, infer, parse_timestamp, quote, Cell, ColType, DISCARDS_TABLE, LOADS_TABLE,
 };
+pub use super::sink::{LoadError, LoadStats};
 use crate::store::QueuedJob;
 
 /// Rows of one batch for one table, each with the `wh_jobs` id it came from (ascending).
@@ -76,37 +77,6 @@ pub struct Batch {
     pub last_job_id: i64,
     /// Tables, in a stable order.
     pub tables: Vec<TableBatch>,
-}
-
-/// What one batch did.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LoadStats {
-    /// Rows written (inserted or upserted).
-    pub rows: u64,
-    /// Rows skipped because their table's checkpoint already covered them.
-    pub skipped: u64,
-    /// Values sent to `keel_discards`.
-    pub discards: u64,
-    /// Columns added.
-    pub columns_added: u64,
-    /// Objects written (object-store sinks).
-    pub objects: u64,
-    /// Bytes written (object-store sinks).
-    pub bytes: u64,
-}
-
-/// Why a load failed; the batch stays in `wh_jobs` and is retried.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// Could not connect.
-    #[error("cannot connect to the warehouse: {0}")]
-    Connect(String),
-    /// A statement failed.
-    #[error("warehouse statement failed: {0}")]
-    Query(#[from] tokio_postgres::Error),
-    /// Keel's own database failed (claiming or confirming a batch).
-    #[error("keel database: {0}")]
-    Keel(String),
 }
 
 type Columns = HashMap<String, ColType>;

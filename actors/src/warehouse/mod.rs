@@ -26,115 +26,20 @@ pub mod objects;
 pub mod postgres;
 pub mod schema;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use futures::future::BoxFuture;
 
 use crate::messages::{Drain, DrainReport, Heartbeat, HeartbeatReply, InjectPanic, Retire};
-use crate::store::{JobQueue, QueuedJob, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::telemetry as t;
 pub use config::PostgresWarehouse;
-pub use loader::LoadStats;
+pub mod sink;
 
-/// Uploader tuning shared by every warehouse destination.
-#[derive(Debug, Clone)]
-pub struct UploaderConfig {
-    /// First retry delay after a failed load.
-    pub retry_base: Duration,
-    /// Largest retry delay.
-    pub retry_max_backoff: Duration,
-    /// Columns a warehouse table may get at most; values for more are discarded.
-    pub max_columns: usize,
-    /// How often the backlog gauges are refreshed.
-    pub backlog_interval: Duration,
-}
-
-impl Default for UploaderConfig {
-    fn default() -> Self {
-        Self {
-            retry_base: Duration::from_secs(1),
-            retry_max_backoff: Duration::from_secs(60),
-            max_columns: 1000,
-            backlog_interval: Duration::from_secs(5),
-        }
-    }
-}
-
-/// One claimed batch, as a sink sees it.
-pub struct JobBatch {
-    /// Keel database instance id (keys checkpoints kept in a warehouse).
-    pub instance: uuid::Uuid,
-    /// Destination id (`backup` for the raw backup).
-    pub destination: String,
-    /// Lowest job id of the batch's range.
-    pub first_id: i64,
-    /// Highest job id of the batch's range.
-    pub last_id: i64,
-    /// The jobs, in id order.
-    pub jobs: Vec<QueuedJob>,
-}
-
-/// Why a sink could not take a batch; the batch stays queued and is retried.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// The Postgres warehouse failed.
-    #[error(transparent)]
-    Postgres(#[from] loader::LoadError),
-    /// The object store failed or refused.
-    #[error("object store: {0}")]
-    ObjectStore(#[from] object_store::Error),
-    /// ClickHouse failed or refused.
-    #[error("clickhouse: {0}")]
-    ClickHouse(String),
-    /// The batch could not be encoded (Parquet, JSON).
-    #[error("encoding: {0}")]
-    Encode(String),
-}
-
-/// Where an uploader's batches go. A sink must make a batch durable before `load`
-/// returns `Ok`, and loading the same batch (same id range) again must not duplicate it.
-pub trait Sink: Send {
-    /// Uploads or loads one batch.
-    fn load<'a>(&'a mut self, batch: &'a JobBatch) -> BoxFuture<'a, Result<LoadStats, SinkError>>;
-    /// Forgets connections and cached state after a failure.
-    fn reset(&mut self) {}
-}
-
-/// What a batch-uploading destination kind tells the supervisor: how to batch, and how to
-/// make its sink.
-pub trait WarehouseKind: Send + Sync {
-    /// Destination id, queue, interval and batch size.
-    fn spec(&self) -> UploadSpec;
-    /// A fresh sink; `sources` maps the ids of the sources feeding the destination to their
-    /// names (default schema / namespace names derive from them).
-    fn sink(&self, sources: &HashMap<String, String>, config: &UploaderConfig) -> Box<dyn Sink>;
-}
-
-/// Which metric family an uploader reports to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UploadMetrics {
-    /// `keel_warehouse_*`, labelled `destination`.
-    Warehouse,
-    /// `keel_backup_*`.
-    Backup,
-}
-
-/// How one uploader batches.
-#[derive(Debug, Clone)]
-pub struct UploadSpec {
-    /// Destination id (`backup` for the raw backup).
-    pub id: String,
-    /// Where its jobs wait.
-    pub queue: JobQueue,
-    /// How often what waits is uploaded.
-    pub upload_interval: Duration,
-    /// Events per batch at most (a single larger job is a batch of its own).
-    pub max_batch_rows: i64,
-    /// Metric family.
-    pub metrics: UploadMetrics,
-}
+pub use sink::{
+    JobBatch, LoadError, LoadStats, Sink, SinkError, UploadMetrics, UploadSpec, UploaderConfig,
+    WarehouseKind,
+};
 
 /// The uploader of one warehouse destination, or of the raw backup (see the module
 /// comment).
@@ -336,7 +241,7 @@ async fn upload_all(
 }
 
 fn store_error(e: StoreError) -> SinkError {
-    SinkError::Postgres(loader::LoadError::Keel(e.to_string()))
+    SinkError::Postgres(LoadError::Keel(e.to_string()))
 }
 
 impl Actor for WarehouseUploader {
