@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::destinations::{self, BuildEnv, Destination};
+use crate::destinations::{self, BuildEnv, Delivery, Mapping};
 use crate::telemetry as t;
 use crate::transform::{Script, ScriptKind, TransformPool};
 use crate::workspace::{self, Workspace};
@@ -20,8 +20,11 @@ use crate::workspace::{self, Workspace};
 pub struct Route {
     /// The destination as configured.
     pub destination: workspace::Destination,
-    /// Its kind.
-    pub kind: Arc<dyn Destination>,
+    /// Its kind, as the processor maps events with it.
+    pub kind: Arc<dyn Mapping>,
+    /// Its kind, as a router sends with it; `None` for a batch-loaded kind (an uploader
+    /// loads it: [`Mapping::warehouse`]).
+    pub delivery: Option<Arc<dyn Delivery>>,
     /// User transformations, run in order before the kind maps the events.
     pub transformations: Vec<Arc<Script>>,
     /// The destination's secret settings, kept out of log lines.
@@ -67,7 +70,7 @@ impl RoutingTable {
                     });
                     continue;
                 }
-                let kind = match destinations::catalogue::build(d, env, &libraries) {
+                let made = match destinations::catalogue::build(d, env, &libraries) {
                     Ok(k) => k,
                     Err(e) => {
                         errors.push(e);
@@ -94,6 +97,7 @@ impl RoutingTable {
                 for t in &transformations {
                     t::register_script_series(&t.name);
                 }
+                let kind = made.mapping;
                 if let Some(script) = kind.script() {
                     t::register_script_series(&script.name);
                 }
@@ -112,6 +116,7 @@ impl RoutingTable {
                     )),
                     destination: d.clone(),
                     kind,
+                    delivery: made.delivery,
                     transformations,
                 };
                 built.insert(d.id.clone(), route.clone());

@@ -440,8 +440,13 @@ impl RootSupervisor {
                 w.insert(id.clone(), addr);
             }
         } else {
+            let Some(kind) = route.delivery.clone() else {
+                // The factory gives every kind without an uploader a delivery side.
+                tracing::error!(destination = %id, "destination kind neither delivers nor loads; not started");
+                return;
+            };
             let rc = router_config_for(&self.router_defaults, &route.destination);
-            let (rid, kind, s) = (id.clone(), route.kind.clone(), self.store.clone());
+            let (rid, s) = (id.clone(), self.store.clone());
             let (parts, guard) = (self.partitions.clone(), self.guard.clone());
             let (secrets, live) = (route.secrets.clone(), self.children.live.clone());
             let addr = actix::Supervisor::start_in_arbiter(&self.router_arbiter, move |_| {

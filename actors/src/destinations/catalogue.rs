@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::{nats, rabbitmq, redis, script, webhook};
-use super::{BuildEnv, ConfigError, Destination};
+use super::{BuildEnv, BuiltKind, ConfigError};
 use crate::transform::Libraries;
 use crate::workspace;
 
@@ -316,28 +316,27 @@ pub fn build(
     dest: &workspace::Destination,
     env: &BuildEnv,
     libraries: &Arc<Libraries>,
-) -> Result<Arc<dyn Destination>, ConfigError> {
+) -> Result<BuiltKind, ConfigError> {
     let http = &env.http;
     match dest.destination_definition.name.as_str() {
-        webhook::KIND => Ok(Arc::new(webhook::Webhook::new(dest, http)?)),
-        crate::warehouse::config::KIND => Ok(Arc::new(crate::warehouse::PostgresWarehouse::new(
-            dest,
-            http.connect_timeout,
-        )?)),
-        "S3" | "MINIO" | "GCS" | "AZURE_BLOB" => Ok(Arc::new(
+        webhook::KIND => Ok(BuiltKind::delivered(webhook::Webhook::new(dest, http)?)),
+        crate::warehouse::config::KIND => Ok(BuiltKind::loaded(
+            crate::warehouse::PostgresWarehouse::new(dest, http.connect_timeout)?,
+        )),
+        "S3" | "MINIO" | "GCS" | "AZURE_BLOB" => Ok(BuiltKind::loaded(
             crate::warehouse::objects::ObjectStorage::new(dest, http)?,
         )),
-        crate::warehouse::datalake::KIND => Ok(Arc::new(
+        crate::warehouse::datalake::KIND => Ok(BuiltKind::loaded(
             crate::warehouse::datalake::DataLake::new(dest, http)?,
         )),
-        crate::warehouse::clickhouse::KIND => Ok(Arc::new(
+        crate::warehouse::clickhouse::KIND => Ok(BuiltKind::loaded(
             crate::warehouse::clickhouse::ClickHouse::new(dest, http)?,
         )),
-        redis::KIND => Ok(Arc::new(redis::Redis::new(dest, http)?)),
-        rabbitmq::KIND => Ok(Arc::new(rabbitmq::RabbitMq::new(dest, http)?)),
-        nats::KIND => Ok(Arc::new(nats::Nats::new(dest, http)?)),
+        redis::KIND => Ok(BuiltKind::delivered(redis::Redis::new(dest, http)?)),
+        rabbitmq::KIND => Ok(BuiltKind::delivered(rabbitmq::RabbitMq::new(dest, http)?)),
+        nats::KIND => Ok(BuiltKind::delivered(nats::Nats::new(dest, http)?)),
         other => match destination_script(&env.scripts_dir, other) {
-            Some((folder, path)) => Ok(Arc::new(script::ScriptDestination::new(
+            Some((folder, path)) => Ok(BuiltKind::delivered(script::ScriptDestination::new(
                 dest, &folder, &path, env, libraries,
             )?)),
             None => Err(ConfigError {

@@ -1,5 +1,6 @@
-//! Destination kinds behind one [`Destination`] trait. A kind maps a normalised event to the
-//! payloads stored in `rt_jobs` (processor side) and delivers a stored payload (router side).
+//! Destination kinds behind two traits, one per side: [`Mapping`] (processor: a normalised
+//! event becomes the payloads stored in `rt_jobs`, or `wh_jobs` rows) and [`Delivery`]
+//! (router: a stored payload is sent). Batch-loaded kinds implement only [`Mapping`].
 //! HTTP kinds describe their request in RudderStack's transformer response shape
 //! ([`DeliveryRequest`]) and share one sender, so a router never knows a destination's API;
 //! a JavaScript-backed kind only has to produce the same shape. Each kind is a module with
@@ -89,20 +90,21 @@ impl ConfigError {
     }
 }
 
-/// One destination kind instance.
-pub trait Destination: Send + Sync {
+/// The processor's side of a destination kind: how an event becomes what is stored for it
+/// (`rt_jobs` payloads, or `wh_jobs` rows for a batch-loaded kind). Every kind has it.
+pub trait Mapping: Send + Sync {
     /// The kind name (`WEBHOOK`).
     fn kind(&self) -> &'static str;
     /// Maps a normalised event to zero or more destination-ready payloads.
     fn transform(&self, event: &Map<String, Value>) -> Result<Vec<Value>, TransformError>;
-    /// [`Destination::transform`] with each payload serialised, as `rt_jobs` stores it.
+    /// [`Mapping::transform`] with each payload serialised, as `rt_jobs` stores it.
     /// Kinds that can write their payload straight from the event override this.
     fn transform_text(&self, event: &Map<String, Value>) -> Result<Vec<String>, TransformError> {
         self.transform(event)
             .map(|payloads| payloads.iter().map(Value::to_string).collect())
     }
     /// Maps an event given as the JSON text the gateway stored, without parsing it; `None`
-    /// when the kind needs the parsed event (then [`Destination::transform_batch`] is used).
+    /// when the kind needs the parsed event (then [`Mapping::transform_batch`] is used).
     /// A kind answers the same way for every event. Only used when no user transformation
     /// changed the event.
     fn transform_raw(
@@ -112,7 +114,7 @@ pub trait Destination: Send + Sync {
         None
     }
     /// Maps a batch of events to serialised payloads (one result per event, in order).
-    /// Kinds that map in Rust use [`Destination::transform_text`]; script-backed kinds make
+    /// Kinds that map in Rust use [`Mapping::transform_text`]; script-backed kinds make
     /// one script call per batch.
     fn transform_batch<'a>(
         &'a self,
@@ -122,11 +124,25 @@ pub trait Destination: Send + Sync {
             events.iter().map(|e| self.transform_text(e)).collect(),
         ))
     }
-    /// Delivers one payload produced by [`Destination::transform`].
+    /// For script-backed kinds, their script (checked by `keel check-config`).
+    fn script(&self) -> Option<&Arc<transform::Script>> {
+        None
+    }
+    /// For warehouse kinds, their settings: the processor writes their events to `wh_jobs`
+    /// and a warehouse uploader loads them in batches instead of a router delivering them.
+    fn warehouse(&self) -> Option<&dyn crate::warehouse::sink::WarehouseKind> {
+        None
+    }
+}
+
+/// The router's side of a destination kind: sending what the processor stored. Batch-loaded
+/// kinds (warehouses, object storage) do not have it: an uploader loads their jobs.
+pub trait Delivery: Mapping {
+    /// Delivers one payload produced by [`Mapping::transform`].
     fn deliver<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, DeliveryOutcome>;
     /// Delivers a stored payload as `rt_jobs` holds it (JSON text); what routers call.
     /// Kinds that can send it without building a JSON tree override this; the default
-    /// parses it and calls [`Destination::deliver`]. Text that is not JSON is refused.
+    /// parses it and calls [`Delivery::deliver`]. Text that is not JSON is refused.
     fn deliver_text<'a>(&'a self, payload: &'a str) -> BoxFuture<'a, DeliveryOutcome> {
         Box::pin(async move {
             match serde_json::from_str::<Value>(payload) {
@@ -144,7 +160,7 @@ pub trait Destination: Send + Sync {
         Box::pin(futures::future::ready(None))
     }
     /// Delivers several stored payloads (a batch the router formed within
-    /// [`Destination::batching`]'s limits, never two of one ordering key) and answers one
+    /// [`Delivery::batching`]'s limits, never two of one ordering key) and answers one
     /// outcome per payload, in order. The default delivers them one after another.
     fn deliver_batch<'a>(
         &'a self,
@@ -158,14 +174,34 @@ pub trait Destination: Send + Sync {
             out
         })
     }
-    /// For script-backed kinds, their script (checked by `keel check-config`).
-    fn script(&self) -> Option<&Arc<transform::Script>> {
-        None
+}
+
+/// A built kind: every kind maps events; all but the batch-loaded ones also deliver (the
+/// same value behind both handles).
+#[derive(Clone)]
+pub struct BuiltKind {
+    /// The processor's side.
+    pub mapping: Arc<dyn Mapping>,
+    /// The router's side; `None` for kinds an uploader loads ([`Mapping::warehouse`]).
+    pub delivery: Option<Arc<dyn Delivery>>,
+}
+
+impl BuiltKind {
+    /// A kind a router delivers.
+    pub fn delivered<T: Delivery + 'static>(kind: T) -> Self {
+        let kind = Arc::new(kind);
+        Self {
+            mapping: kind.clone(),
+            delivery: Some(kind),
+        }
     }
-    /// For warehouse kinds, their settings: the processor writes their events to `wh_jobs`
-    /// and a warehouse uploader loads them in batches instead of a router delivering them.
-    fn warehouse(&self) -> Option<&dyn crate::warehouse::sink::WarehouseKind> {
-        None
+
+    /// A kind an uploader loads in batches.
+    pub fn loaded<T: Mapping + 'static>(kind: T) -> Self {
+        Self {
+            mapping: Arc::new(kind),
+            delivery: None,
+        }
     }
 }
 

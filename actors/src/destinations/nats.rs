@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 
 use super::broker::{self, ConfigReader, SharedConnection, Template};
-use super::{ConfigError, DeliveryOutcome, Destination, HttpSettings, TransformError};
+use super::{ConfigError, Delivery, DeliveryOutcome, HttpSettings, Mapping, TransformError};
 use crate::workspace;
 
 /// Kind name in the workspace.
@@ -179,7 +179,7 @@ impl Nats {
     }
 }
 
-impl Destination for Nats {
+impl Mapping for Nats {
     fn kind(&self) -> &'static str {
         KIND
     }
@@ -191,7 +191,9 @@ impl Destination for Nats {
             "body": broker::body(event, &self.config.fields),
         })])
     }
+}
 
+impl Delivery for Nats {
     fn deliver<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, DeliveryOutcome> {
         Box::pin(async move {
             let (subject, message_id) = match (

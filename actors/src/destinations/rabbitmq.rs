@@ -21,7 +21,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use serde_json::{json, Map, Value};
 
 use super::broker::{self, ConfigReader, SharedConnection, Template};
-use super::{ConfigError, DeliveryOutcome, Destination, HttpSettings, TransformError};
+use super::{ConfigError, Delivery, DeliveryOutcome, HttpSettings, Mapping, TransformError};
 use crate::workspace;
 
 /// Kind name in the workspace.
@@ -222,7 +222,7 @@ fn classify(e: &lapin::Error, what: &str) -> DeliveryOutcome {
     }
 }
 
-impl Destination for RabbitMq {
+impl Mapping for RabbitMq {
     fn kind(&self) -> &'static str {
         KIND
     }
@@ -240,7 +240,9 @@ impl Destination for RabbitMq {
             "body": broker::body(event, &self.config.fields),
         })])
     }
+}
 
+impl Delivery for RabbitMq {
     fn deliver<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, DeliveryOutcome> {
         Box::pin(async move {
             let (routing_key, message_id) = match (

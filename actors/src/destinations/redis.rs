@@ -23,7 +23,7 @@ use redis::{AsyncConnectionConfig, ErrorKind, IntoConnectionInfo, RedisError, Se
 use serde_json::{json, Map, Value};
 
 use super::broker::{self, ConfigReader, SharedConnection};
-use super::{ConfigError, DeliveryOutcome, Destination, HttpSettings, TransformError};
+use super::{ConfigError, Delivery, DeliveryOutcome, HttpSettings, Mapping, TransformError};
 use crate::workspace;
 
 /// Kind name in the workspace.
@@ -273,7 +273,7 @@ fn flatten(prefix: &str, map: &Map<String, Value>, out: &mut Map<String, Value>)
     }
 }
 
-impl Destination for Redis {
+impl Mapping for Redis {
     fn kind(&self) -> &'static str {
         KIND
     }
@@ -331,7 +331,9 @@ impl Destination for Redis {
             }
         }
     }
+}
 
+impl Delivery for Redis {
     fn deliver<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, DeliveryOutcome> {
         Box::pin(async move {
             let op = match broker::payload_str(payload, "op") {

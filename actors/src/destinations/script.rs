@@ -26,7 +26,7 @@ use serde_json::{json, Map, Value};
 
 use super::batch::{self, BatchLimits, BatchSettings};
 use super::http::{self, DeliveryRequest};
-use super::{BuildEnv, ConfigError, DeliveryOutcome, Destination, Failure, TransformError};
+use super::{BuildEnv, ConfigError, Delivery, DeliveryOutcome, Failure, Mapping, TransformError};
 use crate::transform::{
     CallError, CallItem, CallResults, ItemResult, Libraries, Script, ScriptError, ScriptKind,
     TransformPool,
@@ -463,7 +463,7 @@ fn retryable(e: &ScriptError) -> bool {
     e.status.is_some_and(|s| s >= 500 || s == 429)
 }
 
-impl Destination for ScriptDestination {
+impl Mapping for ScriptDestination {
     fn kind(&self) -> &'static str {
         KIND
     }
@@ -540,7 +540,9 @@ impl Destination for ScriptDestination {
             }
         })
     }
+}
 
+impl Delivery for ScriptDestination {
     fn batching(&self) -> BoxFuture<'_, Option<BatchLimits>> {
         Box::pin(async move {
             let exports = self.exports().await;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::batch::{self, BatchLimits, BatchSettings};
 use super::http::{self, DeliveryRequest, RequestBody};
-use super::{ConfigError, DeliveryOutcome, Destination, HttpSettings, TransformError};
+use super::{ConfigError, Delivery, DeliveryOutcome, HttpSettings, Mapping, TransformError};
 use crate::workspace;
 
 /// Kind name in the workspace.
@@ -157,7 +157,7 @@ impl Webhook {
     }
 }
 
-impl Destination for Webhook {
+impl Mapping for Webhook {
     fn kind(&self) -> &'static str {
         KIND
     }
@@ -210,7 +210,9 @@ impl Destination for Webhook {
             .map(|v| vec![v])
             .map_err(|e| TransformError::Failed(format!("cannot encode webhook request: {e}")))
     }
+}
 
+impl Delivery for Webhook {
     fn deliver<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, DeliveryOutcome> {
         Box::pin(http::send(&self.client, payload))
     }

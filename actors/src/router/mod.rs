@@ -8,7 +8,7 @@
 //! and records outcomes in batched transactions. After a restart it flushes what it holds
 //! and reloads from Postgres, so nothing depends on memory surviving.
 //!
-//! A kind that batches ([`Destination::batching`]) gets up to its limit of ready heads per
+//! A kind that batches ([`Delivery::batching`]) gets up to its limit of ready heads per
 //! delivery — one job per ordering key, so batching never reorders a user's events —
 //! and answers one outcome per job. A partial batch waits up to the kind's `max_wait` only
 //! while more jobs are being loaded; otherwise it goes at once. The breaker and throttle
@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 
 use crate::cluster::LeaseGuard;
 use crate::destinations::batch::BatchLimits;
-use crate::destinations::{DeliveryOutcome, Destination, Failure};
+use crate::destinations::{Delivery, DeliveryOutcome, Failure};
 use crate::messages::{
     Drain, DrainReport, GetRouterStatus, Heartbeat, HeartbeatReply, InjectPanic, Retire,
     RouterStatus, Wake,
@@ -146,7 +146,7 @@ pub struct RouterActor {
     destination_id: Arc<str>,
     partitions: Arc<[i32]>,
     guard: Arc<LeaseGuard>,
-    kind: Arc<dyn Destination>,
+    kind: Arc<dyn Delivery>,
     store: Store,
     config: RouterConfig,
     queues: KeyQueues<Job>,
@@ -189,7 +189,7 @@ impl RouterActor {
         destination_id: &str,
         partitions: Arc<[i32]>,
         guard: Arc<LeaseGuard>,
-        kind: Arc<dyn Destination>,
+        kind: Arc<dyn Delivery>,
         store: Store,
         config: RouterConfig,
     ) -> Self {

@@ -143,6 +143,161 @@ fn without_nul(v: Value) -> Value {
     }
 }
 
+/// One processed batch, ready to commit: each output as the columns its statement binds
+/// (one array per column, built here row by row), the consumed requests and the replayed
+/// dead letters. The processor pushes rows; [`Store::commit_processed`] writes it whole.
+#[derive(Default)]
+pub struct ProcessedBatch {
+    jobs: RtColumns,
+    warehouse: WhColumns,
+    dead: DlqColumns,
+    routing: RoutingColumns,
+    /// The `gw_jobs` rows this batch consumed (none for a replay of dead letters).
+    pub consumed: Option<Consumed>,
+    /// Dead letters (stage `transform`) this batch replayed, deleted with the commit.
+    pub replayed: Vec<i64>,
+}
+
+impl ProcessedBatch {
+    /// A batch of these rows (consuming nothing, replaying nothing until set).
+    pub fn from_rows(
+        jobs: Vec<RtJobInsert>,
+        warehouse: Vec<WhJobInsert>,
+        dead: Vec<DlqInsert>,
+        routing: impl IntoIterator<Item = RoutingRecord>,
+    ) -> Self {
+        let mut batch = Self::default();
+        for j in jobs {
+            batch.push_job(j);
+        }
+        for w in warehouse {
+            batch.push_warehouse(w);
+        }
+        for d in dead {
+            batch.push_dead(d);
+        }
+        for r in routing {
+            batch.push_routing(r);
+        }
+        batch
+    }
+
+    /// Adds a delivery job (`rt_jobs` row).
+    pub fn push_job(&mut self, j: RtJobInsert) {
+        let c = &mut self.jobs;
+        c.parts.push(j.partition);
+        c.dest.push(j.destination_id);
+        c.keys.push(j.ordering_key);
+        c.mids.push(j.message_id);
+        c.srcs.push(j.source_id);
+        c.payloads.push(j.payload);
+    }
+
+    /// Adds a warehouse job (`wh_jobs` row).
+    pub fn push_warehouse(&mut self, w: WhJobInsert) {
+        let c = &mut self.warehouse;
+        c.dest.push(w.destination_id);
+        c.src.push(w.source_id);
+        c.count.push(w.event_count);
+        c.payload.push(w.payload);
+    }
+
+    /// Adds a dead letter of stage `transform`.
+    pub fn push_dead(&mut self, d: DlqInsert) {
+        let c = &mut self.dead;
+        c.part.push(d.partition);
+        c.dest.push(d.destination_id);
+        c.key.push(d.ordering_key);
+        c.mid.push(d.message_id);
+        c.src.push(d.source_id);
+        c.payload.push(d.payload);
+        c.reason.push(d.reason);
+    }
+
+    /// Adds a routing record. Records of a stored request (job id > 0) arrive together and
+    /// become one `routing_jobs` row per request; the others (replays) one `routing_log`
+    /// row each.
+    pub fn push_routing(&mut self, r: RoutingRecord) {
+        let c = &mut self.routing;
+        let routed = Value::from(r.routed);
+        let filtered = without_nul(r.filtered);
+        if r.job_id <= 0 {
+            c.r_src.push(r.source_id);
+            c.r_mid.push(r.message_id);
+            c.r_job.push(r.job_id);
+            c.r_routed.push(routed);
+            c.r_filtered.push(filtered);
+            return;
+        }
+        if c.g_job.last() != Some(&r.job_id) {
+            c.g_job.push(r.job_id);
+            c.g_src.push(r.source_id);
+            c.g_first.push(c.g_mids.len() as i32 + 1);
+            c.g_last.push(c.g_mids.len() as i32);
+            c.g_routed.push(Value::Array(Vec::new()));
+            c.g_filtered.push(Value::Array(Vec::new()));
+        }
+        c.g_mids.push(r.message_id);
+        let i = c.g_job.len() - 1;
+        c.g_last[i] += 1;
+        if let (Value::Array(to), Value::Array(out)) = (&mut c.g_routed[i], &mut c.g_filtered[i]) {
+            to.push(routed);
+            out.push(filtered);
+        }
+    }
+}
+
+/// `rt_jobs` columns.
+#[derive(Default)]
+struct RtColumns {
+    dest: Vec<String>,
+    keys: Vec<String>,
+    mids: Vec<String>,
+    srcs: Vec<String>,
+    payloads: Vec<String>,
+    parts: Vec<i32>,
+}
+
+/// `wh_jobs` columns.
+#[derive(Default)]
+struct WhColumns {
+    dest: Vec<String>,
+    src: Vec<String>,
+    count: Vec<i32>,
+    payload: Vec<String>,
+}
+
+/// `dlq_jobs` columns (stage `transform`).
+#[derive(Default)]
+struct DlqColumns {
+    dest: Vec<String>,
+    key: Vec<String>,
+    mid: Vec<String>,
+    src: Vec<String>,
+    payload: Vec<String>,
+    reason: Vec<String>,
+    part: Vec<i32>,
+}
+
+/// `routing_log` columns (`r_*`, one row per replayed event) and `routing_jobs` columns
+/// (`g_*`, one row per request: request i's messageIds are `g_mids[g_first[i]..=g_last[i]]`
+/// of one flat array, 1-based as Postgres slices).
+#[derive(Default)]
+struct RoutingColumns {
+    r_src: Vec<String>,
+    r_mid: Vec<String>,
+    r_job: Vec<i64>,
+    r_routed: Vec<Value>,
+    r_filtered: Vec<Value>,
+    g_job: Vec<i64>,
+    g_src: Vec<String>,
+    g_mids: Vec<String>,
+    g_first: Vec<i32>,
+    g_last: Vec<i32>,
+    g_routed: Vec<Value>,
+    g_filtered: Vec<Value>,
+}
+
 impl Store {
     /// Up to `limit` unconsumed requests of `partitions`, in id order. No cursor: with
     /// several nodes writing, a lower id may commit after a higher one was read, and it must
@@ -190,106 +345,58 @@ impl Store {
         .await
     }
 
-    /// Commits one processed batch: deletes the `consumed` rows (fenced: this node must hold
-    /// their partitions and every row must still be there, else nothing is written and
-    /// [`StoreError::Fenced`] comes back), inserts `jobs`, `warehouse`, `dead` and
-    /// `routing` under the order lock, and advances the partitions' checkpoints — one
-    /// transaction. A replay of dead letters passes no `consumed` and the `replayed` dlq
-    /// ids to delete.
-    pub async fn commit_processed(
-        &self,
-        jobs: Vec<RtJobInsert>,
-        warehouse: Vec<WhJobInsert>,
-        dead: Vec<DlqInsert>,
-        routing: Vec<RoutingRecord>,
-        consumed: Option<Consumed>,
-        replayed: Vec<i64>,
-    ) -> Result<(), StoreError> {
+    /// Commits one processed batch: deletes its `consumed` rows (fenced: this node must
+    /// hold their partitions and every row must still be there, else nothing is written and
+    /// [`StoreError::Fenced`] comes back), inserts its delivery jobs, warehouse jobs, dead
+    /// letters and routing records under the order lock, deletes its `replayed` dead
+    /// letters, and advances the partitions' checkpoints — one transaction.
+    pub async fn commit_processed(&self, batch: ProcessedBatch) -> Result<(), StoreError> {
         let node = self.node.clone();
-        let mut d_dest = Vec::with_capacity(dead.len());
-        let mut d_key = Vec::with_capacity(dead.len());
-        let mut d_mid = Vec::with_capacity(dead.len());
-        let mut d_src = Vec::with_capacity(dead.len());
-        let mut d_payload = Vec::with_capacity(dead.len());
-        let mut d_reason = Vec::with_capacity(dead.len());
-        let mut d_part = Vec::with_capacity(dead.len());
-        for d in dead {
-            d_part.push(d.partition);
-            d_dest.push(d.destination_id);
-            d_key.push(d.ordering_key);
-            d_mid.push(d.message_id);
-            d_src.push(d.source_id);
-            d_payload.push(d.payload);
-            d_reason.push(d.reason);
-        }
-        let mut w_dest = Vec::with_capacity(warehouse.len());
-        let mut w_src = Vec::with_capacity(warehouse.len());
-        let mut w_count = Vec::with_capacity(warehouse.len());
-        let mut w_payload = Vec::with_capacity(warehouse.len());
-        for w in warehouse {
-            w_dest.push(w.destination_id);
-            w_src.push(w.source_id);
-            w_count.push(w.event_count);
-            w_payload.push(w.payload);
-        }
-        let mut dest = Vec::with_capacity(jobs.len());
-        let mut keys = Vec::with_capacity(jobs.len());
-        let mut mids = Vec::with_capacity(jobs.len());
-        let mut srcs = Vec::with_capacity(jobs.len());
-        let mut payloads = Vec::with_capacity(jobs.len());
-        let mut parts = Vec::with_capacity(jobs.len());
-        for j in jobs {
-            parts.push(j.partition);
-            dest.push(j.destination_id);
-            keys.push(j.ordering_key);
-            mids.push(j.message_id);
-            srcs.push(j.source_id);
-            payloads.push(j.payload);
-        }
-        let routing_n = routing.len();
-        // Records of a stored request (job id > 0) become one routing_jobs row per request;
-        // the others (replays) one routing_log row each.
-        let mut r_src = Vec::new();
-        let mut r_mid = Vec::new();
-        let mut r_job = Vec::new();
-        let mut r_routed = Vec::new();
-        let mut r_filtered = Vec::new();
-        // Records of one request arrive together. Request i's messageIds are
-        // g_mids[g_first[i]..=g_last[i]] of one flat array (1-based, as Postgres slices).
-        let mut g_job: Vec<i64> = Vec::new();
-        let mut g_src = Vec::new();
-        let mut g_mids = Vec::with_capacity(routing_n);
-        let mut g_first = Vec::new();
-        let mut g_last = Vec::new();
-        let mut g_routed: Vec<Value> = Vec::new();
-        let mut g_filtered: Vec<Value> = Vec::new();
-        for r in routing {
-            let routed = Value::from(r.routed);
-            let filtered = without_nul(r.filtered);
-            if r.job_id <= 0 {
-                r_src.push(r.source_id);
-                r_mid.push(r.message_id);
-                r_job.push(r.job_id);
-                r_routed.push(routed);
-                r_filtered.push(filtered);
-                continue;
-            }
-            if g_job.last() != Some(&r.job_id) {
-                g_job.push(r.job_id);
-                g_src.push(r.source_id);
-                g_first.push(g_mids.len() as i32 + 1);
-                g_last.push(g_mids.len() as i32);
-                g_routed.push(Value::Array(Vec::new()));
-                g_filtered.push(Value::Array(Vec::new()));
-            }
-            g_mids.push(r.message_id);
-            let i = g_job.len() - 1;
-            g_last[i] += 1;
-            if let (Value::Array(to), Value::Array(out)) = (&mut g_routed[i], &mut g_filtered[i]) {
-                to.push(routed);
-                out.push(filtered);
-            }
-        }
+        let ProcessedBatch {
+            jobs,
+            warehouse,
+            dead,
+            routing,
+            consumed,
+            replayed,
+        } = batch;
+        let RtColumns {
+            dest,
+            keys,
+            mids,
+            srcs,
+            payloads,
+            parts,
+        } = jobs;
+        let WhColumns {
+            dest: w_dest,
+            src: w_src,
+            count: w_count,
+            payload: w_payload,
+        } = warehouse;
+        let DlqColumns {
+            dest: d_dest,
+            key: d_key,
+            mid: d_mid,
+            src: d_src,
+            payload: d_payload,
+            reason: d_reason,
+            part: d_part,
+        } = dead;
+        let RoutingColumns {
+            r_src,
+            r_mid,
+            r_job,
+            r_routed,
+            r_filtered,
+            g_job,
+            g_src,
+            g_mids,
+            g_first,
+            g_last,
+            g_routed,
+            g_filtered,
+        } = routing;
         self.timed(async {
             let mut conn = self.conn().await?;
             conn.transaction::<_, StoreError, _>(|conn| {

@@ -27,7 +27,7 @@ use super::schema::{coerce, infer, parse_timestamp, Cell, ColType, DISCARDS_TABL
 use super::{
     JobBatch, LoadStats, Sink, SinkError, UploadMetrics, UploadSpec, UploaderConfig, WarehouseKind,
 };
-use crate::destinations::{ConfigError, DeliveryOutcome, Destination, Failure, TransformError};
+use crate::destinations::{ConfigError, Mapping, TransformError};
 use crate::store::JobQueue;
 use crate::workspace;
 
@@ -110,7 +110,7 @@ impl ClickHouse {
     }
 }
 
-impl Destination for ClickHouse {
+impl Mapping for ClickHouse {
     fn kind(&self) -> &'static str {
         KIND
     }
@@ -121,15 +121,6 @@ impl Destination for ClickHouse {
 
     fn transform_raw(&self, event: &RawValue) -> Option<Result<Vec<String>, TransformError>> {
         Some(Ok(vec![event.get().to_owned()]))
-    }
-
-    fn deliver<'a>(&'a self, _payload: &'a Value) -> BoxFuture<'a, DeliveryOutcome> {
-        Box::pin(async {
-            DeliveryOutcome::Abort(Failure {
-                error: "CLICKHOUSE destinations are loaded by the warehouse uploader".into(),
-                ..Failure::default()
-            })
-        })
     }
 
     fn warehouse(&self) -> Option<&dyn WarehouseKind> {

@@ -7,11 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
 use super::sink::LoadError;
-use crate::destinations::{ConfigError, DeliveryOutcome, Destination, Failure, TransformError};
+use crate::destinations::{ConfigError, Mapping, TransformError};
 use crate::workspace;
 
 /// Kind name in `destinationDefinition.name`.
@@ -172,23 +171,13 @@ impl PostgresWarehouse {
     }
 }
 
-impl Destination for PostgresWarehouse {
+impl Mapping for PostgresWarehouse {
     fn kind(&self) -> &'static str {
         KIND
     }
 
     fn transform(&self, event: &Map<String, Value>) -> Result<Vec<Value>, TransformError> {
         Ok(vec![Value::Object(event.clone())])
-    }
-
-    fn deliver<'a>(&'a self, _payload: &'a Value) -> BoxFuture<'a, DeliveryOutcome> {
-        // Warehouse events go to `wh_jobs`, never to a router.
-        Box::pin(async {
-            DeliveryOutcome::Abort(Failure {
-                error: "POSTGRES destinations are loaded by the warehouse uploader".into(),
-                ..Failure::default()
-            })
-        })
     }
 
     fn warehouse(&self) -> Option<&dyn super::WarehouseKind> {

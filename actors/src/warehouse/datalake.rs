@@ -34,7 +34,7 @@ use super::schema::{self, coerce, infer, parse_timestamp, Cell, ColType, DISCARD
 use super::{
     JobBatch, LoadStats, Sink, SinkError, UploadMetrics, UploadSpec, UploaderConfig, WarehouseKind,
 };
-use crate::destinations::{ConfigError, DeliveryOutcome, Destination, Failure, TransformError};
+use crate::destinations::{ConfigError, Mapping, TransformError};
 use crate::store::JobQueue;
 use crate::workspace;
 
@@ -83,7 +83,7 @@ impl DataLake {
     }
 }
 
-impl Destination for DataLake {
+impl Mapping for DataLake {
     fn kind(&self) -> &'static str {
         KIND
     }
@@ -94,15 +94,6 @@ impl Destination for DataLake {
 
     fn transform_raw(&self, event: &RawValue) -> Option<Result<Vec<String>, TransformError>> {
         Some(Ok(vec![event.get().to_owned()]))
-    }
-
-    fn deliver<'a>(&'a self, _payload: &'a Value) -> BoxFuture<'a, DeliveryOutcome> {
-        Box::pin(async {
-            DeliveryOutcome::Abort(Failure {
-                error: "S3_DATALAKE destinations are written by their uploader".into(),
-                ..Failure::default()
-            })
-        })
     }
 
     fn warehouse(&self) -> Option<&dyn WarehouseKind> {

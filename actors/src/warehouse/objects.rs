@@ -24,7 +24,7 @@ use super::config::{num, text};
 use super::{
     JobBatch, LoadStats, Sink, SinkError, UploadMetrics, UploadSpec, UploaderConfig, WarehouseKind,
 };
-use crate::destinations::{ConfigError, DeliveryOutcome, Destination, Failure, TransformError};
+use crate::destinations::{ConfigError, Mapping, TransformError};
 use crate::store::JobQueue;
 use crate::workspace;
 
@@ -427,7 +427,7 @@ impl ObjectStorage {
     }
 }
 
-impl Destination for ObjectStorage {
+impl Mapping for ObjectStorage {
     fn kind(&self) -> &'static str {
         self.kind
     }
@@ -438,15 +438,6 @@ impl Destination for ObjectStorage {
 
     fn transform_raw(&self, event: &RawValue) -> Option<Result<Vec<String>, TransformError>> {
         Some(Ok(vec![event.get().to_owned()]))
-    }
-
-    fn deliver<'a>(&'a self, _payload: &'a Value) -> BoxFuture<'a, DeliveryOutcome> {
-        Box::pin(async {
-            DeliveryOutcome::Abort(Failure {
-                error: "object-storage destinations are written by their uploader".into(),
-                ..Failure::default()
-            })
-        })
     }
 
     fn warehouse(&self) -> Option<&dyn WarehouseKind> {
