@@ -425,7 +425,7 @@ impl ClickHouseSink {
         &mut self,
         ids: &[&str],
         cols: &HashMap<String, ColType>,
-    ) -> Result<HashMap<String, Row>, SinkError> {
+    ) -> Result<HashMap<String, (Row, Option<DateTime<Utc>>)>, SinkError> {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
@@ -450,6 +450,11 @@ impl ClickHouseSink {
                 values: Vec::new(),
                 collisions: Vec::new(),
             };
+            let version = r
+                .get("uuid_ts")
+                .and_then(Value::as_str)
+                .and_then(|s| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").ok())
+                .map(|t| t.and_utc());
             for (c, v) in &r {
                 if c == "id" || c == "uuid_ts" || v.is_null() {
                     continue;
@@ -460,7 +465,7 @@ impl ClickHouseSink {
                     row.values.push((c.clone(), v));
                 }
             }
-            out.insert(id, row);
+            out.insert(id, (row, version));
         }
         Ok(out)
     }
@@ -525,11 +530,19 @@ impl ClickHouseSink {
         } else {
             fresh.into_iter().cloned().collect()
         };
+        // A merged `users` row must outrank the stored one: `uuid_ts` is the
+        // ReplacingMergeTree version and has whole seconds, so a second load within the
+        // same second gets the stored version plus one second (equal versions would leave
+        // FINAL free to keep either row).
+        let mut versions: HashMap<String, DateTime<Utc>> = HashMap::new();
         if t.kind.upserts() {
             let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
             let mut stored = self.stored_users(&ids, &cols).await?;
             for r in &mut rows {
-                if let Some(mut base) = stored.remove(&r.id) {
+                if let Some((mut base, version)) = stored.remove(&r.id) {
+                    if let Some(v) = version {
+                        versions.insert(r.id.clone(), (v + chrono::Duration::seconds(1)).max(now));
+                    }
                     for (c, v) in r.values.drain(..) {
                         match base.values.iter_mut().find(|(bc, _)| *bc == c) {
                             Some(slot) => slot.1 = v,
@@ -545,7 +558,8 @@ impl ClickHouseSink {
         for row in &rows {
             let mut obj = Map::new();
             obj.insert("id".into(), Value::String(row.id.clone()));
-            obj.insert("uuid_ts".into(), Value::String(ch_time(now)));
+            let version = versions.get(&row.id).copied().unwrap_or(now);
+            obj.insert("uuid_ts".into(), Value::String(ch_time(version)));
             let received_at = row
                 .values
                 .iter()
