@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use keel_actors::transform::{
-    CallItem, CallResults, Libraries, Script, ScriptKind, TransformPool, TransformSettings,
+    CallItem, CallResults, Libraries, Script, ScriptKind, TransformConfig, TransformPool,
 };
 use serde_json::{json, Map, Value};
 
@@ -59,9 +59,9 @@ fn events() -> Vec<Map<String, Value>> {
 }
 
 fn bench(c: &mut Criterion) {
-    let pool = TransformPool::start(TransformSettings {
+    let pool = TransformPool::start(TransformConfig {
         isolates: 1,
-        ..TransformSettings::default()
+        ..TransformConfig::default()
     })
     .expect("pool");
     let script = Arc::new(Script::new(

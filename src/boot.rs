@@ -19,7 +19,7 @@ use keel_actors::router::policy::RetryPolicy;
 use keel_actors::router::RouterConfig;
 use keel_actors::routing::RoutingTable;
 use keel_actors::sampler::TelemetrySamplerConfig;
-use keel_actors::store::{run_migrations, PoolSettings, Store};
+use keel_actors::store::{run_migrations, PoolConfig, Store};
 use keel_actors::supervisor::{DrainAll, PipelineConfig, RootSupervisor, SupervisorConfig};
 use keel_actors::telemetry;
 use keel_actors::transform::TransformPool;
@@ -27,7 +27,7 @@ use keel_actors::warehouse::UploaderConfig;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::Semaphore;
 
-use crate::config::{build_env, KeelConfig, Workspace};
+use crate::config::{build_env, KeelSettings, Workspace};
 use crate::embedded_pg::{self, EmbeddedCluster};
 use crate::http::state::{source_rate_limiter, AppState};
 use crate::http::{self, auth::SourceIndex};
@@ -51,7 +51,7 @@ pub struct Database {
 }
 
 /// Resolves `DATABASE_URL` / `database.url`, else the local or embedded default.
-pub async fn database(config: &KeelConfig) -> anyhow::Result<Database> {
+pub async fn database(config: &KeelSettings) -> anyhow::Result<Database> {
     if !config.database.url.is_empty() {
         return Ok(Database {
             url: config.database.url.clone(),
@@ -87,14 +87,14 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 }
 
 /// Starts the V8 isolate pool (`[transform]`).
-pub fn start_transforms(config: &KeelConfig) -> anyhow::Result<Arc<TransformPool>> {
-    TransformPool::start(config.transform.settings(config.allow_private_targets))
+pub fn start_transforms(config: &KeelSettings) -> anyhow::Result<Arc<TransformPool>> {
+    TransformPool::start(config.transform.config(config.allow_private_targets))
         .context("starting the JavaScript isolate threads")
 }
 
 /// Builds the actor tree's settings from the configuration and workspace.
 pub fn pipeline_config(
-    config: &KeelConfig,
+    config: &KeelSettings,
     workspace: &Workspace,
     env: &BuildEnv,
 ) -> anyhow::Result<PipelineConfig> {
@@ -159,7 +159,7 @@ pub fn pipeline_config(
 }
 
 /// The raw backup of `[backup]`, when enabled.
-pub fn backup(config: &KeelConfig) -> anyhow::Result<Option<keel_actors::backup::Backup>> {
+pub fn backup(config: &KeelSettings) -> anyhow::Result<Option<keel_actors::backup::Backup>> {
     let b = &config.backup;
     if !b.enabled {
         return Ok(None);
@@ -192,7 +192,7 @@ pub fn raise_fd_limit() {
 }
 
 /// Runs the service until SIGTERM/SIGINT.
-pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<()> {
+pub async fn serve(config: KeelSettings, workspace: Workspace) -> anyhow::Result<()> {
     raise_fd_limit();
     let db = database(&config).await?;
     migrate(&db.url).await?;
@@ -203,7 +203,7 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
     let node_id = node_id(&config, addr);
     let store = Store::connect(
         &db.url,
-        &PoolSettings {
+        &PoolConfig {
             max_size: config.database.pool_size,
             timeout: Duration::from_secs(config.database.timeout_secs),
         },
@@ -329,7 +329,7 @@ pub async fn serve(config: KeelConfig, workspace: Workspace) -> anyhow::Result<(
 
 /// This node's id: `[cluster] node_id`, else `<hostname>:<listen port>` (stable across
 /// restarts, and unique among live processes of one host).
-fn node_id(config: &KeelConfig, addr: std::net::SocketAddr) -> String {
+fn node_id(config: &KeelSettings, addr: std::net::SocketAddr) -> String {
     if !config.cluster.node_id.is_empty() {
         return config.cluster.node_id.clone();
     }

@@ -3,6 +3,10 @@
 //! CLI flags. Also owns the workspace file (`workspace.json`, RudderStack's workspace shape)
 //! and its validation, which reports every problem with its JSON path, and the conversion of
 //! the file's settings into what the actors are built with ([`build_env`]).
+//!
+//! Defaults have one source: the actor layer's `Default`s (`RouterConfig`,
+//! `GatewayWriterConfig`, `ProcessorConfig`, `TransformSettings`, `UploaderConfig`,
+//! `HttpConfig`); a file section's `Default` reads them, so the two cannot drift.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -15,24 +19,24 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use keel_actors::destinations::{BuildEnv, HttpSettings};
+use keel_actors::destinations::{BuildEnv, HttpConfig};
 use keel_actors::transform::TransformPool;
 
 /// Everything `keel serve` is tuned by. Each field is documented in README.md.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
-pub struct KeelConfig {
+pub struct KeelSettings {
     /// Let destinations point at loopback, private and link-local addresses (refused by
     /// default; `KEEL_ALLOW_PRIVATE_TARGETS=true`).
     pub allow_private_targets: bool,
     /// HTTP server settings.
-    pub server: ServerConfig,
+    pub server: ServerSettings,
     /// Postgres connection settings.
-    pub database: DatabaseConfig,
+    pub database: DatabaseSettings,
     /// Ingest limits and group-commit tuning.
-    pub gateway: GatewayConfig,
+    pub gateway: GatewaySettings,
     /// Admin API settings.
-    pub admin: AdminConfig,
+    pub admin: AdminSettings,
     /// Processor tuning.
     pub processor: ProcessorSettings,
     /// Delivery defaults for every router.
@@ -40,7 +44,7 @@ pub struct KeelConfig {
     /// Warehouse uploader settings.
     pub warehouse: WarehouseSettings,
     /// JavaScript transformations (V8 isolate pool).
-    pub transform: TransformConfig,
+    pub transform: TransformSettings,
     /// Several nodes on one database: partitions and leases.
     pub cluster: ClusterSettings,
     /// Raw backup of every stored request to object storage.
@@ -106,6 +110,11 @@ impl BackupSettings {
     }
 }
 
+/// A duration in whole milliseconds, as the file writes the actors' defaults.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// `[cluster]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -147,7 +156,7 @@ impl ClusterSettings {
 /// `[transform]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct TransformConfig {
+pub struct TransformSettings {
     /// V8 isolates (each on its own thread) running transformations and destination scripts.
     pub isolates: usize,
     /// Heap cap per isolate, MB; a call that reaches it is stopped and dead-lettered.
@@ -166,27 +175,25 @@ pub struct TransformConfig {
     pub scripts_dir: String,
 }
 
-impl Default for TransformConfig {
+impl Default for TransformSettings {
     fn default() -> Self {
+        let d = keel_actors::transform::TransformConfig::default();
         Self {
-            isolates: 2,
-            heap_limit_mb: 128,
-            call_timeout_ms: 4000,
-            fetch_timeout_ms: 5000,
-            fetch_max_requests: 20,
-            mapping_deadline_ms: 1000,
+            isolates: d.isolates,
+            heap_limit_mb: d.heap_limit_bytes >> 20,
+            call_timeout_ms: millis(d.call_timeout),
+            fetch_timeout_ms: millis(d.fetch_timeout),
+            fetch_max_requests: d.fetch_max_requests,
+            mapping_deadline_ms: millis(d.mapping_deadline),
             scripts_dir: "transformer-scripts".into(),
         }
     }
 }
 
-impl TransformConfig {
-    /// The pool settings these values make.
-    pub fn settings(
-        &self,
-        allow_private_targets: bool,
-    ) -> keel_actors::transform::TransformSettings {
-        keel_actors::transform::TransformSettings {
+impl TransformSettings {
+    /// The pool's configuration these settings make.
+    pub fn config(&self, allow_private_targets: bool) -> keel_actors::transform::TransformConfig {
+        keel_actors::transform::TransformConfig {
             isolates: self.isolates,
             heap_limit_bytes: self.heap_limit_mb << 20,
             call_timeout: Duration::from_millis(self.call_timeout_ms),
@@ -213,10 +220,11 @@ pub struct WarehouseSettings {
 
 impl Default for WarehouseSettings {
     fn default() -> Self {
+        let d = keel_actors::warehouse::UploaderConfig::default();
         Self {
-            retry_base_ms: 1000,
-            retry_max_backoff_ms: 60_000,
-            max_columns: 1000,
+            retry_base_ms: millis(d.retry_base),
+            retry_max_backoff_ms: millis(d.retry_max_backoff),
+            max_columns: d.max_columns,
         }
     }
 }
@@ -235,10 +243,11 @@ pub struct ProcessorSettings {
 
 impl Default for ProcessorSettings {
     fn default() -> Self {
+        let d = keel_actors::processor::ProcessorConfig::default();
         Self {
-            enabled: true,
-            batch_jobs: 256,
-            idle_poll_ms: 20,
+            enabled: d.enabled,
+            batch_jobs: d.batch_jobs,
+            idle_poll_ms: millis(d.idle_poll),
         }
     }
 }
@@ -276,19 +285,23 @@ pub struct RouterSettings {
 
 impl Default for RouterSettings {
     fn default() -> Self {
+        let (d, http) = (
+            keel_actors::router::RouterConfig::default(),
+            HttpConfig::default(),
+        );
         Self {
-            concurrency: 16,
-            timeout_secs: 30.0,
-            connect_timeout_secs: 5.0,
-            retry_base_ms: 1000,
-            retry_max_backoff_ms: 300_000,
-            max_attempts: 10,
-            max_retry_secs: 3 * 3600,
-            window: 10_000,
-            poll_interval_ms: 200,
-            breaker_threshold: 50,
-            breaker_probe_interval_ms: 5000,
-            max_unrecorded: 1024,
+            concurrency: d.concurrency,
+            timeout_secs: http.timeout.as_secs_f64(),
+            connect_timeout_secs: http.connect_timeout.as_secs_f64(),
+            retry_base_ms: millis(d.retry.base),
+            retry_max_backoff_ms: millis(d.retry.max_backoff),
+            max_attempts: d.retry.max_attempts,
+            max_retry_secs: d.retry.max_duration.as_secs(),
+            window: d.window,
+            poll_interval_ms: millis(d.poll_interval),
+            breaker_threshold: d.breaker_threshold,
+            breaker_probe_interval_ms: millis(d.breaker_probe_interval),
+            max_unrecorded: d.max_unrecorded,
         }
     }
 }
@@ -296,7 +309,7 @@ impl Default for RouterSettings {
 /// `[server]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct ServerConfig {
+pub struct ServerSettings {
     /// Address to listen on (`KEEL_LISTEN`, `--listen`).
     pub listen: String,
     /// HTTP worker threads; 0 means one per CPU core.
@@ -315,7 +328,7 @@ pub struct ServerConfig {
     pub keep_alive_secs: u64,
 }
 
-impl Default for ServerConfig {
+impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
@@ -332,7 +345,7 @@ impl Default for ServerConfig {
 /// `[database]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct DatabaseConfig {
+pub struct DatabaseSettings {
     /// Postgres URL (`DATABASE_URL`). Empty: use the local server or an embedded cluster.
     pub url: String,
     /// Server probed when `url` is empty; database `keel` is created there if missing.
@@ -345,7 +358,7 @@ pub struct DatabaseConfig {
     pub timeout_secs: u64,
 }
 
-impl Default for DatabaseConfig {
+impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
             url: String::new(),
@@ -360,7 +373,7 @@ impl Default for DatabaseConfig {
 /// `[gateway]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct GatewayConfig {
+pub struct GatewaySettings {
     /// Largest accepted event, in bytes of JSON.
     pub max_event_bytes: usize,
     /// Largest accepted request body, in bytes, compressed and inflated alike.
@@ -385,7 +398,7 @@ pub struct GatewayConfig {
     pub dedup_window_secs: u64,
 }
 
-impl GatewayConfig {
+impl GatewaySettings {
     /// The per-source burst in force: `rate_limit_burst`, or one second's worth when 0.
     pub fn effective_rate_burst(&self) -> u32 {
         if self.rate_limit_burst == 0 {
@@ -396,25 +409,26 @@ impl GatewayConfig {
     }
 }
 
-impl Default for GatewayConfig {
+impl Default for GatewaySettings {
     fn default() -> Self {
+        let d = keel_actors::gateway::GatewayWriterConfig::default();
         Self {
             max_event_bytes: 32 * 1024,
             max_request_bytes: 500 * 1024,
-            max_batch: 128,
-            max_concurrent_flushes: 2,
-            concurrent_flush_min_events: 200,
-            max_wait_ms: 0,
+            max_batch: d.max_batch,
+            max_concurrent_flushes: d.max_flushes,
+            concurrent_flush_min_events: d.concurrent_flush_min_events,
+            max_wait_ms: millis(d.max_wait),
             rate_limit_events_per_sec: 0,
             rate_limit_burst: 0,
             queue_bytes: 64 * 1024 * 1024,
             retry_after_secs: 1,
-            dedup_window_secs: 24 * 3600,
+            dedup_window_secs: d.dedup_window.as_secs(),
         }
     }
 }
 
-impl GatewayConfig {
+impl GatewaySettings {
     /// The group-commit wait as a duration.
     pub fn max_wait(&self) -> Duration {
         Duration::from_millis(self.max_wait_ms)
@@ -424,7 +438,7 @@ impl GatewayConfig {
 /// `[admin]`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
-pub struct AdminConfig {
+pub struct AdminSettings {
     /// Bearer token for `/admin`; empty disables the admin API.
     pub token: String,
 }
@@ -447,7 +461,7 @@ pub enum ConfigError {
     },
 }
 
-impl KeelConfig {
+impl KeelSettings {
     /// Loads `path` (if it exists; a missing default file is fine, a missing explicit one is
     /// an error), then `KEEL_*` overrides, then validates ranges.
     pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
@@ -458,7 +472,7 @@ impl KeelConfig {
                 problem: "file not found".into(),
             });
         }
-        let mut figment = Figment::from(Serialized::defaults(KeelConfig::default()));
+        let mut figment = Figment::from(Serialized::defaults(KeelSettings::default()));
         if path.exists() {
             figment = figment.merge(Toml::file(path));
         }
@@ -478,7 +492,7 @@ impl KeelConfig {
                 ])
                 .split("__"),
         );
-        let mut config: KeelConfig = figment
+        let mut config: KeelSettings = figment
             .extract()
             .map_err(|e| ConfigError::Figment(Box::new(e)))?;
         // The admin token has a short variable of its own (KEEL_ADMIN__TOKEN works too).
@@ -833,20 +847,20 @@ fn require_bool(obj: &Value, key: &str, at: &str, problems: &mut Vec<String>) {
 }
 
 /// Outbound client settings every destination kind is built with (start-up and reload).
-pub fn http_settings(config: &KeelConfig) -> HttpSettings {
-    HttpSettings {
+pub fn http_config(config: &KeelSettings) -> HttpConfig {
+    HttpConfig {
         timeout: Duration::from_secs_f64(config.router.timeout_secs),
         connect_timeout: Duration::from_secs_f64(config.router.connect_timeout_secs),
         allow_private_targets: config.allow_private_targets,
-        ..HttpSettings::default()
+        ..HttpConfig::default()
     }
 }
 
 /// What destinations and transformations are built with: client settings, the script pool,
 /// the scripts folder and the workspace file's folder.
-pub fn build_env(config: &KeelConfig, pool: Option<Arc<TransformPool>>) -> BuildEnv {
+pub fn build_env(config: &KeelSettings, pool: Option<Arc<TransformPool>>) -> BuildEnv {
     BuildEnv {
-        http: http_settings(config),
+        http: http_config(config),
         pool,
         scripts_dir: config.transform.scripts_dir.clone().into(),
         workspace_dir: workspace_dir(std::path::Path::new(&config.server.workspace)),

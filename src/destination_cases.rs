@@ -36,13 +36,13 @@ use keel_actors::destinations::http::Answer;
 use keel_actors::destinations::script::ScriptDestination;
 use keel_actors::destinations::{BuildEnv, DeliveryOutcome};
 use keel_actors::transform::{
-    load_libraries, FetchMocks, ItemResult, MockExchange, TransformPool, TransformSettings,
+    load_libraries, FetchMocks, ItemResult, MockExchange, TransformConfig, TransformPool,
 };
 use keel_actors::workspace;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::config::KeelConfig;
+use crate::config::KeelSettings;
 
 /// One case file (see the module comment).
 #[derive(Debug, Deserialize)]
@@ -126,7 +126,7 @@ pub struct Totals {
 
 /// Runs the cases and prints one line per case (and the differences of failures) on
 /// stdout; fails when any case fails or a destination has no cases.
-pub fn run(config: &KeelConfig, args: &CaseRun) -> anyhow::Result<Totals> {
+pub fn run(config: &KeelSettings, args: &CaseRun) -> anyhow::Result<Totals> {
     let scripts_dir = PathBuf::from(&config.transform.scripts_dir);
     let mut names = args.destinations.clone();
     if args.all {
@@ -145,7 +145,7 @@ pub fn run(config: &KeelConfig, args: &CaseRun) -> anyhow::Result<Totals> {
     if args.cases.is_some() && names.len() != 1 {
         bail!("--cases goes with exactly one --destination");
     }
-    let mut settings = config.transform.settings(config.allow_private_targets);
+    let mut settings = config.transform.config(config.allow_private_targets);
     settings.isolates = 1;
     let pool = TransformPool::start(settings.clone()).context("starting V8")?;
     let env = env_for(config, &scripts_dir, Some(pool));
@@ -232,7 +232,11 @@ pub fn run(config: &KeelConfig, args: &CaseRun) -> anyhow::Result<Totals> {
     Ok(totals)
 }
 
-fn env_for(config: &KeelConfig, scripts_dir: &Path, pool: Option<Arc<TransformPool>>) -> BuildEnv {
+fn env_for(
+    config: &KeelSettings,
+    scripts_dir: &Path,
+    pool: Option<Arc<TransformPool>>,
+) -> BuildEnv {
     let mut env = crate::config::build_env(config, pool);
     env.scripts_dir = scripts_dir.to_owned();
     env
@@ -265,9 +269,9 @@ struct Outcome {
 /// What running a case needs: the shared pool's environment, and what it takes to start a
 /// pool of a case's own (cases with `network`).
 struct Runner<'a> {
-    config: &'a KeelConfig,
+    config: &'a KeelSettings,
     scripts_dir: &'a Path,
-    settings: &'a TransformSettings,
+    settings: &'a TransformConfig,
     env: &'a BuildEnv,
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio_postgres::NoTls;
 
-use crate::config::DatabaseConfig;
+use crate::config::DatabaseSettings;
 
 /// Why no database could be had.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +80,7 @@ pub fn redact_password(url: &str) -> String {
 
 /// Picks the database: returns the URL to use and the cluster to keep alive, if one was started.
 pub async fn resolve(
-    db: &DatabaseConfig,
+    db: &DatabaseSettings,
 ) -> Result<(String, Option<EmbeddedCluster>), EmbeddedError> {
     let local = db.local_url.trim_end_matches('/');
     if probe(&format!("{local}/postgres")).await {

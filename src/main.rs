@@ -13,7 +13,7 @@ use keel::boot;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use keel::config::{load_workspace, KeelConfig};
+use keel::config::{load_workspace, KeelSettings};
 
 #[derive(Parser)]
 #[command(
@@ -144,12 +144,12 @@ enum LogFormat {
     Json,
 }
 
-fn load_config(common: &Common, listen: Option<String>) -> anyhow::Result<KeelConfig> {
+fn load_config(common: &Common, listen: Option<String>) -> anyhow::Result<KeelSettings> {
     let (path, explicit) = match &common.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG), false),
     };
-    let mut config = KeelConfig::load(&path, explicit)?;
+    let mut config = KeelSettings::load(&path, explicit)?;
     if let Some(url) = &common.database_url {
         config.database.url = url.clone();
     }

@@ -17,10 +17,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 use keel_actors::backup::{self, BackupRecord};
 use keel_actors::partition::{ordering_key, partition_of};
 use keel_actors::routing::RoutingTable;
-use keel_actors::store::{PoolSettings, ReplayInsert, Store};
+use keel_actors::store::{PoolConfig, ReplayInsert, Store};
 use serde_json::{Map, Value};
 
-use crate::config::{KeelConfig, Workspace};
+use crate::config::{KeelSettings, Workspace};
 
 /// What to replay.
 #[derive(Debug, Clone)]
@@ -133,7 +133,10 @@ impl Progress {
 
 /// Every record of the backup at `from` received in `[since, until)` from the wanted
 /// sources, each once, in id order, each event once per (source, messageId).
-async fn read_backup(config: &KeelConfig, args: &ReplayArgs) -> anyhow::Result<Vec<BackupRecord>> {
+async fn read_backup(
+    config: &KeelSettings,
+    args: &ReplayArgs,
+) -> anyhow::Result<Vec<BackupRecord>> {
     let options = config.backup.options(
         Duration::from_secs_f64(config.router.timeout_secs),
         Duration::from_secs_f64(config.router.connect_timeout_secs),
@@ -234,7 +237,11 @@ fn check_ids(ws: &Workspace, args: &ReplayArgs) -> anyhow::Result<()> {
 }
 
 /// Runs `keel replay` and returns what it prints on stdout.
-pub async fn run(config: &KeelConfig, ws: &Workspace, args: &ReplayArgs) -> anyhow::Result<String> {
+pub async fn run(
+    config: &KeelSettings,
+    ws: &Workspace,
+    args: &ReplayArgs,
+) -> anyhow::Result<String> {
     if args.since >= args.until {
         bail!("--since must be before --until");
     }
@@ -317,7 +324,7 @@ pub async fn run(config: &KeelConfig, ws: &Workspace, args: &ReplayArgs) -> anyh
     crate::boot::migrate(&url).await?;
     let store = Store::connect(
         &url,
-        &PoolSettings {
+        &PoolConfig {
             max_size: 2,
             timeout: Duration::from_secs(config.database.timeout_secs.max(5)),
         },

@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use keel_actors::store::{LeaseRow, NodeRow, PoolSettings, Store};
+use keel_actors::store::{LeaseRow, NodeRow, PoolConfig, Store};
 use serde_json::json;
 
 /// Reads the cluster state from `url` and renders it (`json`: one JSON document).
 /// `ttl_secs` decides which nodes count as live.
 pub async fn run(url: &str, ttl_secs: f64, json: bool) -> anyhow::Result<String> {
-    let store = Store::connect(url, &PoolSettings::default())?;
+    let store = Store::connect(url, &PoolConfig::default())?;
     let (nodes, leases) = store
         .cluster_status()
         .await

@@ -12,12 +12,12 @@ use keel_actors::transform::{
 };
 use serde_json::{json, Map, Value};
 
-use crate::config::KeelConfig;
+use crate::config::KeelSettings;
 
 /// Compiles every script `ws` uses (transformations and destination scripts) and checks
 /// their exports; returns one line per problem.
-pub fn check_scripts(config: &KeelConfig, ws: &crate::config::Workspace) -> Vec<String> {
-    let mut settings = config.transform.settings(config.allow_private_targets);
+pub fn check_scripts(config: &KeelSettings, ws: &crate::config::Workspace) -> Vec<String> {
+    let mut settings = config.transform.config(config.allow_private_targets);
     settings.isolates = 1;
     let pool = match TransformPool::start(settings) {
         Ok(p) => p,
@@ -190,7 +190,7 @@ pub async fn run_source(
 }
 
 /// Runs the script; prints the result, or the error and stack (then fails).
-pub fn run(config: &KeelConfig, args: &TestRun) -> anyhow::Result<()> {
+pub fn run(config: &KeelSettings, args: &TestRun) -> anyhow::Result<()> {
     let source = std::fs::read_to_string(&args.file)
         .with_context(|| format!("{}: cannot read the script", args.file.display()))?;
     let event = match read_json(&args.event, "event")? {
@@ -202,7 +202,7 @@ pub fn run(config: &KeelConfig, args: &TestRun) -> anyhow::Result<()> {
         None => json!({"id": "test", "name": "test", "config": {},
                     "destinationDefinition": {"name": "TEST"}}),
     };
-    let mut settings = config.transform.settings(config.allow_private_targets);
+    let mut settings = config.transform.config(config.allow_private_targets);
     settings.isolates = 1;
     let pool = TransformPool::start(settings).context("starting V8")?;
     let scripts_dir = Path::new(&config.transform.scripts_dir);

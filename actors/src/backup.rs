@@ -23,7 +23,7 @@ use object_store::ObjectStore;
 use serde_json::value::RawValue;
 
 use crate::store::JobQueue;
-use crate::warehouse::objects::{gzip_lines, hour_path, put_object, Provider, StoreSettings};
+use crate::warehouse::objects::{gzip_lines, hour_path, put_object, Provider, StoreConfig};
 use crate::warehouse::{JobBatch, LoadStats, Sink, SinkError, UploadMetrics, UploadSpec};
 
 /// Registry key of the backup writer among the uploaders (never a destination id: it is
@@ -59,7 +59,7 @@ pub struct LocationOptions {
 }
 
 /// Store settings for a backup URL.
-pub fn location(url: &str, options: &LocationOptions) -> Result<StoreSettings, LocationError> {
+pub fn location(url: &str, options: &LocationOptions) -> Result<StoreConfig, LocationError> {
     let bad = |problem: &str| LocationError {
         url: url.to_owned(),
         problem: problem.to_owned(),
@@ -86,7 +86,7 @@ pub fn location(url: &str, options: &LocationOptions) -> Result<StoreSettings, L
         }
         (b.to_owned(), p.trim_matches('/').to_owned())
     };
-    Ok(StoreSettings {
+    Ok(StoreConfig {
         provider,
         bucket,
         prefix,
@@ -105,7 +105,7 @@ pub fn location(url: &str, options: &LocationOptions) -> Result<StoreSettings, L
 #[derive(Debug, Clone)]
 pub struct Backup {
     /// Where objects go.
-    pub store: StoreSettings,
+    pub store: StoreConfig,
     /// How often waiting requests are uploaded.
     pub upload_interval: Duration,
     /// Events per object batch at most.
@@ -135,7 +135,7 @@ impl Backup {
 
 /// Writes batches of stored requests (see the module comment).
 pub struct BackupSink {
-    settings: StoreSettings,
+    settings: StoreConfig,
     store: Option<Arc<dyn ObjectStore>>,
 }
 
@@ -244,7 +244,7 @@ pub fn parse_key(path: &Path) -> Option<(DateTime<Utc>, i64, i64)> {
 /// in (hour, first id) order.
 pub async fn list_objects(
     store: &dyn ObjectStore,
-    settings: &StoreSettings,
+    settings: &StoreConfig,
     since: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> Result<Vec<BackupObject>, object_store::Error> {

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 /// Settings every outbound client shares (HTTP and broker kinds: `timeout` bounds every
 /// delivery attempt, `connect_timeout` every connection attempt).
 #[derive(Debug, Clone)]
-pub struct HttpSettings {
+pub struct HttpConfig {
     /// Whole-request timeout.
     pub timeout: Duration,
     /// TCP/TLS connect timeout.
@@ -26,7 +26,7 @@ pub struct HttpSettings {
     pub allow_private_targets: bool,
 }
 
-impl Default for HttpSettings {
+impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(30),
@@ -76,7 +76,7 @@ impl HttpClient {
 }
 
 /// Builds the pooled client for one destination (or for the isolates' `fetch`).
-pub fn client(settings: &HttpSettings) -> HttpClient {
+pub fn client(settings: &HttpConfig) -> HttpClient {
     let mut builder = reqwest::Client::builder()
         .timeout(settings.timeout)
         .connect_timeout(settings.connect_timeout)

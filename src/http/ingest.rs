@@ -127,7 +127,7 @@ fn check_rate(
     limiter: &super::state::SourceRateLimiter,
     source: &Arc<str>,
     n: usize,
-    limits: &crate::config::GatewayConfig,
+    limits: &crate::config::GatewaySettings,
 ) -> Result<(), ApiError> {
     let Some(n32) = u32::try_from(n).ok().and_then(std::num::NonZeroU32::new) else {
         return Ok(());

@@ -13,12 +13,12 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
 use super::auth;
-use crate::config::KeelConfig;
+use crate::config::KeelSettings;
 
 /// State every handler shares.
 pub struct AppState {
     /// Effective configuration.
-    pub config: KeelConfig,
+    pub config: KeelSettings,
     /// Write key lookup; replaced as a whole by a reload.
     pub sources: RwLock<Arc<auth::SourceIndex>>,
     /// Root of the actor tree (reloads go through it).
@@ -46,7 +46,7 @@ pub type SourceRateLimiter = governor::DefaultKeyedRateLimiter<Arc<str>>;
 
 /// The limiter `gateway` asks for, if any.
 pub fn source_rate_limiter(
-    gateway: &crate::config::GatewayConfig,
+    gateway: &crate::config::GatewaySettings,
 ) -> Option<Arc<SourceRateLimiter>> {
     let rate = std::num::NonZeroU32::new(gateway.rate_limit_events_per_sec)?;
     let burst = std::num::NonZeroU32::new(gateway.effective_rate_burst()).unwrap_or(rate);

@@ -21,5 +21,6 @@ mod reload;
 mod sdk;
 mod security;
 mod storage;
+mod structure;
 mod transform;
 mod warehouse;

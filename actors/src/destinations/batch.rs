@@ -32,7 +32,7 @@ pub const LIMIT_MAX_EVENTS: usize = 10_000;
 
 /// The batch keys a destination's config sets (`None` where it sets none).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BatchSettings {
+pub struct BatchConfig {
     /// `maxBatchSize`.
     pub max_events: Option<usize>,
     /// `maxBatchBytes`.
@@ -41,7 +41,7 @@ pub struct BatchSettings {
     pub max_wait: Option<Duration>,
 }
 
-impl BatchSettings {
+impl BatchConfig {
     /// Reads `maxBatchSize`, `maxBatchBytes` and `maxBatchWaitMs` (numbers, or numeric
     /// strings as RudderStack's UI stores them) from a destination's config.
     pub fn from_config(
@@ -93,11 +93,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn settings(config: Value) -> Result<BatchSettings, ConfigError> {
+    fn settings(config: Value) -> Result<BatchConfig, ConfigError> {
         let Value::Object(m) = config else {
             unreachable!()
         };
-        BatchSettings::from_config("d1", &m)
+        BatchConfig::from_config("d1", &m)
     }
 
     #[test]
@@ -111,7 +111,7 @@ mod tests {
         assert!(settings(json!({"maxBatchWaitMs": "soon"})).is_err());
         assert_eq!(
             settings(json!({"maxBatchSize": ""})).expect("empty"),
-            BatchSettings::default()
+            BatchConfig::default()
         );
     }
 
@@ -119,7 +119,7 @@ mod tests {
     fn a_batch_size_of_one_turns_batching_off() {
         let s = settings(json!({"maxBatchSize": 1})).expect("valid");
         assert_eq!(s.limits(100, DEFAULT_MAX_BYTES), None);
-        let d = BatchSettings::default().limits(75, 1000).expect("limits");
+        let d = BatchConfig::default().limits(75, 1000).expect("limits");
         assert_eq!(
             (d.max_events, d.max_bytes, d.max_wait),
             (75, 1000, DEFAULT_MAX_WAIT)

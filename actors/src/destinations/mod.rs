@@ -25,7 +25,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
-pub use crate::outbound::HttpSettings;
+pub use crate::outbound::HttpConfig;
 use crate::transform::{self, Libraries, TransformPool};
 
 /// What happened to one delivery attempt.
@@ -209,7 +209,7 @@ impl BuiltKind {
 #[derive(Clone, Default)]
 pub struct BuildEnv {
     /// Outbound client settings.
-    pub http: HttpSettings,
+    pub http: HttpConfig,
     /// The JavaScript pool (none when only validating, e.g. `keel check-config`).
     pub pool: Option<Arc<TransformPool>>,
     /// `transformer-scripts`: `libraries/<name>.js` and `destinations/<name>/transform.js`.

@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 
 use super::broker::{self, ConfigReader, SharedConnection, Template};
-use super::{ConfigError, Delivery, DeliveryOutcome, HttpSettings, Mapping, TransformError};
+use super::{ConfigError, Delivery, DeliveryOutcome, HttpConfig, Mapping, TransformError};
 use crate::workspace;
 
 /// Kind name in the workspace.
@@ -99,10 +99,7 @@ pub struct Nats {
 
 impl Nats {
     /// Parses and checks `dest.config`; connects on first delivery.
-    pub fn new(
-        dest: &workspace::Destination,
-        settings: &HttpSettings,
-    ) -> Result<Self, ConfigError> {
+    pub fn new(dest: &workspace::Destination, settings: &HttpConfig) -> Result<Self, ConfigError> {
         Ok(Self {
             config: NatsConfig::parse(dest)?,
             client: SharedConnection::default(),
@@ -244,7 +241,7 @@ mod tests {
     fn keeps_substituted_values_one_token() {
         let n = Nats::new(
             &dest(json!({"url": "nats://127.0.0.1:4222", "subject": "keel.{type}.{event}"})),
-            &HttpSettings::default(),
+            &HttpConfig::default(),
         )
         .expect("valid");
         let e = json!({"type": "track", "event": "Order Completed v1.2", "messageId": "m"});

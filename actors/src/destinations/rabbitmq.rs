@@ -21,7 +21,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use serde_json::{json, Map, Value};
 
 use super::broker::{self, ConfigReader, SharedConnection, Template};
-use super::{ConfigError, Delivery, DeliveryOutcome, HttpSettings, Mapping, TransformError};
+use super::{ConfigError, Delivery, DeliveryOutcome, HttpConfig, Mapping, TransformError};
 use crate::workspace;
 
 /// Kind name in the workspace.
@@ -107,10 +107,7 @@ pub struct RabbitMq {
 
 impl RabbitMq {
     /// Parses and checks `dest.config`; connects on first delivery.
-    pub fn new(
-        dest: &workspace::Destination,
-        settings: &HttpSettings,
-    ) -> Result<Self, ConfigError> {
+    pub fn new(dest: &workspace::Destination, settings: &HttpConfig) -> Result<Self, ConfigError> {
         Ok(Self {
             config: RabbitMqConfig::parse(dest)?,
             link: SharedConnection::default(),
@@ -294,7 +291,7 @@ mod tests {
     fn renders_the_routing_key_and_hides_passwords() {
         let q = RabbitMq::new(
             &dest(json!({"url": "amqp://guest:guest@127.0.0.1:5672/%2f", "routingKey": "ev.{type}.{event}"})),
-            &HttpSettings::default(),
+            &HttpConfig::default(),
         )
         .expect("valid");
         let e = json!({"type": "track", "event": "Buy", "messageId": "m1"});

@@ -23,7 +23,7 @@ use redis::{AsyncConnectionConfig, ErrorKind, IntoConnectionInfo, RedisError, Se
 use serde_json::{json, Map, Value};
 
 use super::broker::{self, ConfigReader, SharedConnection};
-use super::{ConfigError, Delivery, DeliveryOutcome, HttpSettings, Mapping, TransformError};
+use super::{ConfigError, Delivery, DeliveryOutcome, HttpConfig, Mapping, TransformError};
 use crate::workspace;
 
 /// Kind name in the workspace.
@@ -142,10 +142,7 @@ pub struct Redis {
 
 impl Redis {
     /// Parses and checks `dest.config`; connects on first delivery.
-    pub fn new(
-        dest: &workspace::Destination,
-        settings: &HttpSettings,
-    ) -> Result<Self, ConfigError> {
+    pub fn new(dest: &workspace::Destination, settings: &HttpConfig) -> Result<Self, ConfigError> {
         let config = RedisConfig::parse(dest)?;
         let info = config
             .connection_info()
@@ -426,7 +423,7 @@ mod tests {
     fn hash_mode_keeps_identify_traits_only() {
         let r = Redis::new(
             &dest(json!({"address": "127.0.0.1:6379", "mode": "hash", "keyPrefix": "k"})),
-            &HttpSettings::default(),
+            &HttpConfig::default(),
         )
         .expect("valid");
         let identify = json!({"type": "identify", "userId": "u1",

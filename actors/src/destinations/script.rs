@@ -24,7 +24,7 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::batch::{self, BatchLimits, BatchSettings};
+use super::batch::{self, BatchConfig, BatchLimits};
 use super::http::{self, DeliveryRequest};
 use super::{BuildEnv, ConfigError, Delivery, DeliveryOutcome, Failure, Mapping, TransformError};
 use crate::transform::{
@@ -47,7 +47,7 @@ pub struct ScriptDestination {
     /// The second argument of `process`: RudderStack's destination object.
     destination: Value,
     /// The destination's batch keys.
-    batch_settings: BatchSettings,
+    batch_settings: BatchConfig,
     /// What the script exports for batching, asked once.
     exports: tokio::sync::OnceCell<Exports>,
     /// Until when (Unix ms) the processor leaves this destination's mapping to its router,
@@ -129,7 +129,7 @@ impl ScriptDestination {
             pool: env.pool.clone(),
             client: crate::outbound::client(&env.http),
             destination,
-            batch_settings: BatchSettings::from_config(&dest.id, &dest.config)?,
+            batch_settings: BatchConfig::from_config(&dest.id, &dest.config)?,
             exports: tokio::sync::OnceCell::new(),
             slow_until_ms: std::sync::atomic::AtomicI64::new(0),
         })
@@ -501,7 +501,7 @@ impl Mapping for ScriptDestination {
             let deadline = self
                 .pool
                 .as_ref()
-                .map_or(Duration::from_secs(1), |p| p.settings().mapping_deadline);
+                .map_or(Duration::from_secs(1), |p| p.config().mapping_deadline);
             let answer = match tokio::time::timeout(deadline, self.run(events)).await {
                 Ok(answer) => answer,
                 Err(_) => {
@@ -555,7 +555,7 @@ impl Delivery for ScriptDestination {
                 .min(batch::LIMIT_MAX_EVENTS);
             let max_bytes = positive(exports.max_batch_bytes).unwrap_or(batch::DEFAULT_MAX_BYTES);
             // The destination may lower the API's limits, not raise them.
-            let own = BatchSettings {
+            let own = BatchConfig {
                 max_events: self.batch_settings.max_events.map(|n| n.min(max_events)),
                 max_bytes: self.batch_settings.max_bytes.map(|n| n.min(max_bytes)),
                 ..self.batch_settings

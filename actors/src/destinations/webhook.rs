@@ -11,9 +11,9 @@ use serde_json::{Map, Value};
 
 use std::sync::Arc;
 
-use super::batch::{self, BatchLimits, BatchSettings};
+use super::batch::{self, BatchConfig, BatchLimits};
 use super::http::{self, DeliveryRequest, RequestBody};
-use super::{ConfigError, Delivery, DeliveryOutcome, HttpSettings, Mapping, TransformError};
+use super::{ConfigError, Delivery, DeliveryOutcome, HttpConfig, Mapping, TransformError};
 use crate::workspace;
 
 /// Kind name in the workspace.
@@ -54,10 +54,7 @@ pub struct Webhook {
 
 impl Webhook {
     /// Parses and checks `dest.config`.
-    pub fn new(
-        dest: &workspace::Destination,
-        settings: &HttpSettings,
-    ) -> Result<Self, ConfigError> {
+    pub fn new(dest: &workspace::Destination, settings: &HttpConfig) -> Result<Self, ConfigError> {
         let bad = |field: &str, problem: String| ConfigError {
             destination: dest.id.clone(),
             field: field.into(),
@@ -79,7 +76,7 @@ impl Webhook {
                 return Err(bad("webhookMethod", format!("{m:?} is not an HTTP method")));
             }
         }
-        let limits = BatchSettings::from_config(&dest.id, &dest.config)?
+        let limits = BatchConfig::from_config(&dest.id, &dest.config)?
             .limits(batch::DEFAULT_MAX_EVENTS, batch::DEFAULT_MAX_BYTES);
         if config.batch
             && config

@@ -8,7 +8,7 @@
 //! fenced on this node's leases (a batch whose partitions moved to another node is rolled
 //! back and left to it). Then it wakes the routers it fed. It never delivers anything itself.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -26,8 +26,8 @@ mod event;
 mod pipeline;
 mod replay;
 
-use pipeline::process_batch;
 pub use pipeline::BatchError;
+use pipeline::process_batch;
 use replay::replay_transformed;
 pub use replay::{preview, PreviewRoute};
 
@@ -75,11 +75,6 @@ pub struct Processor {
     busy: bool,
     backoff_until: Option<Instant>,
     routing_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
-}
-
-struct BatchResult {
-    jobs: usize,
-    touched: HashSet<String>,
 }
 
 impl Processor {

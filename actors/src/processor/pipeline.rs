@@ -13,7 +13,6 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::event::StoredEvent;
-use super::BatchResult;
 use crate::destinations;
 use crate::partition::{ordering_key, partition_of};
 use crate::routing::{Route, RoutingTable};
@@ -23,6 +22,13 @@ use crate::store::{
 };
 use crate::telemetry as t;
 use crate::transform::{CallError, CallItem, CallResults, ItemResult, TransformPool};
+
+/// What one committed batch did: requests consumed, destinations fed (their routers are
+/// woken).
+pub(super) struct BatchResult {
+    pub(super) jobs: usize,
+    pub(super) touched: HashSet<String>,
+}
 
 /// A stored request as phase 1 reads it.
 pub(super) struct ParsedJob<'a> {

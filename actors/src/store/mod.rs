@@ -73,14 +73,14 @@ impl From<PoolError> for StoreError {
 
 /// Pool settings for [`Store::connect`].
 #[derive(Debug, Clone)]
-pub struct PoolSettings {
+pub struct PoolConfig {
     /// Maximum open connections.
     pub max_size: usize,
     /// How long to wait for a connection (creating one included).
     pub timeout: Duration,
 }
 
-impl Default for PoolSettings {
+impl Default for PoolConfig {
     fn default() -> Self {
         Self {
             max_size: 16,
@@ -101,7 +101,7 @@ pub struct Store {
 impl Store {
     /// Builds a pool for `url`. Connections are opened lazily, so this succeeds even when
     /// Postgres is down; use [`Store::ping`] to check reachability.
-    pub fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
+    pub fn connect(url: &str, settings: &PoolConfig) -> Result<Self, StoreError> {
         // Fast recycling: a broken connection surfaces as a statement error (answered 503
         // and retried); verifying every checkout cost a round trip per group commit.
         let mut manager_config = ManagerConfig::default();

@@ -15,8 +15,8 @@ use serde_json::{Map, Value};
 
 use super::fair::Job;
 use super::{CallError, Libraries, Script, ScriptError, ScriptKind};
-use super::{FetchMocks, TransformSettings};
-use crate::outbound::{self, HttpSettings};
+use super::{FetchMocks, TransformConfig};
+use crate::outbound::{self, HttpConfig};
 use crate::telemetry as t;
 
 /// What a try-catch scope caught.
@@ -59,7 +59,7 @@ fn init_v8() {
 pub(super) fn spawn(
     index: usize,
     queue: Arc<super::fair::FairQueue>,
-    settings: Arc<TransformSettings>,
+    settings: Arc<TransformConfig>,
 ) -> std::io::Result<()> {
     init_v8();
     let watchdog = Watchdog::start(index)?;
@@ -187,13 +187,13 @@ struct FetchEnv {
 }
 
 impl FetchEnv {
-    fn new(settings: &TransformSettings) -> Self {
+    fn new(settings: &TransformConfig) -> Self {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| tracing::error!(error = %e, "no runtime for script fetch"))
             .ok();
-        let client = outbound::client(&HttpSettings {
+        let client = outbound::client(&HttpConfig {
             timeout: settings.fetch_timeout,
             connect_timeout: settings.fetch_timeout.min(Duration::from_secs(5)),
             pool_max_idle_per_host: 8,
@@ -308,7 +308,7 @@ struct Runtime {
 
 struct Worker {
     index: usize,
-    settings: Arc<TransformSettings>,
+    settings: Arc<TransformConfig>,
     watchdog: Arc<Watchdog>,
     fetch: Arc<FetchEnv>,
     runtime: Option<Runtime>,

@@ -1,5 +1,5 @@
 //! Canned answers for the `fetch`/`fetchV2` requests of scripts, for tests: a pool whose
-//! [`TransformSettings::fetch_mocks`](super::TransformSettings::fetch_mocks) is set answers
+//! [`TransformConfig::fetch_mocks`](super::TransformConfig::fetch_mocks) is set answers
 //! every request from its list of [`MockExchange`]s and never reaches the network. The
 //! first entry whose method and URL match (and body and headers, when the entry gives
 //! them) answers; an entry answers any number of times unless it says `once`. A request

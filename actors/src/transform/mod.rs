@@ -30,7 +30,7 @@ use crate::telemetry as t;
 
 /// Pool and per-call limits.
 #[derive(Debug, Clone)]
-pub struct TransformSettings {
+pub struct TransformConfig {
     /// Isolates (OS threads) in the pool.
     pub isolates: usize,
     /// V8 heap cap per isolate, bytes (array buffers count against it too).
@@ -53,7 +53,7 @@ pub struct TransformSettings {
     pub fetch_mocks: Option<Arc<FetchMocks>>,
 }
 
-impl Default for TransformSettings {
+impl Default for TransformConfig {
     fn default() -> Self {
         Self {
             isolates: 2,
@@ -282,7 +282,7 @@ impl CallError {
 /// once their queue is empty.
 pub struct TransformPool {
     queue: Arc<fair::FairQueue>,
-    settings: Arc<TransformSettings>,
+    settings: Arc<TransformConfig>,
 }
 
 impl Drop for TransformPool {
@@ -293,7 +293,7 @@ impl Drop for TransformPool {
 
 impl TransformPool {
     /// Starts `settings.isolates` isolate threads.
-    pub fn start(settings: TransformSettings) -> std::io::Result<Arc<Self>> {
+    pub fn start(settings: TransformConfig) -> std::io::Result<Arc<Self>> {
         let settings = Arc::new(settings);
         let n = settings.isolates.max(1);
         let queue = Arc::new(fair::FairQueue::new(n, n * 4));
@@ -304,7 +304,7 @@ impl TransformPool {
     }
 
     /// The limits this pool enforces.
-    pub fn settings(&self) -> &TransformSettings {
+    pub fn config(&self) -> &TransformConfig {
         &self.settings
     }
 

@@ -68,7 +68,7 @@ impl ClickHouse {
     /// Reads and checks the destination's settings.
     pub fn new(
         dest: &workspace::Destination,
-        http: &crate::destinations::HttpSettings,
+        http: &crate::destinations::HttpConfig,
     ) -> Result<Self, ConfigError> {
         let err = |field: &str, problem: String| ConfigError {
             destination: dest.id.clone(),

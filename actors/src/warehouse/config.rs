@@ -31,7 +31,7 @@ pub enum SslMode {
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
-pub struct ConnSettings {
+pub struct ConnConfig {
     /// Host name or address.
     pub host: String,
     /// Port.
@@ -54,7 +54,7 @@ pub struct PostgresWarehouse {
     /// Destination id.
     pub id: String,
     /// Connection.
-    pub conn: Arc<ConnSettings>,
+    pub conn: Arc<ConnConfig>,
     /// Schema for every source; `None` means `keel_<source name>` per source.
     pub schema: Option<String>,
     /// How often the uploader loads what is waiting.
@@ -155,7 +155,7 @@ impl PostgresWarehouse {
         };
         Ok(Self {
             id: dest.id.clone(),
-            conn: Arc::new(ConnSettings {
+            conn: Arc::new(ConnConfig {
                 host,
                 port,
                 database,
@@ -185,7 +185,7 @@ impl Mapping for PostgresWarehouse {
     }
 }
 
-impl ConnSettings {
+impl ConnConfig {
     /// Opens a connection; its I/O runs on a spawned task until the client is dropped.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, LoadError> {
         let mut pg = tokio_postgres::Config::new();

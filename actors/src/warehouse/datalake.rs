@@ -29,7 +29,7 @@ use serde_json::{Map, Value};
 use super::config::text;
 use super::flatten::{Row, TableKind};
 use super::loader::merge_by_id;
-use super::objects::{batching, hour_path, put_object, s3_settings, StoreSettings};
+use super::objects::{batching, hour_path, put_object, s3_settings, StoreConfig};
 use super::schema::{self, coerce, infer, parse_timestamp, Cell, ColType, DISCARDS_TABLE};
 use super::{
     JobBatch, LoadStats, Sink, SinkError, UploadMetrics, UploadSpec, UploaderConfig, WarehouseKind,
@@ -50,7 +50,7 @@ pub struct DataLake {
     /// Destination id.
     pub id: String,
     /// Where files go.
-    pub store: StoreSettings,
+    pub store: StoreConfig,
     /// One namespace for every source; `None`: `keel_<source name>` per source.
     pub namespace: Option<String>,
     /// How often waiting events are uploaded.
@@ -63,7 +63,7 @@ impl DataLake {
     /// Reads and checks the destination's settings.
     pub fn new(
         dest: &workspace::Destination,
-        http: &crate::destinations::HttpSettings,
+        http: &crate::destinations::HttpConfig,
     ) -> Result<Self, ConfigError> {
         let err = |field: &str, problem: String| ConfigError {
             destination: dest.id.clone(),

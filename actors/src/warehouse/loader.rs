@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
-use super::config::ConnSettings;
+use super::config::ConnConfig;
 use super::flatten::{Row, TableKind};
 use super::schema::{
     coerce, infer, parse_timestamp, quote, Cell, ColType, DISCARDS_TABLE, LOADS_TABLE,
@@ -86,7 +86,7 @@ pub const LOAD_CONNECTIONS: usize = 3;
 
 /// A warehouse connection and what it knows of the warehouse's tables.
 pub struct Loader {
-    conn: Arc<ConnSettings>,
+    conn: Arc<ConnConfig>,
     max_columns: usize,
     client: Option<Client>,
     /// Extra connections for loading tables in parallel with `client`.
@@ -113,7 +113,7 @@ fn is_schema_conflict(e: &tokio_postgres::Error) -> bool {
 
 impl Loader {
     /// A loader that connects on first use.
-    pub fn new(conn: Arc<ConnSettings>, max_columns: usize) -> Self {
+    pub fn new(conn: Arc<ConnConfig>, max_columns: usize) -> Self {
         Self {
             conn,
             max_columns,

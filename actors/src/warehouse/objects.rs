@@ -49,7 +49,7 @@ pub enum Provider {
 
 /// Where objects go: a bucket (container, folder) and a key prefix, with credentials.
 #[derive(Debug, Clone)]
-pub struct StoreSettings {
+pub struct StoreConfig {
     /// Service.
     pub provider: Provider,
     /// Bucket (S3, GCS), container (Azure) or folder (local).
@@ -74,7 +74,7 @@ pub struct StoreSettings {
     pub connect_timeout: Duration,
 }
 
-impl StoreSettings {
+impl StoreConfig {
     /// Opens the store (no request is made).
     pub fn open(&self) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
         let options = ClientOptions::new()
@@ -249,7 +249,7 @@ pub struct ObjectStorage {
     /// Kind name (`S3`, `MINIO`, `GCS`, `AZURE_BLOB`).
     pub kind: &'static str,
     /// Where objects go.
-    pub store: StoreSettings,
+    pub store: StoreConfig,
     /// How often waiting events are uploaded.
     pub upload_interval: Duration,
     /// Events per object batch at most.
@@ -301,8 +301,8 @@ fn flag(c: &Map<String, Value>, key: &str) -> Option<bool> {
 pub(crate) fn s3_settings(
     dest: &workspace::Destination,
     kind: &str,
-    http: &crate::destinations::HttpSettings,
-) -> Result<StoreSettings, ConfigError> {
+    http: &crate::destinations::HttpConfig,
+) -> Result<StoreConfig, ConfigError> {
     let err = |field: &str, problem: String| ConfigError {
         destination: dest.id.clone(),
         field: field.into(),
@@ -334,7 +334,7 @@ pub(crate) fn s3_settings(
         Some(s) => Some(s),
         None => t("secretAccessKey")?,
     };
-    Ok(StoreSettings {
+    Ok(StoreConfig {
         provider: Provider::S3,
         bucket,
         prefix: t("prefix")?
@@ -362,7 +362,7 @@ impl ObjectStorage {
     /// Reads and checks the destination's settings.
     pub fn new(
         dest: &workspace::Destination,
-        http: &crate::destinations::HttpSettings,
+        http: &crate::destinations::HttpConfig,
     ) -> Result<Self, ConfigError> {
         let err = |field: &str, problem: String| ConfigError {
             destination: dest.id.clone(),
@@ -377,7 +377,7 @@ impl ObjectStorage {
             .unwrap_or("S3");
         let t = |key: &str| text(c, key).map_err(|p| err(key, p));
         let store = match kind {
-            "GCS" => StoreSettings {
+            "GCS" => StoreConfig {
                 provider: Provider::Gcs,
                 bucket: t("bucketName")?
                     .ok_or_else(|| err("bucketName", "missing (required by GCS)".into()))?,
@@ -394,7 +394,7 @@ impl ObjectStorage {
                 timeout: http.timeout,
                 connect_timeout: http.connect_timeout,
             },
-            "AZURE_BLOB" => StoreSettings {
+            "AZURE_BLOB" => StoreConfig {
                 provider: Provider::Azure,
                 bucket: t("containerName")?.ok_or_else(|| {
                     err("containerName", "missing (required by AZURE_BLOB)".into())
@@ -466,7 +466,7 @@ impl WarehouseKind for ObjectStorage {
 
 /// Writes each batch as gzip JSON lines (see the module comment).
 pub struct JsonlSink {
-    settings: StoreSettings,
+    settings: StoreConfig,
     store: Option<Arc<dyn ObjectStore>>,
 }
 
