@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 
-use crate::messages::{AssignPartitions, Heartbeat, HeartbeatReply, InjectPanic, LeaveCluster};
+use crate::messages::{AssignPartitions, LeaveCluster};
 use crate::store::{HeldLease, Store, StoreError};
 use crate::telemetry as t;
 
@@ -413,21 +413,4 @@ impl Handler<LeaveCluster> for LeaseKeeper {
     }
 }
 
-impl Handler<Heartbeat> for LeaseKeeper {
-    type Result = HeartbeatReply;
-
-    fn handle(&mut self, _msg: Heartbeat, _ctx: &mut Self::Context) -> HeartbeatReply {
-        HeartbeatReply {
-            actor: "lease_keeper",
-            pending: self.releasing.len(),
-        }
-    }
-}
-
-impl Handler<InjectPanic> for LeaseKeeper {
-    type Result = ();
-
-    fn handle(&mut self, _msg: InjectPanic, _ctx: &mut Self::Context) {
-        panic!("injected panic (test hook)");
-    }
-}
+crate::child_handlers!(LeaseKeeper, |k| ("lease_keeper", k.releasing.len()));

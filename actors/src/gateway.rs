@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::messages::{FlushNow, Heartbeat, HeartbeatReply, Ingest, IngestError, InjectPanic};
+use crate::messages::{FlushNow, Ingest, IngestError};
 use crate::store::{GwJobInsert, Store};
 use crate::telemetry as t;
 
@@ -82,14 +82,14 @@ impl GatewayWriter {
         if let Some(handle) = self.timer.take() {
             ctx.cancel_future(handle);
         }
-        if self.flushing >= self.config.max_flushes.max(1) || self.buffer.is_empty() {
+        let Some(take) = next_group(
+            &self.config,
+            self.flushing,
+            self.buffer.len(),
+            self.buffered_events,
+        ) else {
             return;
-        }
-        if self.flushing > 0 && self.buffered_events < self.config.concurrent_flush_min_events {
-            // The running flush takes these when it commits.
-            return;
-        }
-        let take = self.buffer.len().min(self.config.max_batch);
+        };
         let batch: Vec<Ingest> = self.buffer.drain(..take).collect();
         metrics::gauge!(t::GATEWAY_QUEUE_DEPTH).set(self.buffer.len() as f64);
         let mut rows = Vec::with_capacity(batch.len());
@@ -178,6 +178,25 @@ impl GatewayWriter {
     }
 }
 
+/// How many of the `waiting` requests (`events` events) the next group commit takes now,
+/// with `flushing` commits running: none while `max_flushes` run or nothing waits, nor
+/// beside a running commit while fewer than `concurrent_flush_min_events` events wait (that
+/// commit's completion takes them); else the oldest, at most `max_batch`.
+fn next_group(
+    config: &GatewayWriterConfig,
+    flushing: usize,
+    waiting: usize,
+    events: usize,
+) -> Option<usize> {
+    if flushing >= config.max_flushes.max(1) || waiting == 0 {
+        return None;
+    }
+    if flushing > 0 && events < config.concurrent_flush_min_events {
+        return None;
+    }
+    Some(waiting.min(config.max_batch))
+}
+
 impl Actor for GatewayWriter {
     type Context = Context<Self>;
 
@@ -245,21 +264,90 @@ impl Handler<FlushNow> for GatewayWriter {
     }
 }
 
-impl Handler<Heartbeat> for GatewayWriter {
-    type Result = HeartbeatReply;
+crate::child_handlers!(GatewayWriter, |w| ("gateway_writer", w.buffer.len()));
 
-    fn handle(&mut self, _msg: Heartbeat, _ctx: &mut Self::Context) -> HeartbeatReply {
-        HeartbeatReply {
-            actor: "gateway_writer",
-            pending: self.buffer.len(),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// The writer's group commit on a paused clock: 2,000 requests of 1–100 events arrive
+    /// 0–2 ms apart, a commit takes 3–12 ms. Groups never exceed `max_batch`, never more
+    /// than `max_flushes` commits run, a second one starts only with enough events waiting,
+    /// every request is answered exactly once after its commit, in arrival order per
+    /// commit, and nothing waits once arrivals stop.
+    #[tokio::test(start_paused = true)]
+    async fn group_commit_bounds_groups_and_concurrency_and_answers_every_request() {
+        let config = GatewayWriterConfig::default();
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<(u64, usize)>>();
+        let mut waiting: VecDeque<(u64, usize)> = VecDeque::new();
+        let (mut events, mut flushing, mut max_seen) = (0usize, 0usize, 0usize);
+        let mut answered: Vec<u64> = Vec::new();
+        let mut arrivals = (0..2000u64)
+            .map(|i| (i, 1 + next(100) as usize, next(3)))
+            .collect::<VecDeque<_>>();
+        let mut next_arrival = tokio::time::Instant::now();
+        while !(arrivals.is_empty() && waiting.is_empty() && flushing == 0) {
+            // Start every group the policy allows.
+            while let Some(take) = next_group(&config, flushing, waiting.len(), events) {
+                assert!(take <= config.max_batch);
+                if flushing > 0 {
+                    assert!(events >= config.concurrent_flush_min_events);
+                }
+                let group: Vec<(u64, usize)> = waiting.drain(..take).collect();
+                events -= group.iter().map(|g| g.1).sum::<usize>();
+                flushing += 1;
+                max_seen = max_seen.max(flushing);
+                assert!(flushing <= config.max_flushes);
+                let tx = done_tx.clone();
+                let commit = Duration::from_millis(3 + next(10));
+                tokio::spawn(async move {
+                    tokio::time::sleep(commit).await;
+                    let _ = tx.send(group);
+                });
+            }
+            tokio::select! {
+                group = done_rx.recv() => {
+                    let group = group.expect("a commit answers");
+                    flushing -= 1;
+                    answered.extend(group.iter().map(|g| g.0));
+                }
+                _ = tokio::time::sleep_until(next_arrival), if !arrivals.is_empty() => {
+                    let (id, n, gap) = arrivals.pop_front().expect("an arrival");
+                    waiting.push_back((id, n));
+                    events += n;
+                    next_arrival += Duration::from_millis(gap);
+                }
+            }
         }
+        let mut sorted = answered.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            (0..2000).collect::<Vec<_>>(),
+            "each request answered once"
+        );
+        assert_eq!(
+            max_seen, config.max_flushes,
+            "the second commit slot was used"
+        );
+        assert_eq!(events, 0);
     }
-}
 
-impl Handler<InjectPanic> for GatewayWriter {
-    type Result = ();
-
-    fn handle(&mut self, _msg: InjectPanic, _ctx: &mut Self::Context) {
-        panic!("injected panic (test hook)");
+    #[test]
+    fn no_second_commit_for_a_few_events() {
+        let config = GatewayWriterConfig::default();
+        assert_eq!(next_group(&config, 0, 3, 3), Some(3));
+        assert_eq!(next_group(&config, 1, 3, 3), None);
+        assert_eq!(next_group(&config, 1, 300, 300), Some(128));
+        assert_eq!(next_group(&config, 2, 300, 30_000), None);
+        assert_eq!(next_group(&config, 0, 0, 0), None);
     }
 }

@@ -167,3 +167,50 @@ pub struct SetPartitions(pub std::sync::Arc<[i32]>);
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct LeaveCluster;
+
+/// The handlers every supervised child shares: [`Heartbeat`], answered with what
+/// `|actor| (name, pending)` makes of the child (its name in heartbeats and metrics, and
+/// the work it holds), and the [`InjectPanic`] test hook.
+#[macro_export]
+macro_rules! child_handlers {
+    ($actor:ty, |$a:ident| $reply:expr) => {
+        impl actix::Handler<$crate::messages::Heartbeat> for $actor {
+            type Result = $crate::messages::HeartbeatReply;
+
+            fn handle(
+                &mut self,
+                _msg: $crate::messages::Heartbeat,
+                _ctx: &mut Self::Context,
+            ) -> Self::Result {
+                let $a = &*self;
+                let (actor, pending) = $reply;
+                $crate::messages::HeartbeatReply { actor, pending }
+            }
+        }
+
+        impl actix::Handler<$crate::messages::InjectPanic> for $actor {
+            type Result = ();
+
+            fn handle(&mut self, _msg: $crate::messages::InjectPanic, _ctx: &mut Self::Context) {
+                panic!("injected panic (test hook)");
+            }
+        }
+    };
+}
+
+/// The [`Retire`] handler of an actor the supervisor drains and replaces (routers and
+/// uploaders): it marks itself retired (so `Supervised::restarting` does not bring it
+/// back) and stops.
+#[macro_export]
+macro_rules! retire_handler {
+    ($actor:ty) => {
+        impl actix::Handler<$crate::messages::Retire> for $actor {
+            type Result = ();
+
+            fn handle(&mut self, _msg: $crate::messages::Retire, ctx: &mut Self::Context) {
+                self.retired = true;
+                actix::ActorContext::stop(ctx);
+            }
+        }
+    };
+}

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::messages::{Heartbeat, HeartbeatReply};
 use crate::processor::RouterRegistry;
 use crate::store::Store;
 use crate::telemetry as t;
@@ -137,13 +136,7 @@ impl Supervised for TelemetrySampler {
     }
 }
 
-impl Handler<Heartbeat> for TelemetrySampler {
-    type Result = HeartbeatReply;
-
-    fn handle(&mut self, _msg: Heartbeat, _ctx: &mut Self::Context) -> HeartbeatReply {
-        HeartbeatReply {
-            actor: "telemetry_sampler",
-            pending: usize::from(self.sampling),
-        }
-    }
-}
+crate::child_handlers!(TelemetrySampler, |s| (
+    "telemetry_sampler",
+    usize::from(s.sampling)
+));

@@ -319,6 +319,21 @@ pub fn payload_str<'a>(payload: &'a Value, key: &str) -> Result<&'a str, Deliver
         .ok_or_else(|| abort(format!("stored payload has no string {key:?}")))
 }
 
+/// What a stored broker payload addresses: its target (`stream`, `routingKey` or
+/// `subject`, named by `target`), its messageId, and its body as JSON text.
+pub fn addressed<'a>(
+    payload: &'a Value,
+    target: &str,
+) -> Result<(&'a str, &'a str, String), DeliveryOutcome> {
+    let to = payload_str(payload, target)?;
+    let id = payload_str(payload, "messageId")?;
+    let body = payload
+        .get("body")
+        .map(Value::to_string)
+        .unwrap_or_default();
+    Ok((to, id, body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

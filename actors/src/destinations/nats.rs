@@ -193,18 +193,12 @@ impl Mapping for Nats {
 impl Delivery for Nats {
     fn deliver<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, DeliveryOutcome> {
         Box::pin(async move {
-            let (subject, message_id) = match (
-                broker::payload_str(payload, "subject"),
-                broker::payload_str(payload, "messageId"),
-            ) {
-                (Ok(s), Ok(i)) => (s, i),
-                (Err(o), _) | (_, Err(o)) => return o,
-            };
-            let body = payload
-                .get("body")
-                .map(Value::to_string)
-                .unwrap_or_default();
-            self.publish(subject, message_id, body.into_bytes()).await
+            match broker::addressed(payload, "subject") {
+                Ok((subject, message_id, body)) => {
+                    self.publish(subject, message_id, body.into_bytes()).await
+                }
+                Err(outcome) => outcome,
+            }
         })
     }
 }

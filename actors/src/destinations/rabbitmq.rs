@@ -242,18 +242,12 @@ impl Mapping for RabbitMq {
 impl Delivery for RabbitMq {
     fn deliver<'a>(&'a self, payload: &'a Value) -> BoxFuture<'a, DeliveryOutcome> {
         Box::pin(async move {
-            let (routing_key, message_id) = match (
-                broker::payload_str(payload, "routingKey"),
-                broker::payload_str(payload, "messageId"),
-            ) {
-                (Ok(k), Ok(i)) => (k, i),
-                (Err(o), _) | (_, Err(o)) => return o,
-            };
-            let body = payload
-                .get("body")
-                .map(Value::to_string)
-                .unwrap_or_default();
-            self.publish(routing_key, message_id, body.as_bytes()).await
+            match broker::addressed(payload, "routingKey") {
+                Ok((routing_key, message_id, body)) => {
+                    self.publish(routing_key, message_id, body.as_bytes()).await
+                }
+                Err(outcome) => outcome,
+            }
         })
     }
 }

@@ -339,17 +339,10 @@ impl Delivery for Redis {
             };
             let cmd = match op {
                 "xadd" => {
-                    let (stream, id) = match (
-                        broker::payload_str(payload, "stream"),
-                        broker::payload_str(payload, "messageId"),
-                    ) {
-                        (Ok(s), Ok(i)) => (s, i),
-                        (Err(o), _) | (_, Err(o)) => return o,
+                    let (stream, id, body) = match broker::addressed(payload, "stream") {
+                        Ok(a) => a,
+                        Err(o) => return o,
                     };
-                    let body = payload
-                        .get("body")
-                        .map(Value::to_string)
-                        .unwrap_or_default();
                     let mut cmd = redis::cmd("XADD");
                     cmd.arg(stream)
                         .arg("MAXLEN")

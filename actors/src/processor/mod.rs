@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::messages::{
-    Heartbeat, HeartbeatReply, InjectPanic, ReplayTransformed, SetPartitions, UpdateRouting, Wake,
-};
+use crate::messages::{ReplayTransformed, SetPartitions, UpdateRouting, Wake};
 use crate::router::RouterActor;
 use crate::routing::RoutingTable;
 use crate::store::{Store, StoreError};
@@ -26,8 +24,8 @@ mod event;
 mod pipeline;
 mod replay;
 
-pub use pipeline::BatchError;
 use pipeline::process_batch;
+pub use pipeline::BatchError;
 use replay::replay_transformed;
 pub use replay::{preview, PreviewRoute};
 
@@ -215,25 +213,6 @@ impl Handler<UpdateRouting<RoutingTable>> for Processor {
     }
 }
 
-impl Handler<InjectPanic> for Processor {
-    type Result = ();
-
-    fn handle(&mut self, _msg: InjectPanic, _ctx: &mut Self::Context) {
-        panic!("injected panic (test hook)");
-    }
-}
-
-impl Handler<Heartbeat> for Processor {
-    type Result = HeartbeatReply;
-
-    fn handle(&mut self, _msg: Heartbeat, _ctx: &mut Self::Context) -> HeartbeatReply {
-        HeartbeatReply {
-            actor: "processor",
-            pending: usize::from(self.busy),
-        }
-    }
-}
-
 impl Handler<ReplayTransformed> for Processor {
     type Result = ResponseActFuture<Self, Result<i64, String>>;
 
@@ -260,3 +239,5 @@ impl Handler<ReplayTransformed> for Processor {
         )
     }
 }
+
+crate::child_handlers!(Processor, |p| ("processor", usize::from(p.busy)));

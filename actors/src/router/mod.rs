@@ -26,10 +26,7 @@ use chrono::{DateTime, Utc};
 use crate::cluster::LeaseGuard;
 use crate::destinations::batch::BatchLimits;
 use crate::destinations::{Delivery, DeliveryOutcome, Failure};
-use crate::messages::{
-    Drain, DrainReport, GetRouterStatus, Heartbeat, HeartbeatReply, InjectPanic, Retire,
-    RouterStatus, Wake,
-};
+use crate::messages::{Drain, DrainReport, GetRouterStatus, RouterStatus, Wake};
 use crate::store::{DeadLetter, RetryUpdate, RtJob, StatusBatch, Store};
 use crate::telemetry as t;
 use keys::{Finish, KeyQueues, QueuedJob};
@@ -810,34 +807,6 @@ impl Handler<Drain> for RouterActor {
     }
 }
 
-impl Handler<Retire> for RouterActor {
-    type Result = ();
-
-    fn handle(&mut self, _msg: Retire, ctx: &mut Self::Context) {
-        self.retired = true;
-        ctx.stop();
-    }
-}
-
-impl Handler<InjectPanic> for RouterActor {
-    type Result = ();
-
-    fn handle(&mut self, _msg: InjectPanic, _ctx: &mut Self::Context) {
-        panic!("injected panic (test hook)");
-    }
-}
-
-impl Handler<Heartbeat> for RouterActor {
-    type Result = HeartbeatReply;
-
-    fn handle(&mut self, _msg: Heartbeat, _ctx: &mut Self::Context) -> HeartbeatReply {
-        HeartbeatReply {
-            actor: "router",
-            pending: self.queues.len(),
-        }
-    }
-}
-
 impl Handler<GetRouterStatus> for RouterActor {
     type Result = RouterStatus;
 
@@ -850,3 +819,6 @@ impl Handler<GetRouterStatus> for RouterActor {
         }
     }
 }
+
+crate::child_handlers!(RouterActor, |r| ("router", r.queues.len()));
+crate::retire_handler!(RouterActor);

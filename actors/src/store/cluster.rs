@@ -250,15 +250,12 @@ impl Store {
     /// Renews every lease this node holds for `ttl_secs`; returns them. A lease another
     /// node took over is not among them.
     pub async fn renew_leases(&self, ttl_secs: f64) -> Result<Vec<HeldLease>, StoreError> {
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            Ok(diesel::sql_query(RENEW)
+        self.load_all(
+            diesel::sql_query(RENEW)
                 .bind::<Text, _>(&*self.node)
                 .bind::<Double, _>(ttl_secs)
-                .cached()
-                .load(&mut conn)
-                .await?)
-        })
+                .cached(),
+        )
         .await
     }
 
@@ -268,16 +265,13 @@ impl Store {
         ttl_secs: f64,
         n: i32,
     ) -> Result<Vec<HeldLease>, StoreError> {
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            Ok(diesel::sql_query(ACQUIRE)
+        self.load_all(
+            diesel::sql_query(ACQUIRE)
                 .bind::<Text, _>(&*self.node)
                 .bind::<Double, _>(ttl_secs)
                 .bind::<Integer, _>(n)
-                .cached()
-                .load(&mut conn)
-                .await?)
-        })
+                .cached(),
+        )
         .await
     }
 
@@ -286,15 +280,12 @@ impl Store {
         &self,
         partitions: Option<Vec<i32>>,
     ) -> Result<Vec<HeldLease>, StoreError> {
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            Ok(diesel::sql_query(RELEASE)
+        self.load_all(
+            diesel::sql_query(RELEASE)
                 .bind::<Text, _>(&*self.node)
                 .bind::<Nullable<Array<Integer>>, _>(partitions)
-                .cached()
-                .load(&mut conn)
-                .await?)
-        })
+                .cached(),
+        )
         .await
     }
 
@@ -355,16 +346,13 @@ impl Store {
 
     /// Every lease tenure, in (partition, epoch) order.
     pub async fn lease_history(&self) -> Result<Vec<Tenure>, StoreError> {
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            Ok(diesel::sql_query(
+        self.load_all(
+            diesel::sql_query(
                 "SELECT partition, epoch, owner, acquired_at, ended_at, released \
                  FROM lease_history ORDER BY partition, epoch",
             )
-            .cached()
-            .load(&mut conn)
-            .await?)
-        })
+            .cached(),
+        )
         .await
     }
 }

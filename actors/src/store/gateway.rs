@@ -99,8 +99,7 @@ impl Store {
             payloads.push(job.payload);
             partitions.push(job.partition);
         }
-        self.timed(async {
-            let mut conn = self.conn().await?;
+        self.execute(
             diesel::sql_query(INSERT_FLUSH)
                 .bind::<Array<Text>, _>(source_ids)
                 .bind::<Array<Timestamptz>, _>(received)
@@ -110,12 +109,10 @@ impl Store {
                 .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
                 .bind::<Array<Text>, _>(message_ids)
                 .bind::<Array<Integer>, _>(partitions)
-                .cached()
-                .execute(&mut conn)
-                .await?;
-            Ok(())
-        })
+                .cached(),
+        )
         .await
+        .map(drop)
     }
 
     /// Deletes up to `limit` dedup rows older than `window_secs`; returns how many went.
@@ -166,9 +163,8 @@ impl Store {
             count.push(r.event_count);
             payload.push(r.payload);
         }
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            diesel::sql_query(
+        self.execute(
+diesel::sql_query(
                 "INSERT INTO gw_jobs (id, source_id, received_at, event_count, payload, partition, duplicates, only_destinations) \
                  SELECT nextval('gw_jobs_id_seq'), s, now(), n, p, k, '{}', $5 FROM ( \
                    SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::int4[]) \
@@ -178,11 +174,9 @@ impl Store {
             .bind::<Array<Integer>, _>(count)
             .bind::<Array<Text>, _>(payload)
             .bind::<Array<Integer>, _>(part)
-            .bind::<diesel::sql_types::Nullable<Array<Text>>, _>(only)
-            .execute(&mut conn)
-            .await?;
-            Ok(())
-        })
+            .bind::<diesel::sql_types::Nullable<Array<Text>>, _>(only),
+)
         .await
+        .map(drop)
     }
 }

@@ -169,6 +169,33 @@ impl Store {
         }
     }
 
+    /// Loads `query`'s rows on a pooled connection within the statement timeout: the
+    /// `timed → conn → load` steps every one-statement read shares.
+    pub(crate) async fn load_all<'q, Q, T>(&self, query: Q) -> Result<Vec<T>, StoreError>
+    where
+        Q: diesel_async::methods::LoadQuery<'q, AsyncPgConnection, T> + Send + 'q,
+        T: Send + 'q,
+    {
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            Ok(query.load(&mut conn).await?)
+        })
+        .await
+    }
+
+    /// Runs `query` on a pooled connection within the statement timeout; answers the rows
+    /// it changed.
+    pub(crate) async fn execute<'q, Q>(&self, query: Q) -> Result<usize, StoreError>
+    where
+        Q: diesel_async::methods::ExecuteDsl<AsyncPgConnection> + Send + 'q,
+    {
+        self.timed(async {
+            let mut conn = self.conn().await?;
+            Ok(query.execute(&mut conn).await?)
+        })
+        .await
+    }
+
     /// Loads `query`'s rows in a transaction of its own that first runs `planner` (`SET
     /// LOCAL` planner settings, so they bind this one statement). Queue tables' statistics
     /// are always stale; the statements that must walk an index say so this way.
@@ -199,14 +226,8 @@ impl Store {
 
     /// Checks that Postgres answers a trivial query.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            diesel::sql_query("SELECT 1")
-                .cached()
-                .execute(&mut conn)
-                .await?;
-            Ok(())
-        })
-        .await
+        self.execute(diesel::sql_query("SELECT 1").cached())
+            .await
+            .map(drop)
     }
 }

@@ -298,6 +298,199 @@ struct RoutingColumns {
     g_filtered: Vec<Value>,
 }
 
+/// The connection a commit's statements run on (inside its transaction).
+type Conn = diesel_async::AsyncPgConnection;
+
+impl Consumed {
+    /// Checks this node still holds the partitions of the consumed rows and deletes them
+    /// (moves them to `backup_jobs` with the raw backup on); [`StoreError::Fenced`] when a
+    /// lease or a row is gone, so the whole commit rolls back.
+    async fn fence_and_take(&self, conn: &mut Conn, node: &str) -> Result<(), StoreError> {
+        let mut fence: Vec<i32> = self.positions.iter().map(|(p, _)| *p).collect();
+        fence.sort_unstable();
+        fence.dedup();
+        let held: Vec<Part> = diesel::sql_query(
+            "SELECT partition FROM leases WHERE owner = $1 AND partition = ANY($2) \
+             ORDER BY partition FOR SHARE",
+        )
+        .bind::<Text, _>(node)
+        .bind::<Array<Integer>, _>(&fence)
+        .cached()
+        .load(conn)
+        .await?;
+        if held.len() != fence.len() {
+            return Err(StoreError::Fenced(format!(
+                "node {node} no longer holds all of partitions {fence:?}"
+            )));
+        }
+        // With the raw backup on, the consumed rows move to backup_jobs in the
+        // same statement (the count is the rows moved).
+        let sql = if self.backup {
+            "WITH moved AS (DELETE FROM gw_jobs WHERE id = ANY($1) \
+               RETURNING id, source_id, received_at, partition, event_count, payload) \
+             INSERT INTO backup_jobs (id, source_id, received_at, partition, event_count, payload) \
+             SELECT id, source_id, received_at, partition, event_count, payload FROM moved"
+        } else {
+            "DELETE FROM gw_jobs WHERE id = ANY($1)"
+        };
+        let deleted = diesel::sql_query(sql)
+            .bind::<Array<BigInt>, _>(&self.ids)
+            .cached()
+            .execute(conn)
+            .await?;
+        if deleted != self.ids.len() {
+            return Err(StoreError::Fenced(format!(
+                "{} of {} requests were consumed by another node",
+                self.ids.len() - deleted,
+                self.ids.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Advances each consumed partition's processor checkpoint.
+    async fn advance_checkpoints(self, conn: &mut Conn) -> Result<(), StoreError> {
+        let (cp_part, cp_pos): (Vec<i32>, Vec<i64>) = self.positions.into_iter().unzip();
+        diesel::sql_query(
+            "INSERT INTO checkpoints (stage, partition, position, updated_at) \
+             SELECT $1, p, n, now() FROM unnest($2::int4[], $3::int8[]) AS u(p, n) \
+             ON CONFLICT (stage, partition) DO UPDATE \
+             SET position = greatest(checkpoints.position, excluded.position), updated_at = now()",
+        )
+        .bind::<Text, _>(PROCESSOR_STAGE)
+        .bind::<Array<Integer>, _>(cp_part)
+        .bind::<Array<BigInt>, _>(cp_pos)
+        .cached()
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+impl RtColumns {
+    /// Inserts the delivery jobs; answers the id range written (explain finds an event's
+    /// pending jobs in it, per destination, on the `(destination_id, id)` index).
+    async fn insert(self, conn: &mut Conn) -> Result<IdRange, StoreError> {
+        if self.dest.is_empty() {
+            return Ok(IdRange { lo: None, hi: None });
+        }
+        let ranges: Vec<IdRange> = diesel::sql_query(
+            "WITH ins AS (INSERT INTO rt_jobs (destination_id, ordering_key, message_id, source_id, payload, partition) \
+             SELECT d, k, m, s, p, n FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[]) \
+             AS u(d, k, m, s, p, n) RETURNING id) \
+             SELECT min(id) AS lo, max(id) AS hi FROM ins",
+        )
+        .bind::<Array<Text>, _>(self.dest)
+        .bind::<Array<Text>, _>(self.keys)
+        .bind::<Array<Text>, _>(self.mids)
+        .bind::<Array<Text>, _>(self.srcs)
+        .bind::<Array<Text>, _>(self.payloads)
+        .bind::<Array<Integer>, _>(self.parts)
+        .cached()
+        .load(conn)
+        .await?;
+        Ok(ranges
+            .into_iter()
+            .next()
+            .unwrap_or(IdRange { lo: None, hi: None }))
+    }
+}
+
+impl WhColumns {
+    /// Inserts the warehouse jobs.
+    async fn insert(self, conn: &mut Conn) -> Result<(), StoreError> {
+        if self.dest.is_empty() {
+            return Ok(());
+        }
+        diesel::sql_query(
+            "INSERT INTO wh_jobs (destination_id, source_id, event_count, payload) \
+             SELECT d, s, n, p FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[]) \
+             AS u(d, s, n, p)",
+        )
+        .bind::<Array<Text>, _>(self.dest)
+        .bind::<Array<Text>, _>(self.src)
+        .bind::<Array<diesel::sql_types::Integer>, _>(self.count)
+        .bind::<Array<Text>, _>(self.payload)
+        .cached()
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+impl DlqColumns {
+    /// Inserts the dead letters of stage `transform`.
+    async fn insert(self, conn: &mut Conn) -> Result<(), StoreError> {
+        if self.dest.is_empty() {
+            return Ok(());
+        }
+        // Ids come from rt_jobs' sequence: dead letters of both stages share it.
+        diesel::sql_query(
+            "INSERT INTO dlq_jobs (id, destination_id, ordering_key, message_id, source_id, payload, \
+               attempts, reason, created_at, stage, partition) \
+             SELECT nextval('rt_jobs_id_seq'), d, k, m, s, p::json, 0, r, now(), 'transform', n \
+             FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[]) \
+                   WITH ORDINALITY AS u(d, k, m, s, p, r, n, o) ORDER BY o) x",
+        )
+        .bind::<Array<Text>, _>(self.dest)
+        .bind::<Array<Text>, _>(self.key)
+        .bind::<Array<Text>, _>(self.mid)
+        .bind::<Array<Text>, _>(self.src)
+        .bind::<Array<Text>, _>(self.payload)
+        .bind::<Array<Text>, _>(self.reason)
+        .bind::<Array<Integer>, _>(self.part)
+        .cached()
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+impl RoutingColumns {
+    /// Inserts the `routing_jobs` rows (one per request) and `routing_log` rows (replays),
+    /// each naming the id range the commit's delivery jobs took.
+    async fn insert(self, conn: &mut Conn, range: &IdRange) -> Result<(), StoreError> {
+        if !self.g_job.is_empty() {
+            diesel::sql_query(
+                "INSERT INTO routing_jobs (job_id, source_id, message_ids, routed, filtered, rt_first, rt_last) \
+                 SELECT j, s, ($3::text[])[a:b], r, f, $7, $8 \
+                 FROM unnest($1::int8[], $2::text[], $4::int4[], $5::jsonb[], $6::jsonb[], $9::int4[]) \
+                 AS u(j, s, a, r, f, b)",
+            )
+            .bind::<Array<BigInt>, _>(self.g_job)
+            .bind::<Array<Text>, _>(self.g_src)
+            .bind::<Array<Text>, _>(self.g_mids)
+            .bind::<Array<Integer>, _>(self.g_first)
+            .bind::<Array<Jsonb>, _>(self.g_routed)
+            .bind::<Array<Jsonb>, _>(self.g_filtered)
+            .bind::<Nullable<BigInt>, _>(range.lo)
+            .bind::<Nullable<BigInt>, _>(range.hi)
+            .bind::<Array<Integer>, _>(self.g_last)
+            .cached()
+            .execute(conn)
+            .await?;
+        }
+        if !self.r_src.is_empty() {
+            diesel::sql_query(
+                "INSERT INTO routing_log (source_id, message_id, job_id, routed_to, filtered, rt_first, rt_last) \
+                 SELECT s, m, j, r, f, $6, $7 \
+                 FROM unnest($1::text[], $2::text[], $3::int8[], $4::jsonb[], $5::jsonb[]) AS u(s, m, j, r, f)",
+            )
+            .bind::<Array<Text>, _>(self.r_src)
+            .bind::<Array<Text>, _>(self.r_mid)
+            .bind::<Array<BigInt>, _>(self.r_job)
+            .bind::<Array<Jsonb>, _>(self.r_routed)
+            .bind::<Array<Jsonb>, _>(self.r_filtered)
+            .bind::<Nullable<BigInt>, _>(range.lo)
+            .bind::<Nullable<BigInt>, _>(range.hi)
+            .cached()
+            .execute(conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
 impl Store {
     /// Up to `limit` unconsumed requests of `partitions`, in id order. No cursor: with
     /// several nodes writing, a lower id may commit after a higher one was read, and it must
@@ -307,18 +500,15 @@ impl Store {
         partitions: &[i32],
         limit: i64,
     ) -> Result<Vec<GwJob>, StoreError> {
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            Ok(diesel::sql_query(
+        self.load_all(
+diesel::sql_query(
                 "SELECT id, source_id, payload, partition, duplicates, only_destinations FROM gw_jobs \
                  WHERE partition = ANY($1) ORDER BY id LIMIT $2",
             )
             .bind::<Array<Integer>, _>(partitions)
             .bind::<BigInt, _>(limit)
-            .cached()
-            .load(&mut conn)
-            .await?)
-        })
+            .cached(),
+)
         .await
     }
 
@@ -360,187 +550,22 @@ impl Store {
             consumed,
             replayed,
         } = batch;
-        let RtColumns {
-            dest,
-            keys,
-            mids,
-            srcs,
-            payloads,
-            parts,
-        } = jobs;
-        let WhColumns {
-            dest: w_dest,
-            src: w_src,
-            count: w_count,
-            payload: w_payload,
-        } = warehouse;
-        let DlqColumns {
-            dest: d_dest,
-            key: d_key,
-            mid: d_mid,
-            src: d_src,
-            payload: d_payload,
-            reason: d_reason,
-            part: d_part,
-        } = dead;
-        let RoutingColumns {
-            r_src,
-            r_mid,
-            r_job,
-            r_routed,
-            r_filtered,
-            g_job,
-            g_src,
-            g_mids,
-            g_first,
-            g_last,
-            g_routed,
-            g_filtered,
-        } = routing;
         self.timed(async {
             let mut conn = self.conn().await?;
             conn.transaction::<_, StoreError, _>(|conn| {
                 async move {
                     // The order lock first: waiting for it (another node's commit) holds no
                     // lease row, so this node's renewals never queue behind that wait.
-                    if !dest.is_empty() || !w_dest.is_empty() {
+                    if !jobs.dest.is_empty() || !warehouse.dest.is_empty() {
                         super::cluster::take_order_lock(conn).await?;
                     }
                     if let Some(c) = &consumed {
-                        let mut fence: Vec<i32> = c.positions.iter().map(|(p, _)| *p).collect();
-                        fence.sort_unstable();
-                        fence.dedup();
-                        let held: Vec<Part> = diesel::sql_query(
-                            "SELECT partition FROM leases WHERE owner = $1 AND partition = ANY($2) \
-                             ORDER BY partition FOR SHARE",
-                        )
-                        .bind::<Text, _>(&*node)
-                        .bind::<Array<Integer>, _>(&fence)
-                        .cached()
-                        .load(conn)
-                        .await?;
-                        if held.len() != fence.len() {
-                            return Err(StoreError::Fenced(format!(
-                                "node {node} no longer holds all of partitions {fence:?}"
-                            )));
-                        }
-                        // With the raw backup on, the consumed rows move to backup_jobs in the
-                        // same statement (the count is the rows moved).
-                        let sql = if c.backup {
-                            "WITH moved AS (DELETE FROM gw_jobs WHERE id = ANY($1) \
-                               RETURNING id, source_id, received_at, partition, event_count, payload) \
-                             INSERT INTO backup_jobs (id, source_id, received_at, partition, event_count, payload) \
-                             SELECT id, source_id, received_at, partition, event_count, payload FROM moved"
-                        } else {
-                            "DELETE FROM gw_jobs WHERE id = ANY($1)"
-                        };
-                        let deleted = diesel::sql_query(sql)
-                            .bind::<Array<BigInt>, _>(&c.ids)
-                            .cached()
-                            .execute(conn)
-                            .await?;
-                        if deleted != c.ids.len() {
-                            return Err(StoreError::Fenced(format!(
-                                "{} of {} requests were consumed by another node",
-                                c.ids.len() - deleted,
-                                c.ids.len()
-                            )));
-                        }
+                        c.fence_and_take(conn, &node).await?;
                     }
-                    // The id range this commit wrote: explain finds an event's pending jobs in
-                    // it (per destination, on the (destination_id, id) index).
-                    let mut range = IdRange { lo: None, hi: None };
-                    if !dest.is_empty() {
-                        let ranges: Vec<IdRange> = diesel::sql_query(
-                            "WITH ins AS (INSERT INTO rt_jobs (destination_id, ordering_key, message_id, source_id, payload, partition) \
-                             SELECT d, k, m, s, p, n FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[]) \
-                             AS u(d, k, m, s, p, n) RETURNING id) \
-                             SELECT min(id) AS lo, max(id) AS hi FROM ins",
-                        )
-                        .bind::<Array<Text>, _>(dest)
-                        .bind::<Array<Text>, _>(keys)
-                        .bind::<Array<Text>, _>(mids)
-                        .bind::<Array<Text>, _>(srcs)
-                        .bind::<Array<Text>, _>(payloads)
-                        .bind::<Array<Integer>, _>(parts)
-                        .cached()
-                        .load(conn)
-                        .await?;
-                        if let Some(r) = ranges.into_iter().next() {
-                            range = r;
-                        }
-                    }
-                    if !w_dest.is_empty() {
-                        diesel::sql_query(
-                            "INSERT INTO wh_jobs (destination_id, source_id, event_count, payload) \
-                             SELECT d, s, n, p FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[]) \
-                             AS u(d, s, n, p)",
-                        )
-                        .bind::<Array<Text>, _>(w_dest)
-                        .bind::<Array<Text>, _>(w_src)
-                        .bind::<Array<diesel::sql_types::Integer>, _>(w_count)
-                        .bind::<Array<Text>, _>(w_payload)
-                        .cached()
-                        .execute(conn)
-                        .await?;
-                    }
-                    if !d_dest.is_empty() {
-                        // Ids come from rt_jobs' sequence: dead letters of both stages share it.
-                        diesel::sql_query(
-                            "INSERT INTO dlq_jobs (id, destination_id, ordering_key, message_id, source_id, payload, \
-                               attempts, reason, created_at, stage, partition) \
-                             SELECT nextval('rt_jobs_id_seq'), d, k, m, s, p::json, 0, r, now(), 'transform', n \
-                             FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[]) \
-                                   WITH ORDINALITY AS u(d, k, m, s, p, r, n, o) ORDER BY o) x",
-                        )
-                        .bind::<Array<Text>, _>(d_dest)
-                        .bind::<Array<Text>, _>(d_key)
-                        .bind::<Array<Text>, _>(d_mid)
-                        .bind::<Array<Text>, _>(d_src)
-                        .bind::<Array<Text>, _>(d_payload)
-                        .bind::<Array<Text>, _>(d_reason)
-                        .bind::<Array<Integer>, _>(d_part)
-                        .cached()
-                        .execute(conn)
-                        .await?;
-                    }
-                    if !g_job.is_empty() {
-                        diesel::sql_query(
-                            "INSERT INTO routing_jobs (job_id, source_id, message_ids, routed, filtered, rt_first, rt_last) \
-                             SELECT j, s, ($3::text[])[a:b], r, f, $7, $8 \
-                             FROM unnest($1::int8[], $2::text[], $4::int4[], $5::jsonb[], $6::jsonb[], $9::int4[]) \
-                             AS u(j, s, a, r, f, b)",
-                        )
-                        .bind::<Array<BigInt>, _>(g_job)
-                        .bind::<Array<Text>, _>(g_src)
-                        .bind::<Array<Text>, _>(g_mids)
-                        .bind::<Array<Integer>, _>(g_first)
-                        .bind::<Array<Jsonb>, _>(g_routed)
-                        .bind::<Array<Jsonb>, _>(g_filtered)
-                        .bind::<Nullable<BigInt>, _>(range.lo)
-                        .bind::<Nullable<BigInt>, _>(range.hi)
-                        .bind::<Array<Integer>, _>(g_last)
-                        .cached()
-                        .execute(conn)
-                        .await?;
-                    }
-                    if !r_src.is_empty() {
-                        diesel::sql_query(
-                            "INSERT INTO routing_log (source_id, message_id, job_id, routed_to, filtered, rt_first, rt_last) \
-                             SELECT s, m, j, r, f, $6, $7 \
-                             FROM unnest($1::text[], $2::text[], $3::int8[], $4::jsonb[], $5::jsonb[]) AS u(s, m, j, r, f)",
-                        )
-                        .bind::<Array<Text>, _>(r_src)
-                        .bind::<Array<Text>, _>(r_mid)
-                        .bind::<Array<BigInt>, _>(r_job)
-                        .bind::<Array<Jsonb>, _>(r_routed)
-                        .bind::<Array<Jsonb>, _>(r_filtered)
-                        .bind::<Nullable<BigInt>, _>(range.lo)
-                        .bind::<Nullable<BigInt>, _>(range.hi)
-                        .cached()
-                        .execute(conn)
-                        .await?;
-                    }
+                    let range = jobs.insert(conn).await?;
+                    warehouse.insert(conn).await?;
+                    dead.insert(conn).await?;
+                    routing.insert(conn, &range).await?;
                     if !replayed.is_empty() {
                         diesel::sql_query("DELETE FROM dlq_jobs WHERE id = ANY($1)")
                             .bind::<Array<BigInt>, _>(replayed)
@@ -548,23 +573,10 @@ impl Store {
                             .execute(conn)
                             .await?;
                     }
-                    let Some(c) = consumed else {
-                        return Ok(());
-                    };
-                    let (cp_part, cp_pos): (Vec<i32>, Vec<i64>) = c.positions.into_iter().unzip();
-                    diesel::sql_query(
-                        "INSERT INTO checkpoints (stage, partition, position, updated_at) \
-                         SELECT $1, p, n, now() FROM unnest($2::int4[], $3::int8[]) AS u(p, n) \
-                         ON CONFLICT (stage, partition) DO UPDATE \
-                         SET position = greatest(checkpoints.position, excluded.position), updated_at = now()",
-                    )
-                    .bind::<Text, _>(PROCESSOR_STAGE)
-                    .bind::<Array<Integer>, _>(cp_part)
-                    .bind::<Array<BigInt>, _>(cp_pos)
-                    .cached()
-                    .execute(conn)
-                    .await?;
-                    Ok(())
+                    match consumed {
+                        Some(c) => c.advance_checkpoints(conn).await,
+                        None => Ok(()),
+                    }
                 }
                 .scope_boxed()
             })

@@ -286,18 +286,15 @@ impl Store {
         destination: Option<&str>,
         limit: i64,
     ) -> Result<Vec<DlqJob>, StoreError> {
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            Ok(diesel::sql_query(
+        self.load_all(
+diesel::sql_query(
                 "SELECT id, destination_id, ordering_key, message_id, attempts, reason, last_status, last_response, failed_at, stage, payload \
                  FROM dlq_jobs WHERE ($1::text IS NULL OR destination_id = $1) ORDER BY id LIMIT $2",
             )
             .bind::<Nullable<Text>, _>(destination)
             .bind::<BigInt, _>(limit)
-            .cached()
-            .load(&mut conn)
-            .await?)
-        })
+            .cached(),
+)
         .await
     }
 
@@ -334,9 +331,8 @@ impl Store {
         ids: Option<Vec<i64>>,
         limit: i64,
     ) -> Result<Vec<TransformDeadLetter>, StoreError> {
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            Ok(diesel::sql_query(
+        self.load_all(
+diesel::sql_query(
                 "SELECT id, destination_id, ordering_key, message_id, source_id, payload::text AS payload \
                  FROM dlq_jobs WHERE stage = 'transform' AND ($1::text IS NULL OR destination_id = $1) \
                  AND ($2::int8[] IS NULL OR id = ANY($2)) ORDER BY id LIMIT $3",
@@ -344,10 +340,8 @@ impl Store {
             .bind::<Nullable<Text>, _>(destination)
             .bind::<Nullable<Array<BigInt>>, _>(ids)
             .bind::<BigInt, _>(limit)
-            .cached()
-            .load(&mut conn)
-            .await?)
-        })
+            .cached(),
+)
         .await
     }
 

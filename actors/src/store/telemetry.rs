@@ -80,9 +80,8 @@ impl Store {
         if destinations.is_empty() {
             return Ok(Vec::new());
         }
-        self.timed(async {
-            let mut conn = self.conn().await?;
-            Ok(diesel::sql_query(
+        self.load_all(
+diesel::sql_query(
                 "SELECT d.destination_id, \
                    (SELECT count(*) FROM rt_jobs r WHERE r.destination_id = d.destination_id) AS pending, \
                    coalesce((SELECT extract(epoch FROM now() - r.created_at)::float8 FROM rt_jobs r \
@@ -92,10 +91,8 @@ impl Store {
                  FROM unnest($1::text[]) WITH ORDINALITY AS d(destination_id, n) ORDER BY d.n",
             )
             .bind::<Array<Text>, _>(destinations)
-            .cached()
-            .load(&mut conn)
-            .await?)
-        })
+            .cached(),
+)
         .await
     }
 

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::messages::{Drain, DrainReport, Heartbeat, HeartbeatReply, InjectPanic, Retire};
+use crate::messages::{Drain, DrainReport};
 use crate::store::{Store, StoreError};
 use crate::telemetry as t;
 pub use config::PostgresWarehouse;
@@ -327,30 +327,5 @@ impl Handler<Drain> for WarehouseUploader {
     }
 }
 
-impl Handler<Retire> for WarehouseUploader {
-    type Result = ();
-
-    fn handle(&mut self, _msg: Retire, ctx: &mut Self::Context) {
-        self.retired = true;
-        ctx.stop();
-    }
-}
-
-impl Handler<InjectPanic> for WarehouseUploader {
-    type Result = ();
-
-    fn handle(&mut self, _msg: InjectPanic, _ctx: &mut Self::Context) {
-        panic!("injected panic (test hook)");
-    }
-}
-
-impl Handler<Heartbeat> for WarehouseUploader {
-    type Result = HeartbeatReply;
-
-    fn handle(&mut self, _msg: Heartbeat, _ctx: &mut Self::Context) -> HeartbeatReply {
-        HeartbeatReply {
-            actor: self.actor_name(),
-            pending: usize::from(self.busy),
-        }
-    }
-}
+crate::child_handlers!(WarehouseUploader, |u| (u.actor_name(), usize::from(u.busy)));
+crate::retire_handler!(WarehouseUploader);
