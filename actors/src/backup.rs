@@ -193,7 +193,12 @@ impl Sink for BackupSink {
                     batch.first_id, batch.last_id
                 ));
                 async move {
-                    let bytes = gzip_lines(lines.iter().map(String::as_str))?;
+                    // The fastest level: the backup shares the cores with ingest (with level 6,
+                    // ingest with the backup on ran at 0.78 of ingest without it; level 1: 0.81).
+                    let bytes = gzip_lines(
+                        lines.iter().map(String::as_str),
+                        flate2::Compression::fast(),
+                    )?;
                     let n = bytes.len() as u64;
                     put_object(store.as_ref(), &path, bytes).await?;
                     Ok::<u64, SinkError>(n)

@@ -230,9 +230,12 @@ pub fn event_hour(event: &RawValue, fallback: DateTime<Utc>) -> DateTime<Utc> {
         .map_or(fallback, |t| t.with_timezone(&Utc))
 }
 
-/// gzip of `lines`, one per line (newline-terminated).
-pub fn gzip_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Vec<u8>, SinkError> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+/// gzip of `lines`, one per line (newline-terminated), at `level` (flate2's 0–9).
+pub fn gzip_lines<'a>(
+    lines: impl IntoIterator<Item = &'a str>,
+    level: flate2::Compression,
+) -> Result<Vec<u8>, SinkError> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), level);
     for l in lines {
         gz.write_all(l.as_bytes())
             .and_then(|_| gz.write_all(b"\n"))
@@ -517,7 +520,7 @@ impl Sink for JsonlSink {
                     batch.first_id, batch.last_id
                 ));
                 async move {
-                    let bytes = gzip_lines(lines)?;
+                    let bytes = gzip_lines(lines, flate2::Compression::default())?;
                     let n = bytes.len() as u64;
                     put_object(store.as_ref(), &path, bytes).await?;
                     Ok::<u64, SinkError>(n)
