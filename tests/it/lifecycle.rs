@@ -77,8 +77,11 @@ async fn every_acked_event_survives_sigkill() {
 #[tokio::test]
 async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     let db = TestDb::create().await;
-    let mut keel = Keel::start(KeelOptions::new(&db).env("KEEL_GATEWAY__MAX_WAIT_MS", "200")).await;
-    // With a 200 ms group-commit wait these requests are all waiting for their flush.
+    let mut keel =
+        Keel::start(KeelOptions::new(&db).env("KEEL_GATEWAY__MAX_WAIT_MS", "1500")).await;
+    // With a 1.5 s group-commit wait these requests are all waiting for their flush when
+    // SIGTERM comes; half a second lets 20 local connections open even on a busy machine
+    // (80 ms did not, with the whole suite running on 2 cores).
     let mut inflight = Vec::new();
     for i in 0..20 {
         let url = keel.url("/v1/track");
@@ -93,7 +96,7 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
                 .unwrap_or(0)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(80)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let code = tokio::task::spawn_blocking(move || {
         let code = keel.terminate();
         (code, keel.log_text())
