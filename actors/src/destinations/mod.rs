@@ -135,6 +135,40 @@ pub trait Mapping: Send + Sync {
     }
 }
 
+/// The [`Mapping`] of a kind an uploader loads and that keeps
+/// each event as the gateway stored it (object storage, the data lake, ClickHouse): the
+/// stored text goes to `wh_jobs` unparsed, and the kind answers `warehouse()` with itself.
+/// `|kind| name` gives the kind's name from the instance.
+#[macro_export]
+macro_rules! stored_event_mapping {
+    ($kind:ty, |$k:ident| $name:expr) => {
+        impl $crate::destinations::Mapping for $kind {
+            fn kind(&self) -> &'static str {
+                let $k = self;
+                $name
+            }
+
+            fn transform(
+                &self,
+                event: &serde_json::Map<String, serde_json::Value>,
+            ) -> Result<Vec<serde_json::Value>, $crate::destinations::TransformError> {
+                Ok(vec![serde_json::Value::Object(event.clone())])
+            }
+
+            fn transform_raw(
+                &self,
+                event: &serde_json::value::RawValue,
+            ) -> Option<Result<Vec<String>, $crate::destinations::TransformError>> {
+                Some(Ok(vec![event.get().to_owned()]))
+            }
+
+            fn warehouse(&self) -> Option<&dyn $crate::warehouse::sink::WarehouseKind> {
+                Some(self)
+            }
+        }
+    };
+}
+
 /// The router's side of a destination kind: sending what the processor stored. Batch-loaded
 /// kinds (warehouses, object storage) do not have it: an uploader loads their jobs.
 pub trait Delivery: Mapping {

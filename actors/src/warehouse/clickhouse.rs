@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use futures::future::BoxFuture;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::config::{num, text};
@@ -24,11 +23,8 @@ use super::flatten::{Row, TableKind};
 use super::loader::{merge_by_id, TableBatch};
 use super::objects::batching;
 use super::schema::{coerce, infer, parse_timestamp, Cell, ColType, DISCARDS_TABLE, LOADS_TABLE};
-use super::{
-    JobBatch, LoadStats, Sink, SinkError, UploadMetrics, UploadSpec, UploaderConfig, WarehouseKind,
-};
-use crate::destinations::{ConfigError, Mapping, TransformError};
-use crate::store::JobQueue;
+use super::{JobBatch, LoadStats, Sink, SinkError, UploadSpec, UploaderConfig, WarehouseKind};
+use crate::destinations::ConfigError;
 use crate::workspace;
 
 /// Kind name in `destinationDefinition.name`.
@@ -110,33 +106,11 @@ impl ClickHouse {
     }
 }
 
-impl Mapping for ClickHouse {
-    fn kind(&self) -> &'static str {
-        KIND
-    }
-
-    fn transform(&self, event: &Map<String, Value>) -> Result<Vec<Value>, TransformError> {
-        Ok(vec![Value::Object(event.clone())])
-    }
-
-    fn transform_raw(&self, event: &RawValue) -> Option<Result<Vec<String>, TransformError>> {
-        Some(Ok(vec![event.get().to_owned()]))
-    }
-
-    fn warehouse(&self) -> Option<&dyn WarehouseKind> {
-        Some(self)
-    }
-}
+crate::stored_event_mapping!(ClickHouse, |_k| KIND);
 
 impl WarehouseKind for ClickHouse {
     fn spec(&self) -> UploadSpec {
-        UploadSpec {
-            id: self.id.clone(),
-            queue: JobQueue::Warehouse(self.id.clone()),
-            upload_interval: self.upload_interval,
-            max_batch_rows: self.max_batch_rows,
-            metrics: UploadMetrics::Warehouse,
-        }
+        UploadSpec::warehouse(&self.id, self.upload_interval, self.max_batch_rows)
     }
 
     fn sink(&self, _sources: &HashMap<String, String>, config: &UploaderConfig) -> Box<dyn Sink> {

@@ -23,19 +23,15 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use object_store::path::Path;
 use object_store::ObjectStore;
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::config::text;
 use super::flatten::{Row, TableKind};
 use super::loader::merge_by_id;
 use super::objects::{batching, hour_path, put_object, s3_settings, StoreConfig};
 use super::schema::{self, coerce, infer, parse_timestamp, Cell, ColType, DISCARDS_TABLE};
-use super::{
-    JobBatch, LoadStats, Sink, SinkError, UploadMetrics, UploadSpec, UploaderConfig, WarehouseKind,
-};
-use crate::destinations::{ConfigError, Mapping, TransformError};
-use crate::store::JobQueue;
+use super::{JobBatch, LoadStats, Sink, SinkError, UploadSpec, UploaderConfig, WarehouseKind};
+use crate::destinations::ConfigError;
 use crate::workspace;
 
 /// Kind name in `destinationDefinition.name`.
@@ -83,33 +79,11 @@ impl DataLake {
     }
 }
 
-impl Mapping for DataLake {
-    fn kind(&self) -> &'static str {
-        KIND
-    }
-
-    fn transform(&self, event: &Map<String, Value>) -> Result<Vec<Value>, TransformError> {
-        Ok(vec![Value::Object(event.clone())])
-    }
-
-    fn transform_raw(&self, event: &RawValue) -> Option<Result<Vec<String>, TransformError>> {
-        Some(Ok(vec![event.get().to_owned()]))
-    }
-
-    fn warehouse(&self) -> Option<&dyn WarehouseKind> {
-        Some(self)
-    }
-}
+crate::stored_event_mapping!(DataLake, |_k| KIND);
 
 impl WarehouseKind for DataLake {
     fn spec(&self) -> UploadSpec {
-        UploadSpec {
-            id: self.id.clone(),
-            queue: JobQueue::Warehouse(self.id.clone()),
-            upload_interval: self.upload_interval,
-            max_batch_rows: self.max_batch_rows,
-            metrics: UploadMetrics::Warehouse,
-        }
+        UploadSpec::warehouse(&self.id, self.upload_interval, self.max_batch_rows)
     }
 
     fn sink(&self, sources: &HashMap<String, String>, config: &UploaderConfig) -> Box<dyn Sink> {

@@ -21,11 +21,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::config::{num, text};
-use super::{
-    JobBatch, LoadStats, Sink, SinkError, UploadMetrics, UploadSpec, UploaderConfig, WarehouseKind,
-};
-use crate::destinations::{ConfigError, Mapping, TransformError};
-use crate::store::JobQueue;
+use super::{JobBatch, LoadStats, Sink, SinkError, UploadSpec, UploaderConfig, WarehouseKind};
+use crate::destinations::ConfigError;
 use crate::workspace;
 
 /// Kind names served by [`ObjectStorage`].
@@ -430,33 +427,11 @@ impl ObjectStorage {
     }
 }
 
-impl Mapping for ObjectStorage {
-    fn kind(&self) -> &'static str {
-        self.kind
-    }
-
-    fn transform(&self, event: &Map<String, Value>) -> Result<Vec<Value>, TransformError> {
-        Ok(vec![Value::Object(event.clone())])
-    }
-
-    fn transform_raw(&self, event: &RawValue) -> Option<Result<Vec<String>, TransformError>> {
-        Some(Ok(vec![event.get().to_owned()]))
-    }
-
-    fn warehouse(&self) -> Option<&dyn WarehouseKind> {
-        Some(self)
-    }
-}
+crate::stored_event_mapping!(ObjectStorage, |k| k.kind);
 
 impl WarehouseKind for ObjectStorage {
     fn spec(&self) -> UploadSpec {
-        UploadSpec {
-            id: self.id.clone(),
-            queue: JobQueue::Warehouse(self.id.clone()),
-            upload_interval: self.upload_interval,
-            max_batch_rows: self.max_batch_rows,
-            metrics: UploadMetrics::Warehouse,
-        }
+        UploadSpec::warehouse(&self.id, self.upload_interval, self.max_batch_rows)
     }
 
     fn sink(&self, _sources: &HashMap<String, String>, _config: &UploaderConfig) -> Box<dyn Sink> {

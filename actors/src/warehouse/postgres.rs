@@ -9,10 +9,7 @@ use futures::future::BoxFuture;
 
 use super::config::PostgresWarehouse;
 use super::loader::{Batch, LoadStats, Loader};
-use super::{
-    schema, JobBatch, Sink, SinkError, UploadMetrics, UploadSpec, UploaderConfig, WarehouseKind,
-};
-use crate::store::JobQueue;
+use super::{schema, JobBatch, Sink, SinkError, UploadSpec, UploaderConfig, WarehouseKind};
 
 /// Loads batches into one Postgres warehouse.
 pub struct PostgresSink {
@@ -79,13 +76,7 @@ impl Sink for PostgresSink {
 
 impl WarehouseKind for PostgresWarehouse {
     fn spec(&self) -> UploadSpec {
-        UploadSpec {
-            id: self.id.clone(),
-            queue: JobQueue::Warehouse(self.id.clone()),
-            upload_interval: self.upload_interval,
-            max_batch_rows: self.max_batch_rows,
-            metrics: UploadMetrics::Warehouse,
-        }
+        UploadSpec::warehouse(&self.id, self.upload_interval, self.max_batch_rows)
     }
 
     fn sink(&self, sources: &HashMap<String, String>, config: &UploaderConfig) -> Box<dyn Sink> {

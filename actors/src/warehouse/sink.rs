@@ -109,6 +109,20 @@ pub struct UploadSpec {
     pub metrics: UploadMetrics,
 }
 
+impl UploadSpec {
+    /// The spec of warehouse destination `id`: its `wh_jobs`, its batching, the
+    /// `keel_warehouse_*` metrics.
+    pub fn warehouse(id: &str, upload_interval: Duration, max_batch_rows: i64) -> Self {
+        Self {
+            id: id.to_owned(),
+            queue: JobQueue::Warehouse(id.to_owned()),
+            upload_interval,
+            max_batch_rows,
+            metrics: UploadMetrics::Warehouse,
+        }
+    }
+}
+
 /// What one batch did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LoadStats {
