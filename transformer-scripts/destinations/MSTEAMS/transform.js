@@ -37,39 +37,12 @@
 // 429 (retried) rather than a delivery. maxBatchSize 4: connectors allow 4 posts a second
 // per webhook, and a batch's requests go out together.
 import { DestinationError, UnsupportedEventError, baseUrl } from "keel";
+import { identifyText, nonBlank, render, trackText } from "chat";
 
 export const maxBatchSize = 4;
 
 const TEXT_MAX_BYTES = 20000;
 const THROTTLED = /HTTP error 429/i;
-
-// ---------- templates (the same rules as DISCORD's) ----------
-
-function get(obj, path) {
-  if (obj === null || obj === undefined) return undefined;
-  if (Object.prototype.hasOwnProperty.call(obj, path)) return obj[path];
-  let v = obj;
-  for (const key of path.replace(/^this\./, "").replace(/^\.\//, "").split(".")) {
-    if (v === null || v === undefined) return undefined;
-    v = v[key.replace(/^\[(.*)\]$/, "$1")];
-  }
-  return v;
-}
-
-function show(v) {
-  if (v === undefined || v === null) return "";
-  if (typeof v === "object") return JSON.stringify(v);
-  return String(v);
-}
-
-function render(template, scope) {
-  return template.replace(/\{\{\{?\s*(?:"([^"]*)"|'([^']*)'|([^{}\s]+))\s*\}?\}\}/g, (_, dq, sq, path) => {
-    if (dq !== undefined || sq !== undefined) return show(scope[dq ?? sq]);
-    return show(get(scope, path));
-  });
-}
-
-const nonBlank = (s) => typeof s === "string" && s.trim().length > 0;
 
 // `s` cut to at most `max` UTF-8 bytes (on a character boundary).
 function cutBytes(s, max) {
@@ -84,88 +57,6 @@ function cutBytes(s, max) {
   }
   return s;
 }
-
-function traitsOf(event) {
-  return event.traits || event.context?.traits || undefined;
-}
-
-function userName(event) {
-  const t = traitsOf(event);
-  const full = t?.firstName ? (t?.lastName ? `${t.firstName}${t.lastName}` : t.firstName) : undefined;
-  return (
-    t?.name ||
-    full ||
-    t?.username ||
-    event.properties?.email ||
-    t?.email ||
-    (event.userId ? `User ${event.userId}` : undefined) ||
-    `Anonymous user ${event.anonymousId}`
-  );
-}
-
-function whitelist(config) {
-  const out = [];
-  for (const s of config.whitelistedTraitsSettings ?? []) {
-    if (nonBlank(s?.trait)) out.push(s.trait.trim());
-  }
-  return out;
-}
-
-function keyValues(obj, allowed) {
-  let out = "";
-  for (const [k, v] of Object.entries(obj ?? {})) {
-    if (allowed && allowed.length > 0 && !allowed.includes(k)) continue;
-    out += `${k}: ${show(v)} `;
-  }
-  return out;
-}
-
-function identifyText(event, config) {
-  const allowed = whitelist(config);
-  const traits = traitsOf(event) ?? {};
-  const scope = { name: userName(event), ...traits, traits: keyValues(traits, allowed), traitsList: traits };
-  if (nonBlank(config.identifyTemplate)) return { text: render(config.identifyTemplate.trim(), scope), scope };
-  const keys = allowed.length > 0 ? allowed : Object.keys(traits);
-  return { text: `Identified ${show(scope.name)} with ` + keys.map((k) => `${k}: ${show(scope[k])} `).join(""), scope };
-}
-
-function trackText(event, config) {
-  if (!event.event) throw new DestinationError("Event name is required", 400);
-  const name = String(event.event);
-  let template;
-  for (const s of config.eventTemplateSettings ?? []) {
-    if (!nonBlank(s?.eventName) || !nonBlank(s?.eventTemplate)) continue;
-    const wanted = s.eventName.trim();
-    let hit = false;
-    if (s.eventRegex) {
-      try {
-        hit = new RegExp(wanted).test(name);
-      } catch {
-        hit = false;
-      }
-    } else {
-      hit = wanted === name;
-    }
-    if (hit) {
-      template = s.eventTemplate.trim();
-      break;
-    }
-  }
-  const traits = traitsOf(event) ?? {};
-  const properties = event.properties ?? {};
-  const scope = {
-    name: userName(event),
-    event: name,
-    ...properties,
-    properties: event.properties,
-    propertiesList: keyValues(properties),
-    traits: keyValues(traits, whitelist(config)),
-    traitsList: traits,
-  };
-  return { text: render(template ?? "{{name}} did {{event}} with {{propertiesList}}", scope), scope };
-}
-
-// ---------- request ----------
 
 function endpoint(config) {
   const url = String(config.webhookUrl).trim();
