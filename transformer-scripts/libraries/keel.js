@@ -115,3 +115,39 @@ export class UnsupportedEventError extends Error {
     this.drop = true;
   }
 }
+
+// `path` ("a.b.c") in `obj`: a member of that exact name first, else the dotted walk.
+export function get(obj, path) {
+  if (obj === null || obj === undefined) return undefined;
+  if (typeof obj === "object" && path in obj) return obj[path];
+  let v = obj;
+  for (const key of path.split(".")) {
+    if (v === null || v === undefined) return undefined;
+    v = v[key];
+  }
+  return v;
+}
+
+// RudderStack's getValueFromMessage over `paths`: the first value that is truthy, 0 or false;
+// null when none is.
+export function first(obj, paths) {
+  for (const p of paths) {
+    const v = get(obj, p);
+    if (v || v === 0 || v === false) return v;
+  }
+  return null;
+}
+
+// Neither undefined nor null.
+export const isSet = (v) => v !== undefined && v !== null;
+
+// RudderStack's isDefinedAndNotNullAndNotEmpty: not undefined, null, NaN, {} or [] or blank.
+export function notEmpty(v) {
+  return !(
+    v === undefined ||
+    v === null ||
+    Number.isNaN(v) ||
+    (typeof v === "object" && Object.keys(v).length === 0) ||
+    (typeof v === "string" && v.trim().length === 0)
+  );
+}

@@ -39,7 +39,7 @@
 // order; RudderStack follows the event's); an event list lookup answered 200 with
 // something other than a list (an HTML login page) fails at once (RudderStack reads it as
 // empty and fails creating the event, also with 500).
-import { DestinationError, UnsupportedEventError, baseUrl } from "keel";
+import { DestinationError, UnsupportedEventError, baseUrl, isSet } from "keel";
 
 const TRACK_ORIGIN = "https://trackcmp.net";
 const CACHE_MS = 10 * 60 * 1000;
@@ -56,7 +56,6 @@ function get(obj, path) {
   return v;
 }
 
-const isSet = (v) => v !== undefined && v !== null;
 const present = (v) => Boolean(v) || v === 0 || v === false;
 
 function first(obj, paths) {

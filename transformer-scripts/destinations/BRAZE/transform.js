@@ -36,7 +36,7 @@
 // transformation; Keel returns that call as the first of the event's requests. The
 // supportDedup option (which needs a user lookup, /users/export/ids) is not implemented:
 // attributes are always sent in full. A missing restApiKey is refused (400).
-import { DestinationError, UnsupportedEventError, baseUrl } from "keel";
+import { DestinationError, UnsupportedEventError, baseUrl, get, isSet, notEmpty, first } from "keel";
 
 export const maxBatchSize = 75;
 export const maxBatchBytes = 4 * 1024 * 1024;
@@ -48,38 +48,6 @@ const MERGE_MAX = 50;
 const PARTNER = "RudderStack";
 
 // ---------- small helpers ----------
-
-function get(obj, path) {
-  if (obj === null || obj === undefined) return undefined;
-  if (typeof obj === "object" && path in obj) return obj[path];
-  let v = obj;
-  for (const key of path.split(".")) {
-    if (v === null || v === undefined) return undefined;
-    v = v[key];
-  }
-  return v;
-}
-
-// RudderStack's getValueFromMessage over a list of paths: the first truthy value (or 0 / false).
-function first(obj, paths) {
-  for (const p of paths) {
-    const v = get(obj, p);
-    if (v || v === 0 || v === false) return v;
-  }
-  return null;
-}
-
-const isSet = (v) => v !== undefined && v !== null;
-
-function notEmpty(v) {
-  return !(
-    v === undefined ||
-    v === null ||
-    Number.isNaN(v) ||
-    (typeof v === "object" && Object.keys(v).length === 0) ||
-    (typeof v === "string" && v.trim().length === 0)
-  );
-}
 
 function pickBy(obj, pred) {
   const out = {};

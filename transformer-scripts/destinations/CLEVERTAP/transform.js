@@ -35,7 +35,7 @@
 // event of the request, as RudderStack does for the whole batch).
 // Departures from RudderStack: RudderStack fails the whole batch on any "partial" answer;
 // Keel fails only the unprocessed records' events when it can match them.
-import { DestinationError, UnsupportedEventError, baseUrl } from "keel";
+import { DestinationError, UnsupportedEventError, baseUrl, get, first } from "keel";
 
 export const maxBatchSize = 1000;
 export const maxBatchBytes = 4 * 1024 * 1024;
@@ -56,26 +56,6 @@ const FIRST_NAME = ["traits.firstName", "traits.firstname", "traits.first_name",
 const LAST_NAME = ["traits.lastName", "traits.lastname", "traits.last_name", "context.traits.lastName", "context.traits.lastname", "context.traits.last_name"];
 
 // ---------- helpers ----------
-
-function get(obj, path) {
-  if (obj === null || obj === undefined) return undefined;
-  if (typeof obj === "object" && path in obj) return obj[path];
-  let v = obj;
-  for (const key of path.split(".")) {
-    if (v === null || v === undefined) return undefined;
-    v = v[key];
-  }
-  return v;
-}
-
-// The first value among `paths` that is truthy, 0 or false (RudderStack's precedence).
-function first(obj, paths) {
-  for (const p of paths) {
-    const v = get(obj, p);
-    if (v || v === 0 || v === false) return v;
-  }
-  return null;
-}
 
 const usable = (v) => Boolean(v) || v === 0 || v === false;
 const present = (v) => v !== undefined && v !== null;

@@ -25,7 +25,7 @@
 // errors[].batch_index dead-letters those events (RudderStack's v1 network handler).
 // Departures from RudderStack: none intended; the email test behind "email or id" is a
 // plain pattern (validator.isEmail is stricter on exotic addresses).
-import { DestinationError, UnsupportedEventError, baseUrl, base64 } from "keel";
+import { DestinationError, UnsupportedEventError, baseUrl, base64, get, first } from "keel";
 
 export const maxBatchSize = 1000;
 export const maxBatchBytes = 500000;
@@ -36,25 +36,6 @@ const OBJECT_ACTIONS = ["identify", "delete", "add_relationships", "delete_relat
 const ADDRESS = { city: "address.city", country: "address.country", postalCode: "address.postalCode", state: "address.state", street: "address.street" };
 
 // ---------- helpers ----------
-
-function get(obj, path) {
-  if (obj === null || obj === undefined) return undefined;
-  if (typeof obj === "object" && path in obj) return obj[path];
-  let v = obj;
-  for (const key of path.split(".")) {
-    if (v === null || v === undefined) return undefined;
-    v = v[key];
-  }
-  return v;
-}
-
-function first(obj, paths) {
-  for (const p of paths) {
-    const v = get(obj, p);
-    if (v || v === 0 || v === false) return v;
-  }
-  return null;
-}
 
 const USER_ID_ONLY = ["userId", "traits.userId", "traits.id", "context.traits.userId", "context.traits.id"];
 const EMAIL = ["traits.email", "context.traits.email", "properties.email", "context.externalId.0.id"];

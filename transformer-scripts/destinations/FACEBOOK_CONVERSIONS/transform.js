@@ -48,7 +48,7 @@
 // before hashing (RudderStack hashes phone and birthday as given and the two halves of
 // traits.name without lower-casing); already-hashed values are not hashed again; a numeric
 // (epoch milliseconds) timestamp is converted to seconds.
-import { DestinationError, UnsupportedEventError, baseUrl, sha256, isSha256 } from "keel";
+import { DestinationError, UnsupportedEventError, baseUrl, sha256, isSha256, isSet } from "keel";
 
 export const maxBatchSize = 1000;
 
@@ -101,7 +101,6 @@ function first(obj, paths) {
   return undefined;
 }
 
-const isSet = (v) => v !== undefined && v !== null;
 const present = (v) => v || v === 0 || v === false;
 
 function integrationsObj(event) {

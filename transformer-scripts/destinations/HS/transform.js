@@ -39,7 +39,7 @@
 // endpoint separately); objectWriteTraceId is the event's messageId (RudderStack: its job
 // id); RudderStack's JSON_ARRAY {batch: "<json text>"} for the legacy batch is sent as the
 // JSON array itself, which is what RudderStack's server sends on the wire.
-import { DestinationError, UnsupportedEventError, baseUrl } from "keel";
+import { DestinationError, UnsupportedEventError, baseUrl, get, isSet, notEmpty, first } from "keel";
 
 export const maxBatchSize = 100;
 
@@ -50,37 +50,6 @@ const CRM_BATCH_MAX = 100;
 const CACHE_MS = 10 * 60 * 1000;
 
 // ---------- helpers ----------
-
-function get(obj, path) {
-  if (obj === null || obj === undefined) return undefined;
-  if (typeof obj === "object" && path in obj) return obj[path];
-  let v = obj;
-  for (const key of path.split(".")) {
-    if (v === null || v === undefined) return undefined;
-    v = v[key];
-  }
-  return v;
-}
-
-function first(obj, paths) {
-  for (const p of paths) {
-    const v = get(obj, p);
-    if (v || v === 0 || v === false) return v;
-  }
-  return null;
-}
-
-const isSet = (v) => v !== undefined && v !== null;
-
-function notEmpty(v) {
-  return !(
-    v === undefined ||
-    v === null ||
-    Number.isNaN(v) ||
-    (typeof v === "object" && Object.keys(v).length === 0) ||
-    (typeof v === "string" && v.trim().length === 0)
-  );
-}
 
 function dropNulls(obj) {
   const out = {};

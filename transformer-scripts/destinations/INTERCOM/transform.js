@@ -50,7 +50,7 @@
 // The "email or userId required" and "groupId required" checks run before the contact
 // search (RudderStack searches first). A company `size` that is not a number is left out
 // (RudderStack sends null).
-import { DestinationError, UnsupportedEventError, baseUrl, md5 } from "keel";
+import { DestinationError, UnsupportedEventError, baseUrl, md5, isSet } from "keel";
 
 const ORIGINS = {
   standard: "https://api.intercom.io",
@@ -82,8 +82,6 @@ function get(obj, path) {
   }
   return v;
 }
-
-const isSet = (v) => v !== undefined && v !== null;
 
 // The first value that is set (json-template's `??` chain).
 function coalesce(obj, paths) {

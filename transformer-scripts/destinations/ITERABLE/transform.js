@@ -29,7 +29,7 @@
 // disallowedEventNames, is dead-lettered (as RudderStack's v1 network handler does).
 // Departures from RudderStack: rETL catalog updates (context.mappedToDestination with a
 // non-"users" object) are not implemented; a missing apiKey is refused (400).
-import { DestinationError, UnsupportedEventError, baseUrl } from "keel";
+import { DestinationError, UnsupportedEventError, baseUrl, get } from "keel";
 
 export const maxBatchSize = 1000;
 export const maxBatchBytes = 4000000;
@@ -98,17 +98,6 @@ const DEVICE = [
 ];
 
 // ---------- helpers ----------
-
-function get(obj, path) {
-  if (obj === null || obj === undefined) return undefined;
-  if (typeof obj === "object" && path in obj) return obj[path];
-  let v = obj;
-  for (const key of path.split(".")) {
-    if (v === null || v === undefined) return undefined;
-    v = v[key];
-  }
-  return v;
-}
 
 const usable = (v) => v || v === 0 || v === false;
 

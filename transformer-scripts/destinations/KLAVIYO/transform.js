@@ -33,7 +33,7 @@
 // requests concurrently (a bulk subscription job creates a missing profile itself).
 // The E.164 phone check is a format check (+, country code, 7–15 digits after removing
 // spaces and punctuation), not libphonenumber's full parse.
-import { DestinationError, UnsupportedEventError, baseUrl } from "keel";
+import { DestinationError, UnsupportedEventError, baseUrl, get, isSet, first } from "keel";
 
 export const maxBatchSize = 100;
 
@@ -48,27 +48,6 @@ const WHITELISTED_TRAITS = [
 const EVENT_EXCLUDES = ["event", "email", "phone", "revenue", "total", "value", "value_currency", "currency"];
 
 // ---------- helpers ----------
-
-function get(obj, path) {
-  if (obj === null || obj === undefined) return undefined;
-  if (typeof obj === "object" && path in obj) return obj[path];
-  let v = obj;
-  for (const key of path.split(".")) {
-    if (v === null || v === undefined) return undefined;
-    v = v[key];
-  }
-  return v;
-}
-
-function first(obj, paths) {
-  for (const p of paths) {
-    const v = get(obj, p);
-    if (v || v === 0 || v === false) return v;
-  }
-  return null;
-}
-
-const isSet = (v) => v !== undefined && v !== null;
 
 function setPath(obj, path, value) {
   const keys = path.split(".");

@@ -39,7 +39,7 @@
 // no occurred_at (RudderStack sends "Invalid date"); track properties that are objects are
 // sent as JSON text with their keys in alphabetical order (Keel keeps no JSON key order;
 // RudderStack keeps the event's).
-import { DestinationError, UnsupportedEventError, baseUrl, base64, md5 } from "keel";
+import { DestinationError, UnsupportedEventError, baseUrl, base64, md5, isSet } from "keel";
 
 export const maxBatchSize = 500;
 
@@ -61,8 +61,6 @@ function get(obj, path) {
   }
   return v;
 }
-
-const isSet = (v) => v !== undefined && v !== null;
 
 // RudderStack's getValueFromMessage: the first truthy value (or 0 / false).
 function first(obj, paths) {

@@ -31,7 +31,7 @@
 // since V8 here has no time zone data; missing apiId / apiKey are refused (400); RudderStack
 // deletes the excluded traits from the event while mapping, which changes later look-ups
 // (device customer_id from traits.id) — Keel reads the event as sent.
-import { DestinationError, UnsupportedEventError, baseUrl, base64 } from "keel";
+import { DestinationError, UnsupportedEventError, baseUrl, base64, get } from "keel";
 
 // Standard offset (minutes) → zones without daylight saving time.
 const TZ_FIXED = {
@@ -149,17 +149,6 @@ const IDENTIFY_FIELDS = [
 ];
 
 // ---------- helpers ----------
-
-function get(obj, path) {
-  if (obj === null || obj === undefined) return undefined;
-  if (typeof obj === "object" && path in obj) return obj[path];
-  let v = obj;
-  for (const key of path.split(".")) {
-    if (v === null || v === undefined) return undefined;
-    v = v[key];
-  }
-  return v;
-}
 
 const usable = (v) => Boolean(v) || v === 0 || v === false;
 const present = (v) => v !== undefined && v !== null;

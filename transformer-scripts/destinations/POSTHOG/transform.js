@@ -32,7 +32,7 @@
 // event's user agent names no OS, $os keeps context.os.name (RudderStack puts the whole
 // message there). The 900,000-byte event limit RudderStack's router enforces is checked
 // in process() for every event (400).
-import { DestinationError, UnsupportedEventError, baseUrl } from "keel";
+import { DestinationError, UnsupportedEventError, baseUrl, isSet } from "keel";
 
 export const maxBatchSize = 500;
 export const maxBatchBytes = 10 * 1024 * 1024;
@@ -53,8 +53,6 @@ function get(obj, path) {
 }
 
 const present = (v) => Boolean(v) || v === 0 || v === false;
-const isSet = (v) => v !== undefined && v !== null;
-
 // The first value among `paths` that is truthy, 0 or false.
 function first(obj, paths) {
   for (const p of paths) {

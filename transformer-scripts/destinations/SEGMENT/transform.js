@@ -25,7 +25,7 @@
 // anonymousId for userId; Keel sends an anonymous event with anonymousId only (a userId
 // would turn the anonymous visitor into an identified user). RudderStack sends every event
 // alone; Keel batches.
-import { DestinationError, UnsupportedEventError, baseUrl, base64 } from "keel";
+import { DestinationError, UnsupportedEventError, baseUrl, base64, isSet } from "keel";
 
 export const maxBatchSize = 500;
 export const maxBatchBytes = 500 * 1024;
@@ -51,8 +51,6 @@ function first(obj, paths) {
   }
   return undefined;
 }
-
-const isSet = (v) => v !== undefined && v !== null;
 
 function utf8Length(s) {
   let n = 0;

@@ -41,7 +41,7 @@
 // placeholder body {contactDetails, contactListIds} that only its router turns into the
 // request; Keel's process() answers the real upsert {list_ids, contacts: [contact]} (one
 // contact) and batch() merges them.
-import { DestinationError, UnsupportedEventError, baseUrl } from "keel";
+import { DestinationError, UnsupportedEventError, baseUrl, isSet } from "keel";
 
 export const maxBatchSize = 1000;
 export const maxBatchBytes = 6 * 1000 * 1000;
@@ -69,8 +69,6 @@ function get(obj, path) {
 }
 
 const present = (v) => Boolean(v) || v === 0 || v === false;
-const isSet = (v) => v !== undefined && v !== null;
-
 function first(obj, paths) {
   for (const p of paths) {
     const v = get(obj, p);

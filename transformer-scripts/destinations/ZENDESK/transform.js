@@ -50,7 +50,7 @@
 // searchByExternalId, finds the user by external_id instead of upserting it first. The
 // field creation request carries type "text" (a field type Zendesk requires). The name /
 // userId checks run before the field lookups.
-import { DestinationError, UnsupportedEventError, baseUrl, base64 } from "keel";
+import { DestinationError, UnsupportedEventError, baseUrl, base64, isSet } from "keel";
 
 const CACHE_MS = 10 * 60 * 1000;
 const MARKETPLACE = {
@@ -75,7 +75,6 @@ function get(obj, path) {
   return v;
 }
 
-const isSet = (v) => v !== undefined && v !== null;
 const present = (v) => Boolean(v) || v === 0 || v === false;
 
 function first(obj, paths) {
