@@ -238,16 +238,7 @@ pub async fn fetch(
         )
     })?;
     let status = res.status().as_u16();
-    let headers = res
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-            )
-        })
-        .collect();
+    let headers = header_map(res.headers());
     let mut bytes = res
         .bytes()
         .await
@@ -261,6 +252,20 @@ pub async fn fetch(
     })
 }
 
+/// Response headers as a JSON object: name → value (lossy UTF-8; the last of repeated ones).
+pub(crate) fn header_map(headers: &reqwest::header::HeaderMap) -> Map<String, Value> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
+        .collect()
+}
+
+/// A header or parameter value as text: strings as they are, anything else as JSON.
 pub(crate) fn value_str(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),

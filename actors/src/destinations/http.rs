@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::{DeliveryOutcome, Failure};
 pub use crate::outbound::HttpClient;
-use crate::outbound::{refused_literal, refused_private, value_str};
+use crate::outbound::{header_map, refused_literal, refused_private, value_str};
 
 /// A request a destination wants sent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -204,16 +204,7 @@ pub async fn exchange(client: &HttpClient, payload: &str) -> Result<Answer, Deli
     let res = builder.send().await.map_err(send_error)?;
     let status = res.status().as_u16();
     let retry_after = retry_after_of(res.headers(), status);
-    let headers = res
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-            )
-        })
-        .collect();
+    let headers = header_map(res.headers());
     let mut bytes = match res.bytes().await {
         Ok(b) => b.to_vec(),
         Err(e) => {
