@@ -804,6 +804,13 @@ fi
 #   its wh_jobs are gone; then the same for the data lake. Rate = events / time.
 # clickhouse: the same with one CLICKHOUSE destination and a private clickhouse-server.
 STORAGE_ROWS=()
+# cpu_ticks PID: user+system clock ticks of one process; pg_ticks: of every postgres process.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+pg_ticks() {
+    local sum=0 p
+    for p in $(pgrep -x postgres); do sum=$((sum + $(cpu_ticks "$p"))); done
+    echo "$sum"
+}
 storage_drain() { # storage_drain DEST: seconds until wh_jobs of DEST is empty (at most DRAIN_SECS)
     local t0 t1
     t0=$(date +%s%3N)
@@ -825,12 +832,17 @@ if [[ "$ONLY" == backup ]]; then
             start_keel "$TMP/workspace-bk.json" "keel-bk-$mode-$round" "${extra[@]}"
             out="$TMP/bk-$mode-$round.json"
             log "scenario backup-$mode (round $round): batch-100x8, ${WARMUP} s warm-up + ${DURATION} s"
+            k0=$(cpu_ticks "$KEEL_PID"); p0=$(pg_ticks)
             run_loadgen "$out" batch 100 8 || FAILED=1
+            k1=$(cpu_ticks "$KEEL_PID"); p1=$(pg_ticks)
             evs="$(jnum events_per_s "$out")"
             pending="$(psql_db -c 'SELECT count(*) FROM backup_jobs')"
             # No folder at all with the backup off (find fails; pipefail would end the run).
             objects="$({ find "$TMP/backup-$round" -name '*.json.gz' 2>/dev/null || true; } | wc -l)"
-            STORAGE_ROWS+=("$(printf '%-22s %12s %14s %10s' "backup-$mode-$round" "$evs" "$pending" "$objects")")
+            tck=$(getconf CLK_TCK)
+            STORAGE_ROWS+=("$(printf '%-22s %12s %14s %10s %10s %10s' "backup-$mode-$round" "$evs" "$pending" "$objects" \
+                "$(awk -v a="$k0" -v b="$k1" -v t="$tck" 'BEGIN { printf "%.1f", (b - a) / t }')" \
+                "$(awk -v a="$p0" -v b="$p1" -v t="$tck" 'BEGIN { printf "%.1f", (b - a) / t }')")")
             BK_SUM[$mode]=$(awk -v a="${BK_SUM[$mode]}" -v b="$evs" 'BEGIN { print a + b }')
             stop_keel || FAILED=1
             drop_db
@@ -1205,7 +1217,7 @@ if [[ "$ONLY" == backup || "$ONLY" == objectstore || "$ONLY" == clickhouse ]]; t
     echo
     if [[ "$ONLY" == backup ]]; then
         echo "Keel raw-backup benchmark: /v1/batch 100 events/request, 8 connections, ${WARMUP} s warm-up + ${DURATION} s per run, processor on, no destinations; backup to a file:// store; $(nproc) CPU(s) shared"
-        printf '%-22s %12s %14s %10s\n' run ingest_ev/s backup_pending objects
+        printf '%-22s %12s %14s %10s %10s %10s\n' run ingest_ev/s backup_pending objects keel_cpu_s pg_cpu_s
     else
         echo "Keel $ONLY benchmark: a mixed backlog (loaded while the store was unreachable) drained by a restarted keel doing nothing else; $(nproc) CPU(s) shared by keel, PostgreSQL and the store"
         printf '%-22s %12s %14s %10s %10s %10s\n' destination backlog_events events/s rows/s secs left

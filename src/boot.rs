@@ -17,7 +17,6 @@ use keel_actors::messages::{FlushNow, LeaveCluster};
 use keel_actors::processor::ProcessorConfig;
 use keel_actors::router::policy::RetryPolicy;
 use keel_actors::router::RouterConfig;
-use keel_actors::routing::RoutingTable;
 use keel_actors::sampler::TelemetrySamplerConfig;
 use keel_actors::store::{run_migrations, PoolConfig, Store};
 use keel_actors::supervisor::{DrainAll, PipelineConfig, RootSupervisor, SupervisorConfig};
@@ -99,17 +98,11 @@ pub fn pipeline_config(
     env: &BuildEnv,
 ) -> anyhow::Result<PipelineConfig> {
     let r = &config.router;
-    let routing = RoutingTable::build(workspace, env).map_err(|errors| {
-        anyhow::anyhow!(
-            "invalid destinations in {}:\n{}",
-            config.server.workspace,
-            errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
+    let routing = crate::config::routing_table(
+        workspace,
+        env,
+        std::path::Path::new(&config.server.workspace),
+    )?;
     Ok(PipelineConfig {
         writer: GatewayWriterConfig {
             max_batch: config.gateway.max_batch,

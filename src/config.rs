@@ -622,65 +622,162 @@ pub struct WorkspaceError {
     pub problems: Vec<String>,
 }
 
-/// Reads and validates the workspace file at `path`, collecting every problem rather than
-/// stopping at the first.
-pub fn load_workspace(path: &Path, scripts_dir: &Path) -> Result<Workspace, WorkspaceError> {
-    let text = std::fs::read_to_string(path).map_err(|e| WorkspaceError {
-        file: path.display().to_string(),
-        problems: vec![format!("cannot read: {e}")],
-    })?;
-    workspace_from_text(&text, path, scripts_dir)
+/// Reads the workspace file at `path` and checks its structure (sources, ids, names, write
+/// keys), collecting every problem rather than stopping at the first. Destination settings
+/// are checked once, where they are built: [`routing_table`], or [`check_workspace`] for
+/// both passes at once.
+pub fn load_workspace(path: &Path) -> Result<Workspace, WorkspaceError> {
+    workspace_from_text(&read_workspace(path)?, path)
 }
 
-/// Validates `text` as the workspace file at `path` would be (relative transformation
-/// paths start from `path`'s folder), collecting every problem.
-pub fn workspace_from_text(
-    text: &str,
-    path: &Path,
-    scripts_dir: &Path,
-) -> Result<Workspace, WorkspaceError> {
-    let file = path.display().to_string();
-    let one = |p: String| WorkspaceError {
-        file: file.clone(),
-        problems: vec![p],
-    };
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        one(format!(
+/// The text of the workspace file at `path`.
+fn read_workspace(path: &Path) -> Result<String, WorkspaceError> {
+    std::fs::read_to_string(path).map_err(|e| WorkspaceError {
+        file: path.display().to_string(),
+        problems: vec![format!("cannot read: {e}")],
+    })
+}
+
+/// `text` as JSON, or the parse error with its line and column.
+fn parse_json(text: &str, path: &Path) -> Result<Value, WorkspaceError> {
+    serde_json::from_str(text).map_err(|e| WorkspaceError {
+        file: path.display().to_string(),
+        problems: vec![format!(
             "invalid JSON at line {} column {}: {e}",
             e.line(),
             e.column()
-        ))
-    })?;
-    let problems = validate_workspace(&value, scripts_dir);
+        )],
+    })
+}
+
+/// Reads `text` as the workspace file at `path` would be read: JSON, then its structure
+/// (every problem, each with its JSON path), then the typed [`Workspace`].
+pub fn workspace_from_text(text: &str, path: &Path) -> Result<Workspace, WorkspaceError> {
+    let value = parse_json(text, path)?;
+    let problems = validate_workspace(&value);
     if !problems.is_empty() {
-        return Err(WorkspaceError { file, problems });
+        return Err(WorkspaceError {
+            file: path.display().to_string(),
+            problems,
+        });
     }
-    let ws: Workspace = serde_json::from_value(value).map_err(|e| one(format!("$: {e}")))?;
-    // Each kind checks its own settings (URL syntax, methods…); report them with their path.
-    let env = keel_actors::destinations::BuildEnv {
-        scripts_dir: scripts_dir.to_owned(),
-        workspace_dir: workspace_dir(path),
-        ..Default::default()
-    };
-    if let Err(errors) = keel_actors::routing::RoutingTable::build(&ws, &env) {
-        let mut problems = Vec::new();
-        for e in errors {
-            for (i, src) in ws.sources.iter().enumerate() {
-                for (j, d) in src.destinations.iter().enumerate() {
-                    if d.id == e.destination || e.destination == "*" {
-                        problems.push(format!(
-                            "$.sources[{i}].destinations[{j}].{}: {}",
-                            e.path(),
-                            e.problem
-                        ));
-                    }
-                }
+    serde_json::from_value(value).map_err(|e| WorkspaceError {
+        file: path.display().to_string(),
+        problems: vec![format!("$: {e}")],
+    })
+}
+
+/// Both passes over the workspace file at `path`, every problem of either reported at once
+/// (see [`check_workspace_text`]).
+pub fn check_workspace(
+    path: &Path,
+    env: &BuildEnv,
+) -> Result<(Workspace, keel_actors::routing::RoutingTable), WorkspaceError> {
+    check_workspace_text(&read_workspace(path)?, path, env)
+}
+
+/// Both passes over `text` (the workspace file at `path`): the structure pass, then the
+/// settings pass ([`routing_table`]). With structure problems the settings of every
+/// destination whose own structure is sound are still judged, so one run reports
+/// everything; each setting is still judged once.
+pub fn check_workspace_text(
+    text: &str,
+    path: &Path,
+    env: &BuildEnv,
+) -> Result<(Workspace, keel_actors::routing::RoutingTable), WorkspaceError> {
+    let value = parse_json(text, path)?;
+    let mut problems = validate_workspace(&value);
+    if problems.is_empty() {
+        let ws = workspace_from_text(text, path)?;
+        return routing_table(&ws, env, path).map(|table| (ws, table));
+    }
+    let mut sound = Vec::new();
+    let mut places = Vec::new();
+    let sources = value.get("sources").and_then(Value::as_array);
+    for (i, src) in sources.into_iter().flatten().enumerate() {
+        let dests = src.get("destinations").and_then(Value::as_array);
+        for (j, dest) in dests.into_iter().flatten().enumerate() {
+            let at = format!("$.sources[{i}].destinations[{j}]");
+            let clean = !problems.iter().any(|p| {
+                p.strip_prefix(at.as_str())
+                    .is_some_and(|rest| rest.starts_with(['.', ':']))
+            });
+            if let (true, Ok(d)) = (clean, serde_json::from_value::<Destination>(dest.clone())) {
+                places.push((d.id.clone(), at));
+                sound.push(d);
             }
         }
-        problems.dedup();
-        return Err(WorkspaceError { file, problems });
     }
-    Ok(ws)
+    let partial = Workspace {
+        sources: vec![keel_actors::workspace::Source {
+            id: String::new(),
+            name: String::new(),
+            write_key: String::new(),
+            enabled: true,
+            destinations: sound,
+        }],
+    };
+    if let Err(errors) = keel_actors::routing::RoutingTable::build(&partial, env) {
+        problems.extend(placed(errors, &places));
+    }
+    Err(WorkspaceError {
+        file: path.display().to_string(),
+        problems,
+    })
+}
+
+/// Builds the routing table of `ws` (read from `file`): the one pass over every
+/// destination's settings (its kind's schema, then its constructor) and transformations.
+/// Every problem is reported with its JSON path in the file, as
+/// `$.sources[i].destinations[j].config.<key>: problem`, after any script folder whose
+/// `schema.json` is broken.
+pub fn routing_table(
+    ws: &Workspace,
+    env: &BuildEnv,
+    file: &Path,
+) -> Result<keel_actors::routing::RoutingTable, WorkspaceError> {
+    let schema_errors =
+        keel_actors::destinations::catalogue::Catalogue::schema_errors(&env.scripts_dir);
+    let built = keel_actors::routing::RoutingTable::build(ws, env);
+    if schema_errors.is_empty() {
+        if let Ok(table) = built {
+            return Ok(table);
+        }
+    }
+    let mut places = Vec::new();
+    for (i, src) in ws.sources.iter().enumerate() {
+        for (j, d) in src.destinations.iter().enumerate() {
+            places.push((d.id.clone(), format!("$.sources[{i}].destinations[{j}]")));
+        }
+    }
+    let mut problems = schema_errors;
+    problems.extend(placed(built.err().unwrap_or_default(), &places));
+    Err(WorkspaceError {
+        file: file.display().to_string(),
+        problems,
+    })
+}
+
+/// Each settings problem at every place (destination id, JSON path) its destination has
+/// (`*`: every destination); one without a place at `$`.
+fn placed(
+    errors: Vec<keel_actors::destinations::ConfigError>,
+    places: &[(String, String)],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for e in errors {
+        let at_len = problems.len();
+        for (id, at) in places {
+            if *id == e.destination || e.destination == "*" {
+                problems.push(format!("{at}.{}: {}", e.path(), e.problem));
+            }
+        }
+        if problems.len() == at_len {
+            problems.push(format!("$: {e}"));
+        }
+    }
+    problems.dedup();
+    problems
 }
 
 /// The folder relative transformation paths start from: the workspace file's own.
@@ -713,10 +810,11 @@ fn validate_transformations(dest: &Value, at: &str, problems: &mut Vec<String>) 
     }
 }
 
-fn validate_workspace(root: &Value, scripts_dir: &Path) -> Vec<String> {
-    let catalogue = keel_actors::destinations::catalogue::Catalogue::load(scripts_dir);
-    let mut problems: Vec<String> =
-        keel_actors::destinations::catalogue::Catalogue::schema_errors(scripts_dir);
+/// The structure pass: what a workspace file must hold around its destinations' settings
+/// (sources with ids, names, unique write keys; destinations with ids, names, a definition
+/// name, a settings object, well-formed transformation entries).
+fn validate_workspace(root: &Value) -> Vec<String> {
+    let mut problems: Vec<String> = Vec::new();
     let Some(sources) = root.get("sources") else {
         problems.push("$.sources: missing (expected an array of sources)".into());
         return problems;
@@ -768,48 +866,23 @@ fn validate_workspace(root: &Value, scripts_dir: &Path) -> Vec<String> {
             }
             require_str(dest, "name", &at, &mut problems);
             require_bool(dest, "enabled", &at, &mut problems);
-            let config = dest.get("config");
-            if let Some(c) = config {
+            if let Some(c) = dest.get("config") {
                 if !c.is_object() {
                     problems.push(format!("{at}.config: must be an object"));
                 }
             }
-            let kind = match dest.get("destinationDefinition") {
-                None => {
-                    problems.push(format!("{at}.destinationDefinition: missing"));
-                    None
-                }
-                Some(def) => require_str(
-                    def,
-                    "name",
-                    &format!("{at}.destinationDefinition"),
-                    &mut problems,
-                ),
-            };
-            validate_transformations(dest, &at, &mut problems);
-            if let Some(kind) = kind {
-                match catalogue.resolve(kind) {
-                    None => problems.push(format!(
-                        "{at}.destinationDefinition.name: unknown destination kind {kind:?} (built in, or a script folder in {}: {})",
-                        scripts_dir.join("destinations").display(),
-                        catalogue.names().join(", ")
-                    )),
-                    // The kind's settings schema: every misfit with its path.
-                    Some(k) => {
-                        let empty = serde_json::Map::new();
-                        let settings = match config {
-                            Some(Value::Object(c)) => Some(c),
-                            None => Some(&empty),
-                            Some(_) => None,
-                        };
-                        if let Some(c) = settings {
-                            for p in k.validate(c) {
-                                problems.push(format!("{at}.config{}: {}", p.path, p.message));
-                            }
-                        }
-                    }
+            match dest.get("destinationDefinition") {
+                None => problems.push(format!("{at}.destinationDefinition: missing")),
+                Some(def) => {
+                    require_str(
+                        def,
+                        "name",
+                        &format!("{at}.destinationDefinition"),
+                        &mut problems,
+                    );
                 }
             }
+            validate_transformations(dest, &at, &mut problems);
         }
     }
     problems
@@ -881,17 +954,10 @@ mod tests {
                 {"id": "s1", "name": "b", "writeKey": "k"}
             ]
         });
-        let problems = validate_workspace(&v, Path::new("transformer-scripts"));
+        let problems = validate_workspace(&v);
         assert!(
             problems.contains(
                 &"$.sources[0].destinations[0].enabled: must be true or false".to_string()
-            ),
-            "{problems:?}"
-        );
-        assert!(
-            problems.contains(
-                &"$.sources[0].destinations[0].config.webhookUrl: missing (required by WEBHOOK)"
-                    .to_string()
             ),
             "{problems:?}"
         );
@@ -907,7 +973,66 @@ mod tests {
             problems.contains(&"$.sources[1].enabled: missing".to_string()),
             "{problems:?}"
         );
-        assert_eq!(problems.len(), 5, "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
+    }
+
+    #[test]
+    fn settings_are_checked_once_where_destinations_are_built_each_problem_with_its_path() {
+        let text = serde_json::json!({
+            "sources": [{"id": "s1", "name": "a", "writeKey": "k", "enabled": true,
+                         "destinations": [
+                {"id": "d1", "name": "hook", "enabled": true, "config": {"maxBatchSize": 0},
+                 "destinationDefinition": {"name": "WEBHOOK"}},
+                {"id": "d2", "name": "odd", "enabled": true, "config": {},
+                 "destinationDefinition": {"name": "NO_SUCH_KIND"}},
+                {"id": "d3", "name": "ok", "enabled": true,
+                 "config": {"webhookUrl": "http://127.0.0.1:9/x"},
+                 "destinationDefinition": {"name": "WEBHOOK"}}]}]
+        })
+        .to_string();
+        let path = Path::new("workspace.json");
+        let ws = workspace_from_text(&text, path).expect("the structure is valid");
+        let env = BuildEnv {
+            scripts_dir: "transformer-scripts".into(),
+            ..Default::default()
+        };
+        let problems = routing_table(&ws, &env, path)
+            .err()
+            .expect("invalid settings")
+            .problems;
+        assert!(
+            problems.contains(
+                &"$.sources[0].destinations[0].config.webhookUrl: missing (required by WEBHOOK)"
+                    .to_string()
+            ),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("$.sources[0].destinations[0].config.maxBatchSize: ")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.starts_with(
+                "$.sources[0].destinations[1].destinationDefinition.name: unknown destination kind \"NO_SUCH_KIND\""
+            )),
+            "{problems:?}"
+        );
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        // With a structure problem elsewhere, the sound destinations' settings are still
+        // judged in the same report.
+        let mut broken: Value = serde_json::from_str(&text).expect("json");
+        broken["sources"][0]["destinations"][2]["enabled"] = Value::from("yes");
+        let all = check_workspace_text(&broken.to_string(), path, &env)
+            .err()
+            .expect("invalid")
+            .problems;
+        assert_eq!(
+            all[0],
+            "$.sources[0].destinations[2].enabled: must be true or false"
+        );
+        assert_eq!(&all[1..], &problems[..], "{all:?}");
     }
 
     #[test]
@@ -921,7 +1046,7 @@ mod tests {
                                            "destinationDefinition": {"name": "WEBHOOK", "displayName": "Webhook", "config": {}},
                                            "transformations": []}]}]
         });
-        assert!(validate_workspace(&v, Path::new("transformer-scripts")).is_empty());
+        assert!(validate_workspace(&v).is_empty());
         let ws: Workspace = serde_json::from_value(v).expect("valid workspace");
         assert_eq!(
             ws.sources[0].destinations[0].destination_definition.name,

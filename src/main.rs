@@ -261,10 +261,7 @@ fn main() -> ExitCode {
             show,
         } => actix_web::rt::System::new().block_on(async move {
             let config = load_config(&common, None)?;
-            let ws = load_workspace(
-                std::path::Path::new(&config.server.workspace),
-                std::path::Path::new(&config.transform.scripts_dir),
-            )?;
+            let ws = load_workspace(std::path::Path::new(&config.server.workspace))?;
             let args = keel::replay::ReplayArgs {
                 from,
                 since: keel::replay::parse_time(&since)?,
@@ -285,10 +282,7 @@ fn main() -> ExitCode {
         }),
         Command::Serve { common, listen, .. } => {
             let loaded = load_config(&common, listen).and_then(|config| {
-                let ws = load_workspace(
-                    std::path::Path::new(&config.server.workspace),
-                    std::path::Path::new(&config.transform.scripts_dir),
-                )?;
+                let ws = load_workspace(std::path::Path::new(&config.server.workspace))?;
                 Ok((config, ws))
             });
             match loaded {
@@ -329,22 +323,17 @@ fn check_config(common: &Common) -> anyhow::Result<()> {
             .as_ref()
             .map_or("transformer-scripts", |c| c.transform.scripts_dir.as_str()),
     );
-    match load_workspace(&ws_path, &scripts_dir) {
-        Ok(ws) => {
-            if let Some(c) = &config {
-                errors.extend(keel::transform_cli::check_scripts(c, &ws));
-            }
-            if errors.is_empty() {
-                let dests: usize = ws.sources.iter().map(|s| s.destinations.len()).sum();
-                println!(
-                    "ok: {} source(s), {} destination(s) in {}",
-                    ws.sources.len(),
-                    dests,
-                    ws_path.display()
-                );
-            }
-        }
-        Err(e) => errors.extend(e.problems.iter().map(|p| format!("{}: {p}", e.file))),
+    let (ws, problems) =
+        keel::transform_cli::check_workspace(config.as_ref(), &ws_path, &scripts_dir);
+    errors.extend(problems);
+    if let (Some(ws), true) = (ws, errors.is_empty()) {
+        let dests: usize = ws.sources.iter().map(|s| s.destinations.len()).sum();
+        println!(
+            "ok: {} source(s), {} destination(s) in {}",
+            ws.sources.len(),
+            dests,
+            ws_path.display()
+        );
     }
     if errors.is_empty() {
         return Ok(());

@@ -7,10 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_actors::routing::RoutingTable;
 use keel_actors::supervisor::{Reconfigure, ReloadReport};
 
-use crate::config::load_workspace;
+use crate::config::{check_workspace, WorkspaceError};
 use crate::http::auth::SourceIndex;
 use crate::http::state::AppState;
 
@@ -21,20 +20,15 @@ static RELOADING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub async fn reload(state: &AppState) -> Result<ReloadReport, Vec<String>> {
     let _one_at_a_time = RELOADING.lock().await;
     let path = std::path::Path::new(&state.config.server.workspace);
-    let ws = load_workspace(
-        path,
-        std::path::Path::new(&state.config.transform.scripts_dir),
-    )
-    .map_err(|e| {
+    let lines = |e: WorkspaceError| {
         e.problems
             .iter()
             .map(|p| format!("{}: {p}", e.file))
             .collect::<Vec<_>>()
-    })?;
+    };
     let env = crate::config::build_env(&state.config, Some(state.transforms.clone()));
     let http = env.http.clone();
-    let routing = RoutingTable::build(&ws, &env)
-        .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let (ws, routing) = check_workspace(path, &env).map_err(lines)?;
     let problems = routing.check_scripts().await;
     if !problems.is_empty() {
         return Err(problems);

@@ -16,7 +16,6 @@ use anyhow::{bail, Context as _};
 use chrono::{DateTime, NaiveDate, Utc};
 use keel_actors::backup::{self, BackupRecord};
 use keel_actors::partition::{ordering_key, partition_of};
-use keel_actors::routing::RoutingTable;
 use keel_actors::store::{PoolConfig, ReplayInsert, Store};
 use serde_json::{Map, Value};
 
@@ -262,16 +261,8 @@ pub async fn run(
     if args.dry_run {
         let pool = crate::boot::start_transforms(config)?;
         let env = crate::config::build_env(config, Some(pool));
-        let routing = RoutingTable::build(ws, &env).map_err(|errors| {
-            anyhow::anyhow!(
-                "invalid destinations:\n{}",
-                errors
-                    .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })?;
+        let routing =
+            crate::config::routing_table(ws, &env, std::path::Path::new(&config.server.workspace))?;
         let requests: Vec<(String, Vec<Box<serde_json::value::RawValue>>)> = records
             .into_iter()
             .map(|r| (r.source_id, r.events))

@@ -14,22 +14,41 @@ use serde_json::{json, Map, Value};
 
 use crate::config::KeelSettings;
 
-/// Compiles every script `ws` uses (transformations and destination scripts) and checks
-/// their exports; returns one line per problem.
-pub fn check_scripts(config: &KeelSettings, ws: &crate::config::Workspace) -> Vec<String> {
-    let mut settings = config.transform.config(config.allow_private_targets);
-    settings.isolates = 1;
-    let pool = match TransformPool::start(settings) {
-        Ok(p) => p,
-        Err(e) => return vec![format!("cannot start V8: {e}")],
+/// Checks the workspace file `file`: both passes (structure, then every destination's
+/// settings, once) and then compiles every script it uses (transformations and destination
+/// scripts), checking their exports. Without a configuration the scripts folder is
+/// `scripts_dir` and scripts are not run. Returns the workspace when it is valid, and one
+/// `file: problem` line per problem.
+pub fn check_workspace(
+    config: Option<&KeelSettings>,
+    file: &Path,
+    scripts_dir: &Path,
+) -> (Option<crate::config::Workspace>, Vec<String>) {
+    let env = match config {
+        Some(config) => {
+            let mut settings = config.transform.config(config.allow_private_targets);
+            settings.isolates = 1;
+            match TransformPool::start(settings) {
+                Ok(pool) => crate::config::build_env(config, Some(pool)),
+                Err(e) => return (None, vec![format!("cannot start V8: {e}")]),
+            }
+        }
+        None => keel_actors::destinations::BuildEnv {
+            scripts_dir: scripts_dir.to_owned(),
+            workspace_dir: crate::config::workspace_dir(file),
+            ..Default::default()
+        },
     };
-    let env = crate::config::build_env(config, Some(pool.clone()));
-    let table = match keel_actors::routing::RoutingTable::build(ws, &env) {
-        Ok(t) => t,
-        // load_workspace reported these already.
-        Err(_) => return Vec::new(),
-    };
-    futures::executor::block_on(table.check_scripts())
+    match crate::config::check_workspace(file, &env) {
+        Ok((ws, table)) => (Some(ws), futures::executor::block_on(table.check_scripts())),
+        Err(e) => (
+            None,
+            e.problems
+                .iter()
+                .map(|p| format!("{}: {p}", e.file))
+                .collect(),
+        ),
+    }
 }
 
 /// What to run.

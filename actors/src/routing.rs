@@ -70,10 +70,10 @@ impl RoutingTable {
                     });
                     continue;
                 }
-                let made = match destinations::catalogue::build(d, env, &libraries) {
+                let made = match destinations::catalogue::build(&catalogue, d, env, &libraries) {
                     Ok(k) => k,
-                    Err(e) => {
-                        errors.push(e);
+                    Err(problems) => {
+                        errors.extend(problems);
                         continue;
                     }
                 };

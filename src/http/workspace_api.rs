@@ -102,16 +102,12 @@ async fn check(state: &AppState, body: &[u8]) -> Result<(Vec<String>, String), A
     })?;
     let text = serde_json::to_string_pretty(&value).unwrap_or_default() + "\n";
     let path = Path::new(&state.config.server.workspace);
-    let scripts_dir = Path::new(&state.config.transform.scripts_dir);
-    let ws = match crate::config::workspace_from_text(&text, path, scripts_dir) {
-        Ok(ws) => ws,
-        Err(e) => return Ok((e.problems, text)),
-    };
-    // What a reload would also refuse: scripts that do not compile or export.
+    // Both passes, then what a reload would also refuse: scripts that do not compile or
+    // export.
     let env = crate::config::build_env(&state.config, Some(state.transforms.clone()));
-    let problems = match keel_actors::routing::RoutingTable::build(&ws, &env) {
-        Ok(table) => table.check_scripts().await,
-        Err(errors) => errors.iter().map(|e| format!("$: {e}")).collect(),
+    let problems = match crate::config::check_workspace_text(&text, path, &env) {
+        Ok((_, table)) => table.check_scripts().await,
+        Err(e) => e.problems,
     };
     Ok((problems, text))
 }

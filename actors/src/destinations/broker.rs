@@ -1,5 +1,4 @@
-//! What the message-broker kinds (`REDIS`, `RABBITMQ`, `NATS`) share: config readers whose
-//! errors name the offending key, the event body with an optional `fields` subset, routing
+//! What the message-broker kinds (`REDIS`, `RABBITMQ`, `NATS`) share: the event body with an optional `fields` subset, routing
 //! templates (`{type}`, `{event}`), the lazily created connection each kind instance shares
 //! across deliveries (re-created after a failure), and bounding every broker call with the
 //! router timeout. It never speaks a wire protocol: each kind uses its broker's client crate.
@@ -10,96 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::{ConfigError, DeliveryOutcome, Failure};
-use crate::workspace;
-
-/// Reads a destination's `config` object; every error names the key.
-pub struct ConfigReader<'a> {
-    dest: &'a workspace::Destination,
-}
-
-impl<'a> ConfigReader<'a> {
-    /// A reader over `dest.config`.
-    pub fn new(dest: &'a workspace::Destination) -> Self {
-        Self { dest }
-    }
-
-    /// A [`ConfigError`] for `field`.
-    pub fn error(&self, field: &str, problem: impl Into<String>) -> ConfigError {
-        ConfigError {
-            destination: self.dest.id.clone(),
-            field: field.into(),
-            problem: problem.into(),
-        }
-    }
-
-    /// An optional string; an empty string counts as absent.
-    pub fn string(&self, key: &str) -> Result<Option<String>, ConfigError> {
-        match self.dest.config.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.is_empty() => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(self.error(key, format!("must be a string, not {other}"))),
-        }
-    }
-
-    /// A required, non-empty string.
-    pub fn required_string(&self, key: &str) -> Result<String, ConfigError> {
-        self.string(key)?
-            .ok_or_else(|| self.error(key, "missing (required)"))
-    }
-
-    /// An optional whole number in `min..=max`; numeric strings are accepted because
-    /// RudderStack's UI stores numbers as strings.
-    pub fn integer(&self, key: &str, min: u64, max: u64) -> Result<Option<u64>, ConfigError> {
-        let n = match self.dest.config.get(key) {
-            None | Some(Value::Null) => return Ok(None),
-            Some(Value::String(s)) if s.trim().is_empty() => return Ok(None),
-            Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
-            Some(Value::Number(n)) => n.as_u64(),
-            Some(_) => None,
-        };
-        match n {
-            Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
-            _ => Err(self.error(
-                key,
-                format!(
-                    "must be a whole number from {min} to {max}, not {}",
-                    self.dest.config[key]
-                ),
-            )),
-        }
-    }
-
-    /// The optional `fields` list: strings (dotted paths such as `context.ip`), or objects
-    /// `{"field": path}` as RudderStack's UI stores lists.
-    pub fn fields(&self) -> Result<Vec<String>, ConfigError> {
-        let key = "fields";
-        let items = match self.dest.config.get(key) {
-            None | Some(Value::Null) => return Ok(Vec::new()),
-            Some(Value::Array(items)) => items,
-            Some(other) => {
-                return Err(self.error(key, format!("must be a list of field names, not {other}")))
-            }
-        };
-        let mut out = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            let name = match item {
-                Value::String(s) => s.as_str(),
-                Value::Object(o) => o.get("field").and_then(Value::as_str).unwrap_or(""),
-                _ => "",
-            };
-            if name.is_empty() || name.split('.').any(str::is_empty) {
-                return Err(self.error(
-                    &format!("{key}[{i}]"),
-                    format!("{item} is not a field name (e.g. \"event\" or \"context.ip\")"),
-                ));
-            }
-            out.push(name.to_owned());
-        }
-        Ok(out)
-    }
-}
+use super::{DeliveryOutcome, Failure};
 
 /// The body a broker kind sends: the normalised event (the webhook body), or only `fields`
 /// (dotted paths; absent ones are left out) when that list is not empty.

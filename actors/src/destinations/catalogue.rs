@@ -203,7 +203,14 @@ impl Kind {
                 }]
             }
         };
-        let instance = Value::Object(config.clone());
+        // Numeric strings are judged as the numbers they are read as.
+        let empty = Map::new();
+        let properties = self
+            .schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
+        let instance = Value::Object(super::settings::numbers_read(config, properties));
         let mut problems: Vec<SettingProblem> = validator
             .iter_errors(&instance)
             .map(|e| {
@@ -310,45 +317,82 @@ pub fn destination_script(scripts_dir: &Path, definition: &str) -> Option<(Strin
     Some((kind.name.clone(), kind.script.clone()?))
 }
 
-/// Builds the kind named by `dest.destinationDefinition.name`: a built-in kind, else a
-/// destination script whose folder carries that name.
+/// Builds the kind named by `dest.destinationDefinition.name` (a built-in kind, else a
+/// destination script whose folder or alias carries that name): the one pass over a
+/// destination's settings. The kind's schema checks every setting and reports every misfit
+/// with its path; only then does the kind's constructor run, which converts the settings
+/// and checks only what a schema cannot say (a URL the URL parser refuses, a script that
+/// does not load).
 pub fn build(
+    catalogue: &Catalogue,
+    dest: &workspace::Destination,
+    env: &BuildEnv,
+    libraries: &Arc<Libraries>,
+) -> Result<BuiltKind, Vec<ConfigError>> {
+    let definition = dest.destination_definition.name.as_str();
+    let Some(kind) = catalogue.resolve(definition) else {
+        return Err(vec![ConfigError {
+            destination: dest.id.clone(),
+            field: "destinationDefinition.name".into(),
+            problem: format!(
+                "unknown destination kind {definition:?} (built in, or a script folder in {}: {})",
+                env.scripts_dir.join("destinations").display(),
+                catalogue.names().join(", ")
+            ),
+        }]);
+    };
+    let problems = kind.validate(&dest.config);
+    if !problems.is_empty() {
+        return Err(problems
+            .into_iter()
+            .map(|p| ConfigError {
+                destination: dest.id.clone(),
+                field: p.path.trim_start_matches('.').to_owned(),
+                problem: p.message,
+            })
+            .collect());
+    }
+    construct(kind, dest, env, libraries).map_err(|e| vec![e])
+}
+
+/// The kind's constructor over settings its schema accepted.
+fn construct(
+    kind: &Kind,
     dest: &workspace::Destination,
     env: &BuildEnv,
     libraries: &Arc<Libraries>,
 ) -> Result<BuiltKind, ConfigError> {
     let http = &env.http;
-    match dest.destination_definition.name.as_str() {
-        webhook::KIND => Ok(BuiltKind::delivered(webhook::Webhook::new(dest, http)?)),
-        crate::warehouse::config::KIND => Ok(BuiltKind::loaded(
-            crate::warehouse::PostgresWarehouse::new(dest, http.connect_timeout)?,
-        )),
-        "S3" | "MINIO" | "GCS" | "AZURE_BLOB" => Ok(BuiltKind::loaded(
-            crate::warehouse::objects::ObjectStorage::new(dest, http)?,
-        )),
-        crate::warehouse::datalake::KIND => Ok(BuiltKind::loaded(
-            crate::warehouse::datalake::DataLake::new(dest, http)?,
-        )),
-        crate::warehouse::clickhouse::KIND => Ok(BuiltKind::loaded(
-            crate::warehouse::clickhouse::ClickHouse::new(dest, http)?,
-        )),
-        redis::KIND => Ok(BuiltKind::delivered(redis::Redis::new(dest, http)?)),
-        rabbitmq::KIND => Ok(BuiltKind::delivered(rabbitmq::RabbitMq::new(dest, http)?)),
-        nats::KIND => Ok(BuiltKind::delivered(nats::Nats::new(dest, http)?)),
-        other => match destination_script(&env.scripts_dir, other) {
-            Some((folder, path)) => Ok(BuiltKind::delivered(script::ScriptDestination::new(
-                dest, &folder, &path, env, libraries,
-            )?)),
-            None => Err(ConfigError {
+    if let Some(script) = &kind.script {
+        return Ok(BuiltKind::delivered(script::ScriptDestination::new(
+            dest, &kind.name, script, env, libraries,
+        )?));
+    }
+    Ok(match kind.name.as_str() {
+        webhook::KIND => BuiltKind::delivered(webhook::Webhook::new(dest, http)?),
+        crate::warehouse::config::KIND => BuiltKind::loaded(
+            crate::warehouse::PostgresWarehouse::new(dest, http.connect_timeout),
+        ),
+        "S3" | "MINIO" | "GCS" | "AZURE_BLOB" => {
+            BuiltKind::loaded(crate::warehouse::objects::ObjectStorage::new(dest, http)?)
+        }
+        crate::warehouse::datalake::KIND => {
+            BuiltKind::loaded(crate::warehouse::datalake::DataLake::new(dest, http)?)
+        }
+        crate::warehouse::clickhouse::KIND => {
+            BuiltKind::loaded(crate::warehouse::clickhouse::ClickHouse::new(dest, http))
+        }
+        redis::KIND => BuiltKind::delivered(redis::Redis::new(dest, http)?),
+        rabbitmq::KIND => BuiltKind::delivered(rabbitmq::RabbitMq::new(dest, http)?),
+        nats::KIND => BuiltKind::delivered(nats::Nats::new(dest, http)?),
+        other => {
+            return Err(ConfigError {
                 destination: dest.id.clone(),
                 field: "destinationDefinition.name".into(),
-                problem: format!(
-                    "unknown destination kind {other:?} (known: {})",
-                    Catalogue::load(&env.scripts_dir).names().join(", ")
-                ),
-            }),
-        },
-    }
+                problem: format!("built-in kind {other:?} has a schema but no constructor"),
+            })
+        }
+    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod nats;
 pub mod rabbitmq;
 pub mod redis;
 pub mod script;
+pub mod settings;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};
@@ -80,7 +81,9 @@ impl ConfigError {
     /// Where the problem is, relative to the destination: `config.<field>`, or the field
     /// itself for `transformations[…]` and `destinationDefinition…`.
     pub fn path(&self) -> String {
-        if self.field.starts_with("transformations")
+        if self.field.is_empty() {
+            "config".into()
+        } else if self.field.starts_with("transformations")
             || self.field.starts_with("destinationDefinition")
         {
             self.field.clone()
@@ -281,4 +284,21 @@ pub(crate) fn test_destination(
         "destinationDefinition": {"name": kind}
     }))
     .expect("destination")
+}
+
+/// The field of each problem building a `kind` destination with `config` finds (the
+/// schema pass, then the constructor), in order (unit tests).
+#[cfg(test)]
+pub(crate) fn settings_problems(kind: &str, config: Value) -> Vec<String> {
+    let dest = test_destination("d", kind, config);
+    let scripts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../transformer-scripts");
+    let env = BuildEnv {
+        scripts_dir: scripts.clone(),
+        ..Default::default()
+    };
+    let catalogue = catalogue::Catalogue::load(&scripts);
+    match catalogue::build(&catalogue, &dest, &env, &Default::default()) {
+        Ok(_) => Vec::new(),
+        Err(problems) => problems.into_iter().map(|e| e.field).collect(),
+    }
 }

@@ -22,7 +22,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ErrorKind, IntoConnectionInfo, RedisError, ServerErrorKind};
 use serde_json::{json, Map, Value};
 
-use super::broker::{self, ConfigReader, SharedConnection};
+use super::broker::{self, SharedConnection};
+use super::settings::Settings;
 use super::{ConfigError, Delivery, DeliveryOutcome, HttpConfig, Mapping, TransformError};
 use crate::workspace;
 
@@ -63,30 +64,21 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    /// Reads and checks `dest.config`.
+    /// Reads `dest.config` (accepted by the REDIS schema); only an address the client
+    /// cannot use is reported.
     pub fn parse(dest: &workspace::Destination) -> Result<Self, ConfigError> {
-        let r = ConfigReader::new(dest);
-        let address = r.required_string("address")?;
-        let mode = match r.string("mode")?.as_deref() {
-            None | Some("stream") => RedisMode::Stream,
-            Some("hash") => RedisMode::Hash,
-            Some(other) => {
-                return Err(r.error(
-                    "mode",
-                    format!("{other:?} is not a mode (use \"stream\" or \"hash\")"),
-                ))
-            }
-        };
+        let r = Settings::new(dest);
         let config = Self {
-            address,
-            password: r.string("password")?,
-            database: r.integer("database", 0, i64::MAX as u64)?.unwrap_or(0) as i64,
-            mode,
-            key_prefix: r.string("keyPrefix")?.unwrap_or_default(),
-            stream: r.string("stream")?,
-            max_len: r
-                .integer("maxLen", 1, u32::MAX as u64)?
-                .unwrap_or(DEFAULT_MAX_LEN),
+            address: r.required("address"),
+            password: r.string("password"),
+            database: r.whole("database").unwrap_or(0) as i64,
+            mode: match r.string("mode").as_deref() {
+                Some("hash") => RedisMode::Hash,
+                _ => RedisMode::Stream,
+            },
+            key_prefix: r.string("keyPrefix").unwrap_or_default(),
+            stream: r.string("stream"),
+            max_len: r.whole("maxLen").unwrap_or(DEFAULT_MAX_LEN),
             fields: r.fields()?,
         };
         config
@@ -146,9 +138,9 @@ impl Redis {
         let config = RedisConfig::parse(dest)?;
         let info = config
             .connection_info()
-            .map_err(|e| ConfigReader::new(dest).error("address", e))?;
+            .map_err(|e| Settings::new(dest).error("address", e))?;
         let client = redis::Client::open(info).map_err(|e| {
-            ConfigReader::new(dest).error("address", format!("{:?}: {e}", config.address))
+            Settings::new(dest).error("address", format!("{:?}: {e}", config.address))
         })?;
         Ok(Self {
             config,
@@ -392,9 +384,9 @@ mod tests {
     #[test]
     fn rejects_bad_settings_naming_the_field() {
         let err = |c: Value| {
-            RedisConfig::parse(&dest(c))
-                .err()
-                .map(|e| e.field)
+            crate::destinations::settings_problems(KIND, c)
+                .first()
+                .cloned()
                 .unwrap_or_default()
         };
         assert_eq!(err(json!({})), "address");
@@ -409,7 +401,12 @@ mod tests {
             err(json!({"address": "h:6379", "fields": [""]})),
             "fields[0]"
         );
-        assert!(RedisConfig::parse(&dest(json!({"address": "h:6379", "maxLen": "50"}))).is_ok());
+        assert!(crate::destinations::settings_problems(
+            KIND,
+            json!({"address": "h:6379", "maxLen": "50"})
+        )
+        .is_empty());
+        assert_eq!(err(json!({"address": "h:6379", "maxLen": "0"})), "maxLen");
     }
 
     #[test]

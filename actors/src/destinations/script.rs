@@ -129,7 +129,7 @@ impl ScriptDestination {
             pool: env.pool.clone(),
             client: crate::outbound::client(&env.http),
             destination,
-            batch_settings: BatchConfig::from_config(&dest.id, &dest.config)?,
+            batch_settings: BatchConfig::from_config(&dest.config),
             exports: tokio::sync::OnceCell::new(),
             slow_until_ms: std::sync::atomic::AtomicI64::new(0),
         })

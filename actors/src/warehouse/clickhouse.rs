@@ -18,13 +18,12 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
-use super::config::{num, text};
+use super::config::batching;
 use super::flatten::{Row, TableKind};
 use super::loader::{merge_by_id, TableBatch};
-use super::objects::batching;
 use super::schema::{coerce, infer, parse_timestamp, Cell, ColType, DISCARDS_TABLE, LOADS_TABLE};
 use super::{JobBatch, LoadStats, Sink, SinkError, UploadSpec, UploaderConfig, WarehouseKind};
-use crate::destinations::ConfigError;
+use crate::destinations::settings::Settings;
 use crate::workspace;
 
 /// Kind name in `destinationDefinition.name`.
@@ -53,56 +52,29 @@ pub struct ClickHouse {
     pub max_batch_rows: i64,
 }
 
-fn valid_ident(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && !s.as_bytes()[0].is_ascii_digit()
-}
-
 impl ClickHouse {
-    /// Reads and checks the destination's settings.
-    pub fn new(
-        dest: &workspace::Destination,
-        http: &crate::destinations::HttpConfig,
-    ) -> Result<Self, ConfigError> {
-        let err = |field: &str, problem: String| ConfigError {
-            destination: dest.id.clone(),
-            field: field.into(),
-            problem,
+    /// Reads the destination's settings, which the CLICKHOUSE schema accepted (the
+    /// database name included: letters, digits and `_`, at most 63).
+    pub fn new(dest: &workspace::Destination, http: &crate::destinations::HttpConfig) -> Self {
+        let c = Settings::new(dest);
+        let scheme = if c.flag("secure").unwrap_or(false) {
+            "https"
+        } else {
+            "http"
         };
-        let c = &dest.config;
-        let t = |key: &str| text(c, key).map_err(|p| err(key, p));
-        let host =
-            t("host")?.ok_or_else(|| err("host", "missing (required by CLICKHOUSE)".into()))?;
-        let database = t("database")?
-            .ok_or_else(|| err("database", "missing (required by CLICKHOUSE)".into()))?;
-        if !valid_ident(&database) {
-            return Err(err(
-                "database",
-                format!("{database:?} is not a database name (letters, digits, _; at most 63)"),
-            ));
-        }
-        let port = match num(c, "port").map_err(|p| err("port", p))? {
-            None => 8123,
-            Some(p) if (1.0..=65535.0).contains(&p) && p.fract() == 0.0 => p as u16,
-            Some(p) => return Err(err("port", format!("{p} is not a TCP port"))),
-        };
-        let secure = matches!(c.get("secure"), Some(Value::Bool(true)))
-            || matches!(c.get("secure"), Some(Value::String(s)) if s == "true");
-        let scheme = if secure { "https" } else { "http" };
-        let (upload_interval, max_batch_rows) = batching(c, &err, 30.0)?;
-        Ok(Self {
+        let port = c.whole("port").unwrap_or(8123);
+        let (upload_interval, max_batch_rows) = batching(&c, 30.0);
+        Self {
             id: dest.id.clone(),
-            url: format!("{scheme}://{host}:{port}/"),
-            database,
-            user: t("user")?.unwrap_or_else(|| "default".into()),
-            password: t("password")?.unwrap_or_default(),
+            url: format!("{scheme}://{}:{port}/", c.required("host")),
+            database: c.required("database"),
+            user: c.string("user").unwrap_or_else(|| "default".into()),
+            password: c.string("password").unwrap_or_default(),
             timeout: http.timeout,
             connect_timeout: http.connect_timeout,
             upload_interval,
             max_batch_rows,
-        })
+        }
     }
 }
 

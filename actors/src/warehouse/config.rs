@@ -1,6 +1,6 @@
 //! The `POSTGRES` warehouse destination kind: its workspace settings (`host`, `port`,
 //! `database`, `user`, `password`, `schema`, `sslMode`, `uploadInterval`, `maxBatchRows`),
-//! validated with errors naming the field, and the connection they describe (plain, or TLS
+//! read once its schema (`schemas/POSTGRES.json`) accepted them, and the connection they describe (plain, or TLS
 //! through rustls: `require` encrypts without checking the certificate, as libpq does;
 //! `verify-ca`/`verify-full` check it against the Mozilla roots and the host name).
 
@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::sink::LoadError;
-use crate::destinations::{ConfigError, Mapping, TransformError};
+use crate::destinations::settings::Settings;
+use crate::destinations::{Mapping, TransformError};
 use crate::workspace;
 
 /// Kind name in `destinationDefinition.name`.
@@ -63,112 +64,42 @@ pub struct PostgresWarehouse {
     pub max_batch_rows: i64,
 }
 
-pub(crate) fn num(config: &Map<String, Value>, key: &str) -> Result<Option<f64>, String> {
-    match config.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::Number(n)) => n.as_f64().map(Some).ok_or_else(|| "not a number".into()),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse::<f64>()
-            .map(Some)
-            .map_err(|_| format!("{s:?} is not a number")),
-        Some(_) => Err("must be a number".into()),
-    }
-}
-
-pub(crate) fn text(config: &Map<String, Value>, key: &str) -> Result<Option<String>, String> {
-    match config.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err("must be a string".into()),
-    }
-}
-
 impl PostgresWarehouse {
-    /// Reads and checks the destination's settings.
-    pub fn new(
-        dest: &workspace::Destination,
-        connect_timeout: Duration,
-    ) -> Result<Self, ConfigError> {
-        let err = |field: &str, problem: String| ConfigError {
-            destination: dest.id.clone(),
-            field: field.into(),
-            problem,
-        };
-        let c = &dest.config;
-        let required = |key: &str| -> Result<String, ConfigError> {
-            text(c, key)
-                .map_err(|p| err(key, p))?
-                .ok_or_else(|| err(key, "missing (required by POSTGRES)".into()))
-        };
-        let host = required("host")?;
-        let database = required("database")?;
-        let user = required("user")?;
-        let password = text(c, "password")
-            .map_err(|p| err("password", p))?
-            .unwrap_or_default();
-        let port = match num(c, "port").map_err(|p| err("port", p))? {
-            None => 5432,
-            Some(p) if (1.0..=65535.0).contains(&p) && p.fract() == 0.0 => p as u16,
-            Some(p) => return Err(err("port", format!("{p} is not a TCP port"))),
-        };
-        let ssl_mode = match text(c, "sslMode").map_err(|p| err("sslMode", p))?.as_deref() {
-            None | Some("disable") => SslMode::Disable,
+    /// Reads the destination's settings, which the POSTGRES schema accepted.
+    pub fn new(dest: &workspace::Destination, connect_timeout: Duration) -> Self {
+        let c = Settings::new(dest);
+        let ssl_mode = match c.string("sslMode").as_deref() {
             Some("allow") | Some("prefer") => SslMode::Prefer,
             Some("require") => SslMode::Require,
             Some("verify-ca") | Some("verify-full") => SslMode::Verify,
-            Some(other) => {
-                return Err(err(
-                    "sslMode",
-                    format!("{other:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"),
-                ))
-            }
+            _ => SslMode::Disable,
         };
-        let schema = text(c, "schema").map_err(|p| err("schema", p))?;
-        if let Some(s) = &schema {
-            if s.len() > super::schema::MAX_IDENT {
-                return Err(err("schema", "longer than 63 bytes".into()));
-            }
-        }
-        let upload_interval =
-            match num(c, "uploadInterval").map_err(|p| err("uploadInterval", p))? {
-                None => Duration::from_secs(30),
-                Some(s) if s > 0.0 && s <= 86_400.0 => Duration::from_secs_f64(s),
-                Some(s) => {
-                    return Err(err(
-                        "uploadInterval",
-                        format!("{s} is not between 0 and 86400 seconds"),
-                    ))
-                }
-            };
-        let max_batch_rows = match num(c, "maxBatchRows").map_err(|p| err("maxBatchRows", p))? {
-            None => 10_000,
-            Some(n) if (1.0..=1_000_000.0).contains(&n) => n as i64,
-            Some(n) => {
-                return Err(err(
-                    "maxBatchRows",
-                    format!("{n} is not between 1 and 1000000"),
-                ))
-            }
-        };
-        Ok(Self {
+        let (upload_interval, max_batch_rows) = batching(&c, 30.0);
+        Self {
             id: dest.id.clone(),
             conn: Arc::new(ConnConfig {
-                host,
-                port,
-                database,
-                user,
-                password,
+                host: c.required("host"),
+                port: c.whole("port").map_or(5432, |p| p as u16),
+                database: c.required("database"),
+                user: c.required("user"),
+                password: c.string("password").unwrap_or_default(),
                 ssl_mode,
                 connect_timeout,
             }),
-            schema,
+            schema: c.string("schema"),
             upload_interval,
             max_batch_rows,
-        })
+        }
     }
+}
+
+/// The batching settings every batch-uploading kind shares (`uploadInterval` seconds,
+/// `maxBatchRows`), with the interval used when none is set.
+pub(crate) fn batching(c: &Settings<'_>, default_interval: f64) -> (Duration, i64) {
+    (
+        Duration::from_secs_f64(c.number("uploadInterval").unwrap_or(default_interval)),
+        c.number("maxBatchRows").map_or(10_000, |n| n as i64),
+    )
 }
 
 impl Mapping for PostgresWarehouse {

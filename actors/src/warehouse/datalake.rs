@@ -25,12 +25,13 @@ use object_store::path::Path;
 use object_store::ObjectStore;
 use serde_json::Value;
 
-use super::config::text;
+use super::config::batching;
 use super::flatten::{Row, TableKind};
 use super::loader::merge_by_id;
-use super::objects::{batching, hour_path, put_object, s3_settings, StoreConfig};
+use super::objects::{hour_path, put_object, s3_settings, StoreConfig};
 use super::schema::{self, coerce, infer, parse_timestamp, Cell, ColType, DISCARDS_TABLE};
 use super::{JobBatch, LoadStats, Sink, SinkError, UploadSpec, UploaderConfig, WarehouseKind};
+use crate::destinations::settings::Settings;
 use crate::destinations::ConfigError;
 use crate::workspace;
 
@@ -61,14 +62,10 @@ impl DataLake {
         dest: &workspace::Destination,
         http: &crate::destinations::HttpConfig,
     ) -> Result<Self, ConfigError> {
-        let err = |field: &str, problem: String| ConfigError {
-            destination: dest.id.clone(),
-            field: field.into(),
-            problem,
-        };
+        let c = Settings::new(dest);
         let store = s3_settings(dest, KIND, http)?;
-        let namespace = text(&dest.config, "namespace").map_err(|p| err("namespace", p))?;
-        let (upload_interval, max_batch_rows) = batching(&dest.config, &err, 30.0)?;
+        let namespace = c.string("namespace");
+        let (upload_interval, max_batch_rows) = batching(&c, 30.0);
         Ok(Self {
             id: dest.id.clone(),
             store,

@@ -18,10 +18,10 @@ use futures::future::BoxFuture;
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
-use super::config::{num, text};
+use super::config::batching;
 use super::{JobBatch, LoadStats, Sink, SinkError, UploadSpec, UploaderConfig, WarehouseKind};
+use crate::destinations::settings::Settings;
 use crate::destinations::ConfigError;
 use crate::workspace;
 
@@ -256,70 +256,19 @@ pub struct ObjectStorage {
     pub max_batch_rows: i64,
 }
 
-/// Reads the batching settings every batch-uploading kind shares.
-pub(crate) fn batching(
-    c: &Map<String, Value>,
-    err: &dyn Fn(&str, String) -> ConfigError,
-    default_interval: f64,
-) -> Result<(Duration, i64), ConfigError> {
-    let upload_interval = match num(c, "uploadInterval").map_err(|p| err("uploadInterval", p))? {
-        None => Duration::from_secs_f64(default_interval),
-        Some(s) if s > 0.0 && s <= 86_400.0 => Duration::from_secs_f64(s),
-        Some(s) => {
-            return Err(err(
-                "uploadInterval",
-                format!("{s} is not between 0 and 86400 seconds"),
-            ))
-        }
-    };
-    let max_batch_rows = match num(c, "maxBatchRows").map_err(|p| err("maxBatchRows", p))? {
-        None => 10_000,
-        Some(n) if (1.0..=1_000_000.0).contains(&n) => n as i64,
-        Some(n) => {
-            return Err(err(
-                "maxBatchRows",
-                format!("{n} is not between 1 and 1000000"),
-            ))
-        }
-    };
-    Ok((upload_interval, max_batch_rows))
-}
-
-fn flag(c: &Map<String, Value>, key: &str) -> Option<bool> {
-    match c.get(key) {
-        Some(Value::Bool(b)) => Some(*b),
-        Some(Value::String(s)) => match s.trim() {
-            "true" => Some(true),
-            "false" => Some(false),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// The store settings of an S3-like destination config (`S3`, `MINIO`, `S3_DATALAKE`).
+/// The store settings of an S3-like destination config (`S3`, `MINIO`, `S3_DATALAKE`),
+/// which the kind's schema accepted; only an `endPoint` no URL can be made of is reported.
 pub(crate) fn s3_settings(
     dest: &workspace::Destination,
     kind: &str,
     http: &crate::destinations::HttpConfig,
 ) -> Result<StoreConfig, ConfigError> {
-    let err = |field: &str, problem: String| ConfigError {
-        destination: dest.id.clone(),
-        field: field.into(),
-        problem,
-    };
-    let c = &dest.config;
-    let t = |key: &str| text(c, key).map_err(|p| err(key, p));
-    let bucket = t("bucketName")?
-        .ok_or_else(|| err("bucketName", format!("missing (required by {kind})")))?;
-    let mut endpoint = t("endPoint")?;
-    if kind == "MINIO" && endpoint.is_none() {
-        return Err(err("endPoint", "missing (required by MINIO)".into()));
-    }
+    let c = Settings::new(dest);
+    let mut endpoint = c.string("endPoint");
     if let Some(e) = endpoint.clone() {
         if !e.contains("://") {
             // RudderStack's MINIO endPoint is host:port; useSSL picks the scheme.
-            let scheme = if flag(c, "useSSL").unwrap_or(kind != "MINIO") {
+            let scheme = if c.flag("useSSL").unwrap_or(kind != "MINIO") {
                 "https"
             } else {
                 "http"
@@ -327,29 +276,32 @@ pub(crate) fn s3_settings(
             endpoint = Some(format!("{scheme}://{e}"));
         }
         if url_host(endpoint.as_deref().unwrap_or_default()).is_none() {
-            return Err(err("endPoint", format!("{e:?} is not a host:port or URL")));
+            return Err(c.error("endPoint", format!("{e:?} is not a host:port or URL")));
         }
     }
-    let secret = match t("accessKey")? {
-        Some(s) => Some(s),
-        None => t("secretAccessKey")?,
-    };
     Ok(StoreConfig {
         provider: Provider::S3,
-        bucket,
-        prefix: t("prefix")?
-            .unwrap_or_default()
-            .trim_matches('/')
-            .to_owned(),
-        region: t("region")?,
+        bucket: c.required("bucketName"),
+        prefix: prefix(&c),
+        region: c.string("region"),
         endpoint,
-        access_key_id: t("accessKeyID")?,
-        secret_access_key: secret,
+        access_key_id: c.string("accessKeyID"),
+        secret_access_key: c
+            .string("accessKey")
+            .or_else(|| c.string("secretAccessKey")),
         credentials: None,
         sas_token: None,
         timeout: http.timeout,
         connect_timeout: http.connect_timeout,
     })
+}
+
+/// The `prefix` setting without leading or trailing slashes.
+fn prefix(c: &Settings<'_>) -> String {
+    c.string("prefix")
+        .unwrap_or_default()
+        .trim_matches('/')
+        .to_owned()
 }
 
 fn url_host(u: &str) -> Option<String> {
@@ -359,64 +311,47 @@ fn url_host(u: &str) -> Option<String> {
 }
 
 impl ObjectStorage {
-    /// Reads and checks the destination's settings.
+    /// Reads the destination's settings, which its kind's schema accepted.
     pub fn new(
         dest: &workspace::Destination,
         http: &crate::destinations::HttpConfig,
     ) -> Result<Self, ConfigError> {
-        let err = |field: &str, problem: String| ConfigError {
-            destination: dest.id.clone(),
-            field: field.into(),
-            problem,
-        };
-        let c = &dest.config;
+        let c = Settings::new(dest);
         let kind = KINDS
             .iter()
             .copied()
             .find(|k| *k == dest.destination_definition.name)
             .unwrap_or("S3");
-        let t = |key: &str| text(c, key).map_err(|p| err(key, p));
         let store = match kind {
             "GCS" => StoreConfig {
                 provider: Provider::Gcs,
-                bucket: t("bucketName")?
-                    .ok_or_else(|| err("bucketName", "missing (required by GCS)".into()))?,
-                prefix: t("prefix")?
-                    .unwrap_or_default()
-                    .trim_matches('/')
-                    .to_owned(),
+                bucket: c.required("bucketName"),
+                prefix: prefix(&c),
                 region: None,
                 endpoint: None,
                 access_key_id: None,
                 secret_access_key: None,
-                credentials: t("credentials")?,
+                credentials: c.string("credentials"),
                 sas_token: None,
                 timeout: http.timeout,
                 connect_timeout: http.connect_timeout,
             },
             "AZURE_BLOB" => StoreConfig {
                 provider: Provider::Azure,
-                bucket: t("containerName")?.ok_or_else(|| {
-                    err("containerName", "missing (required by AZURE_BLOB)".into())
-                })?,
-                prefix: t("prefix")?
-                    .unwrap_or_default()
-                    .trim_matches('/')
-                    .to_owned(),
+                bucket: c.required("containerName"),
+                prefix: prefix(&c),
                 region: None,
-                endpoint: t("endPoint")?,
-                access_key_id: Some(t("accountName")?.ok_or_else(|| {
-                    err("accountName", "missing (required by AZURE_BLOB)".into())
-                })?),
-                secret_access_key: t("accountKey")?,
+                endpoint: c.string("endPoint"),
+                access_key_id: Some(c.required("accountName")),
+                secret_access_key: c.string("accountKey"),
                 credentials: None,
-                sas_token: t("sasToken")?,
+                sas_token: c.string("sasToken"),
                 timeout: http.timeout,
                 connect_timeout: http.connect_timeout,
             },
             _ => s3_settings(dest, kind, http)?,
         };
-        let (upload_interval, max_batch_rows) = batching(c, &err, 30.0)?;
+        let (upload_interval, max_batch_rows) = batching(&c, 30.0);
         Ok(Self {
             id: dest.id.clone(),
             kind,
@@ -531,11 +466,10 @@ mod tests {
         assert_eq!(o.store.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
         assert_eq!(o.store.prefix, "logs");
         assert_eq!(o.store.secret_access_key.as_deref(), Some("s"));
-        let d = crate::destinations::test_destination("m", "MINIO", json!({"bucketName": "b"}));
-        assert!(ObjectStorage::new(&d, &Default::default())
-            .unwrap_err()
-            .to_string()
-            .contains("endPoint"));
+        assert_eq!(
+            crate::destinations::settings_problems("MINIO", json!({"bucketName": "b"})),
+            ["endPoint"]
+        );
     }
 
     #[tokio::test]
