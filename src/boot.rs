@@ -26,10 +26,11 @@ use keel_actors::warehouse::UploaderConfig;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::Semaphore;
 
-use crate::config::{build_env, KeelSettings, Workspace};
+use crate::config::{build_env, KeelSettings};
 use crate::embedded_pg::{self, EmbeddedCluster};
 use crate::http::state::{source_rate_limiter, AppState};
 use crate::http::{self, auth::SourceIndex};
+use crate::workspace::Workspace;
 use keel_actors::destinations::BuildEnv;
 
 /// Latency buckets (seconds) for every `_seconds` histogram.
@@ -98,7 +99,7 @@ pub fn pipeline_config(
     env: &BuildEnv,
 ) -> anyhow::Result<PipelineConfig> {
     let r = &config.router;
-    let routing = crate::config::routing_table(
+    let routing = crate::workspace::routing_table(
         workspace,
         env,
         std::path::Path::new(&config.server.workspace),

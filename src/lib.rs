@@ -12,3 +12,4 @@ pub mod reload;
 pub mod replay;
 pub mod status;
 pub mod transform_cli;
+pub mod workspace;

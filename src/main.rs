@@ -13,7 +13,8 @@ use keel::boot;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use keel::config::{load_workspace, KeelSettings};
+use keel::config::KeelSettings;
+use keel::workspace::load_workspace;
 
 #[derive(Parser)]
 #[command(

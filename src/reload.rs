@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use keel_actors::supervisor::{Reconfigure, ReloadReport};
 
-use crate::config::{check_workspace, WorkspaceError};
 use crate::http::auth::SourceIndex;
 use crate::http::state::AppState;
+use crate::workspace::{check_workspace, WorkspaceError};
 
 static RELOADING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

@@ -19,7 +19,8 @@ use keel_actors::partition::{ordering_key, partition_of};
 use keel_actors::store::{PoolConfig, ReplayInsert, Store};
 use serde_json::{Map, Value};
 
-use crate::config::{KeelSettings, Workspace};
+use crate::config::KeelSettings;
+use crate::workspace::Workspace;
 
 /// What to replay.
 #[derive(Debug, Clone)]
@@ -261,8 +262,11 @@ pub async fn run(
     if args.dry_run {
         let pool = crate::boot::start_transforms(config)?;
         let env = crate::config::build_env(config, Some(pool));
-        let routing =
-            crate::config::routing_table(ws, &env, std::path::Path::new(&config.server.workspace))?;
+        let routing = crate::workspace::routing_table(
+            ws,
+            &env,
+            std::path::Path::new(&config.server.workspace),
+        )?;
         let requests: Vec<(String, Vec<Box<serde_json::value::RawValue>>)> = records
             .into_iter()
             .map(|r| (r.source_id, r.events))

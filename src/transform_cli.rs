@@ -23,7 +23,7 @@ pub fn check_workspace(
     config: Option<&KeelSettings>,
     file: &Path,
     scripts_dir: &Path,
-) -> (Option<crate::config::Workspace>, Vec<String>) {
+) -> (Option<crate::workspace::Workspace>, Vec<String>) {
     let env = match config {
         Some(config) => {
             let mut settings = config.transform.config(config.allow_private_targets);
@@ -35,11 +35,11 @@ pub fn check_workspace(
         }
         None => keel_actors::destinations::BuildEnv {
             scripts_dir: scripts_dir.to_owned(),
-            workspace_dir: crate::config::workspace_dir(file),
+            workspace_dir: crate::workspace::workspace_dir(file),
             ..Default::default()
         },
     };
-    match crate::config::check_workspace(file, &env) {
+    match crate::workspace::check_workspace(file, &env) {
         Ok((ws, table)) => (Some(ws), futures::executor::block_on(table.check_scripts())),
         Err(e) => (
             None,

@@ -10,7 +10,7 @@ use base64::Engine;
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use crate::config::Workspace;
+use crate::workspace::Workspace;
 
 struct SourceEntry {
     write_key: Vec<u8>,

@@ -46,7 +46,7 @@ fn editable(state: &AppState) -> Vec<Editable> {
             })
         })
         .collect();
-    let workspace_dir = crate::config::workspace_dir(Path::new(&state.config.server.workspace));
+    let workspace_dir = crate::workspace::workspace_dir(Path::new(&state.config.server.workspace));
     let index = state.sources();
     for s in index.all_sources() {
         for d in &s.destinations {

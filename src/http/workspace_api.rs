@@ -105,7 +105,7 @@ async fn check(state: &AppState, body: &[u8]) -> Result<(Vec<String>, String), A
     // Both passes, then what a reload would also refuse: scripts that do not compile or
     // export.
     let env = crate::config::build_env(&state.config, Some(state.transforms.clone()));
-    let problems = match crate::config::check_workspace_text(&text, path, &env) {
+    let problems = match crate::workspace::check_workspace_text(&text, path, &env) {
         Ok((_, table)) => table.check_scripts().await,
         Err(e) => e.problems,
     };
