@@ -16,7 +16,7 @@
 #   BENCH_DURATION=10 BENCH_ONLY=live bash scripts/bench.sh  # ingest with 5 console live-view
 #                     clients attached vs none (phase 5)
 #   BENCH_DURATION=10 BENCH_ONLY=backup bash scripts/bench.sh      # ingest with the raw
-#                     backup on vs off (events/s of each and the ratio)
+#                     backup on vs off (events/s, CPU, WAL of each and the ratio)
 #   BENCH_DURATION=10 BENCH_ONLY=objectstore bash scripts/bench.sh # S3 JSON lines and
 #                     S3_DATALAKE Parquet upload rate from a backlog (moto's S3 server)
 #   BENCH_DURATION=10 BENCH_ONLY=clickhouse bash scripts/bench.sh  # ClickHouse load rate
@@ -796,8 +796,10 @@ fi
 # === phase 5: object storage, raw backup, ClickHouse (BENCH_ONLY=backup|objectstore|clickhouse)
 # backup: keel with its processor on and no destinations (with the backup on, the processor
 #   moves consumed requests to backup_jobs), batch-100x8 ingest for WARMUP+DURATION,
-#   alternating backup off / on (a file:// store under $TMP) twice; reports each run's
-#   events/s and on/off of the means.
+#   alternating backup off / on (a file:// store under $TMP, uploads every second),
+#   BENCH_BACKUP_ROUNDS times (3); reports each run's events/s, what waited in
+#   backup_jobs when the load stopped and the seconds until it was written, keel's and
+#   Postgres' CPU seconds during the load, and on/off of the means.
 # objectstore: one keel with an S3 and an S3_DATALAKE destination pointing at a closed port
 #   takes a mixed load (every event waits in wh_jobs); then keel restarts with the S3
 #   destination on moto (tests/storage/setup.sh installs it) and the backlog is timed until
@@ -824,32 +826,47 @@ storage_drain() { # storage_drain DEST: seconds until wh_jobs of DEST is empty (
 if [[ "$ONLY" == backup ]]; then
     printf '%s\n' "{\"sources\":[{\"id\":\"src1\",\"name\":\"bench\",\"writeKey\":\"$WRITE_KEY\",\"enabled\":true,\"destinations\":[]}]}" >"$TMP/workspace-bk.json"
     declare -A BK_SUM=([off]=0 [on]=0)
-    for round in 1 2; do
+    BK_ROUNDS="${BENCH_BACKUP_ROUNDS:-3}"
+    for round in $(seq 1 "$BK_ROUNDS"); do
         for mode in off on; do
             new_db
             extra=(KEEL_PROCESSOR__ENABLED=true)
-            [[ "$mode" == on ]] && extra+=(KEEL_BACKUP__ENABLED=true "KEEL_BACKUP__URL=file://$TMP/backup-$round")
+            [[ "$mode" != off ]] && extra+=(KEEL_BACKUP__ENABLED=true "KEEL_BACKUP__URL=file://$TMP/backup-$mode-$round" KEEL_BACKUP__UPLOAD_INTERVAL_SECS=1)
             start_keel "$TMP/workspace-bk.json" "keel-bk-$mode-$round" "${extra[@]}"
             out="$TMP/bk-$mode-$round.json"
             log "scenario backup-$mode (round $round): batch-100x8, ${WARMUP} s warm-up + ${DURATION} s"
-            k0=$(cpu_ticks "$KEEL_PID"); p0=$(pg_ticks)
+            k0=$(cpu_ticks "$KEEL_PID"); p0=$(pg_ticks); w0=$(psql_db -c 'SELECT wal_bytes FROM pg_stat_wal')
             run_loadgen "$out" batch 100 8 || FAILED=1
-            k1=$(cpu_ticks "$KEEL_PID"); p1=$(pg_ticks)
+            k1=$(cpu_ticks "$KEEL_PID"); p1=$(pg_ticks); w1=$(psql_db -c 'SELECT wal_bytes FROM pg_stat_wal')
             evs="$(jnum events_per_s "$out")"
             pending="$(psql_db -c 'SELECT count(*) FROM backup_jobs')"
+            # Catching up once the load stops: seconds until backup_jobs is empty (at most 120).
+            drained="-"
+            if [[ "$mode" != off ]]; then
+                t0=$(date +%s%3N)
+                for _ in $(seq 1 480); do
+                    [[ "$(psql_db -c 'SELECT count(*) FROM backup_jobs')" == 0 ]] && break
+                    sleep 0.25
+                done
+                drained="$(awk -v a="$t0" -v b="$(date +%s%3N)" 'BEGIN { printf "%.1f", (b - a) / 1000 }')"
+                [[ "$(psql_db -c 'SELECT count(*) FROM backup_jobs')" == 0 ]] || drained="${drained}+"
+            fi
             # No folder at all with the backup off (find fails; pipefail would end the run).
-            objects="$({ find "$TMP/backup-$round" -name '*.json.gz' 2>/dev/null || true; } | wc -l)"
+            objects="$({ find "$TMP/backup-$mode-$round" -name '*.json.gz' 2>/dev/null || true; } | wc -l)"
             tck=$(getconf CLK_TCK)
-            STORAGE_ROWS+=("$(printf '%-22s %12s %14s %10s %10s %10s' "backup-$mode-$round" "$evs" "$pending" "$objects" \
+            STORAGE_ROWS+=("$(printf '%-22s %12s %14s %10s %10s %10s %10s %10s' "backup-$mode-$round" "$evs" "$pending" "$drained" "$objects" \
                 "$(awk -v a="$k0" -v b="$k1" -v t="$tck" 'BEGIN { printf "%.1f", (b - a) / t }')" \
-                "$(awk -v a="$p0" -v b="$p1" -v t="$tck" 'BEGIN { printf "%.1f", (b - a) / t }')")")
+                "$(awk -v a="$p0" -v b="$p1" -v t="$tck" 'BEGIN { printf "%.1f", (b - a) / t }')" \
+                "$(awk -v a="$w0" -v b="$w1" 'BEGIN { printf "%.0f", (b - a) / 1048576 }')")")
             BK_SUM[$mode]=$(awk -v a="${BK_SUM[$mode]}" -v b="$evs" 'BEGIN { print a + b }')
             stop_keel || FAILED=1
             drop_db
         done
     done
-    ratio=$(awk -v on="${BK_SUM[on]}" -v off="${BK_SUM[off]}" 'BEGIN { if (off > 0) printf "%.3f", on / off; else print "n/a" }')
-    STORAGE_ROWS+=("backup on/off (mean of 2 runs each): $ratio (on $(awk -v s="${BK_SUM[on]}" 'BEGIN{printf "%.0f", s/2}') vs off $(awk -v s="${BK_SUM[off]}" 'BEGIN{printf "%.0f", s/2}') events/s)")
+    for mode in on; do
+        ratio=$(awk -v on="${BK_SUM[$mode]}" -v off="${BK_SUM[off]}" 'BEGIN { if (off > 0) printf "%.3f", on / off; else print "n/a" }')
+        STORAGE_ROWS+=("backup $mode / off (mean of $BK_ROUNDS runs each): $ratio (on $(awk -v s="${BK_SUM[$mode]}" -v n="$BK_ROUNDS" 'BEGIN{printf "%.0f", s/n}') vs off $(awk -v s="${BK_SUM[off]}" -v n="$BK_ROUNDS" 'BEGIN{printf "%.0f", s/n}') events/s)")
+    done
 fi
 if [[ "$ONLY" == objectstore || "$ONLY" == clickhouse ]]; then
     bash tests/storage/setup.sh
@@ -1217,7 +1234,7 @@ if [[ "$ONLY" == backup || "$ONLY" == objectstore || "$ONLY" == clickhouse ]]; t
     echo
     if [[ "$ONLY" == backup ]]; then
         echo "Keel raw-backup benchmark: /v1/batch 100 events/request, 8 connections, ${WARMUP} s warm-up + ${DURATION} s per run, processor on, no destinations; backup to a file:// store; $(nproc) CPU(s) shared"
-        printf '%-22s %12s %14s %10s %10s %10s\n' run ingest_ev/s backup_pending objects keel_cpu_s pg_cpu_s
+        printf '%-22s %12s %14s %10s %10s %10s %10s %10s\n' run ingest_ev/s backup_pending drained_s objects keel_cpu_s pg_cpu_s wal_mib
     else
         echo "Keel $ONLY benchmark: a mixed backlog (loaded while the store was unreachable) drained by a restarted keel doing nothing else; $(nproc) CPU(s) shared by keel, PostgreSQL and the store"
         printf '%-22s %12s %14s %10s %10s %10s\n' destination backlog_events events/s rows/s secs left
