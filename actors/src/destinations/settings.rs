@@ -24,11 +24,6 @@ impl<'a> Settings<'a> {
         Self { dest }
     }
 
-    /// The settings object itself.
-    pub fn map(&self) -> &'a Map<String, Value> {
-        &self.dest.config
-    }
-
     /// A [`ConfigError`] for `field` (for what only a constructor can find).
     pub fn error(&self, field: &str, problem: impl Into<String>) -> ConfigError {
         ConfigError {
@@ -56,13 +51,19 @@ impl<'a> Settings<'a> {
         number(&self.dest.config, key)
     }
 
-    /// A whole number (see [`Settings::number`]).
+    /// A whole number (see [`Settings::number`]); `8123.0` is `8123`, as the schema's
+    /// `integer` takes it.
     pub fn whole(&self, key: &str) -> Option<u64> {
-        match self.dest.config.get(key) {
+        let exact = match self.dest.config.get(key) {
             Some(Value::Number(n)) => n.as_u64(),
             Some(Value::String(s)) => s.trim().trim_start_matches('+').parse().ok(),
             _ => None,
-        }
+        };
+        exact.or_else(|| {
+            self.number(key)
+                .filter(|n| n.fract() == 0.0 && *n >= 0.0 && *n <= u64::MAX as f64)
+                .map(|n| n as u64)
+        })
     }
 
     /// A boolean, or the strings `"true"`/`"false"` as RudderStack's UI stores them.
@@ -156,6 +157,24 @@ pub fn numbers_read(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn whole_numbers_come_from_numbers_integral_floats_and_numeric_strings() {
+        let dest = crate::destinations::test_destination(
+            "d",
+            "REDIS",
+            json!({"a": 8123, "b": 8123.0, "c": " +42 ", "d": "7.0", "e": 1.5, "f": "x"}),
+        );
+        let s = Settings::new(&dest);
+        let got: Vec<Option<u64>> = ["a", "b", "c", "d", "e", "f", "g"]
+            .iter()
+            .map(|k| s.whole(k))
+            .collect();
+        assert_eq!(
+            got,
+            [Some(8123), Some(8123), Some(42), Some(7), None, None, None]
+        );
+    }
 
     #[test]
     fn numeric_strings_of_numeric_keys_become_numbers_for_the_schema() {
