@@ -64,6 +64,12 @@ pub fn workspace_from_text(text: &str, path: &Path) -> Result<Workspace, Workspa
             problems,
         });
     }
+    convert(value, path)
+}
+
+/// A structurally valid workspace `value` as the typed [`Workspace`] (a conversion: the
+/// structure pass has judged it).
+fn convert(value: Value, path: &Path) -> Result<Workspace, WorkspaceError> {
     serde_json::from_value(value).map_err(|e| WorkspaceError {
         file: path.display().to_string(),
         problems: vec![format!("$: {e}")],
@@ -91,7 +97,7 @@ pub fn check_workspace_text(
     let value = parse_json(text, path)?;
     let mut problems = validate_workspace(&value);
     if problems.is_empty() {
-        let ws = workspace_from_text(text, path)?;
+        let ws = convert(value, path)?;
         return routing_table(&ws, env, path).map(|table| (ws, table));
     }
     let mut sound = Vec::new();
