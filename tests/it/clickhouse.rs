@@ -182,11 +182,18 @@ async fn clickhouse_gets_every_table_typed_with_evolution_discards_and_dedup() {
 
     // A batch loaded twice: Keel killed after loading but before deleting its jobs. Simulated
     // by putting the jobs back (as a crash would leave them) and forgetting the positions.
-    let m = keel.metrics().await;
-    assert!(
-        m.contains(r#"keel_warehouse_events_loaded_total{destination="ch"} 9"#),
-        "{m}"
-    );
+    // Rows are visible in ClickHouse before the uploader records the batch (and counts it):
+    // wait for the count, at most 20 s.
+    let loaded = r#"keel_warehouse_events_loaded_total{destination="ch"} 9"#;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let m = loop {
+        let m = keel.metrics().await;
+        if m.contains(loaded) || Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(m.contains(loaded), "{m}");
     keel.kill();
     ch.query("TRUNCATE TABLE keel_wh._keel_loads").await;
     let db2 = db.client().await;
