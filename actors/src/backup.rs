@@ -1,12 +1,18 @@
 //! Raw backup: every stored request (`gw_jobs` row), as stored, also written to object
-//! storage, off the ack path. With `[backup]` enabled the processor moves each request it
-//! consumed into `backup_jobs` in its own commit; the backup writer (a
+//! storage, off the ack path. One line per request: `{"id", "sourceId", "receivedAt",
+//! "partition", "events": [...]}`, the events spliced in as stored, byte for byte.
+//!
+//! With `[backup]` enabled the processor, which holds each request's stored text anyway,
+//! builds the lines of the requests it consumed, gzips them per hour ([`pack`]) and inserts
+//! these packs into `backup_jobs` in the same commit that deletes the requests from
+//! `gw_jobs`, so a payload crosses Postgres once more as a small gzip member rather than
+//! as a copy of the request. The backup writer (a
 //! [`WarehouseUploader`](crate::warehouse::WarehouseUploader) with the [`BackupSink`])
-//! uploads them in id order as gzip JSON lines, one object per hour (of the request's
-//! `receivedAt`) and batch: `<prefix>/<yyyy>/<mm>/<dd>/<hh>/<first_id>-<last_id>.json.gz`,
-//! one line per request: `{"id", "sourceId", "receivedAt", "partition", "events": [...]}`.
-//! Rows are deleted only after the store confirmed the object; a store outage leaves them
-//! waiting (a backlog gauge and a failure counter say so) and never slows ingest.
+//! concatenates the packs of a batch per hour, in id order, into one object:
+//! `<prefix>/<yyyy>/<mm>/<dd>/<hh>/<first_id>-<last_id>.json.gz` (a gzip file of several
+//! members, which gzip readers read as one stream). Rows are deleted only after the store
+//! confirmed the object; a store outage leaves them waiting (a backlog gauge and a failure
+//! counter say so) and never slows ingest.
 //!
 //! Also here: where a backup lives ([`location`]: `s3://bucket/prefix`, `gs://…`,
 //! `az://container/prefix`, `file:///path`) and how `keel replay` reads one back
@@ -22,7 +28,7 @@ use object_store::path::Path;
 use object_store::ObjectStore;
 use serde_json::value::RawValue;
 
-use crate::store::JobQueue;
+use crate::store::{BackupPack, GwJob, JobQueue, QueuedJob};
 use crate::warehouse::objects::{gzip_lines, hour_path, put_object, Provider, StoreConfig};
 use crate::warehouse::{JobBatch, LoadStats, Sink, SinkError, UploadMetrics, UploadSpec};
 
@@ -156,6 +162,69 @@ pub struct BackupRecord {
     pub events: Vec<Box<RawValue>>,
 }
 
+/// One backup line of a stored request (see the module comment).
+pub fn line(
+    id: i64,
+    source_id: &str,
+    received_at: DateTime<Utc>,
+    partition: i32,
+    events: &str,
+) -> String {
+    format!(
+        "{{\"id\":{id},\"sourceId\":{},\"receivedAt\":\"{}\",\"partition\":{partition},\"events\":{events}}}",
+        serde_json::Value::String(source_id.to_owned()),
+        received_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    )
+}
+
+/// gzip level of backup lines: the fastest, since the backup shares the cores with ingest
+/// (level 6 cost 0.78 of ingest's rate with the backup on, level 1 0.81–0.89, when the
+/// writer still compressed requests it had read back from Postgres).
+const LEVEL: flate2::Compression = flate2::Compression::fast();
+
+/// The backup packs of requests consumed together: their lines, gzipped per hour of
+/// `receivedAt` (one pack per hour, lines in the requests' order).
+pub fn pack(requests: &[GwJob]) -> std::io::Result<Vec<BackupPack>> {
+    use std::io::Write;
+    let mut hours: std::collections::BTreeMap<String, Vec<&GwJob>> = Default::default();
+    for r in requests {
+        hours.entry(hour_path(r.received_at)).or_default().push(r);
+    }
+    hours
+        .into_values()
+        .map(|group| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), LEVEL);
+            let (mut id, mut at, mut events) = (i64::MAX, group[0].received_at, 0i32);
+            for r in group {
+                let l = line(r.id, &r.source_id, r.received_at, r.partition, &r.payload);
+                gz.write_all(l.as_bytes())?;
+                gz.write_all(b"\n")?;
+                id = id.min(r.id);
+                at = at.min(r.received_at);
+                events = events.saturating_add(r.event_count);
+            }
+            Ok(BackupPack {
+                id,
+                received_at: at,
+                event_count: events,
+                lines_gz: gz.finish()?,
+            })
+        })
+        .collect()
+}
+
+/// One job's part of a backup object: a pack as the processor gzipped it, or, for a row
+/// written before packs, its line gzipped now.
+fn member(j: &QueuedJob) -> Result<Vec<u8>, SinkError> {
+    match &j.lines_gz {
+        Some(gz) => Ok(gz.clone()),
+        None => gzip_lines(
+            [line(j.id, &j.source_id, j.at, j.partition, &j.payload).as_str()],
+            LEVEL,
+        ),
+    }
+}
+
 impl Sink for BackupSink {
     fn load<'a>(&'a mut self, batch: &'a JobBatch) -> BoxFuture<'a, Result<LoadStats, SinkError>> {
         Box::pin(async move {
@@ -167,38 +236,25 @@ impl Sink for BackupSink {
                     s
                 }
             };
-            let mut hours: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+            // Per hour, the batch's members in id order, concatenated.
+            let mut hours: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
             for j in &batch.jobs {
-                // The payload is the stored JSON array: spliced in as is, byte for byte.
-                let line = format!(
-                    "{{\"id\":{},\"sourceId\":{},\"receivedAt\":{},\"partition\":{},\"events\":{}}}",
-                    j.id,
-                    serde_json::Value::String(j.source_id.clone()),
-                    serde_json::Value::String(
-                        j.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                    ),
-                    j.partition,
-                    j.payload
-                );
-                hours.entry(hour_path(j.at)).or_default().push(line);
+                hours
+                    .entry(hour_path(j.at))
+                    .or_default()
+                    .extend_from_slice(&member(j)?);
             }
             let mut stats = LoadStats {
                 rows: batch.jobs.len() as u64,
                 ..LoadStats::default()
             };
-            let uploads = hours.into_iter().map(|(hour, lines)| {
+            let uploads = hours.into_iter().map(|(hour, bytes)| {
                 let store = store.clone();
                 let path = self.settings.path(&format!(
                     "{hour}/{}-{}.json.gz",
                     batch.first_id, batch.last_id
                 ));
                 async move {
-                    // The fastest level: the backup shares the cores with ingest (with level 6,
-                    // ingest with the backup on ran at 0.78 of ingest without it; level 1: 0.81–0.89).
-                    let bytes = gzip_lines(
-                        lines.iter().map(String::as_str),
-                        flate2::Compression::fast(),
-                    )?;
                     let n = bytes.len() as u64;
                     put_object(store.as_ref(), &path, bytes).await?;
                     Ok::<u64, SinkError>(n)
@@ -301,7 +357,7 @@ pub async fn read_object(
     use std::io::Read;
     let bytes = store.get(path).await?.bytes().await?;
     let mut text = String::new();
-    flate2::read::GzDecoder::new(&bytes[..])
+    flate2::read::MultiGzDecoder::new(&bytes[..])
         .read_to_string(&mut text)
         .map_err(|e| ReadError::Format {
             path: path.to_string(),
@@ -345,5 +401,67 @@ mod tests {
         assert_eq!(hour.to_rfc3339(), "2026-03-04T05:00:00+00:00");
         assert_eq!((a, b), (17, 42));
         assert!(parse_key(&Path::from("x/2026/03/04/05/_keel_schema.json")).is_none());
+    }
+
+    fn request(id: i64, at: &str, payload: &str) -> GwJob {
+        GwJob {
+            id,
+            source_id: "src \"1\"".into(),
+            payload: payload.into(),
+            received_at: at.parse().expect("time"),
+            event_count: 1,
+            partition: 3,
+            duplicates: None,
+            only_destinations: None,
+        }
+    }
+
+    fn gunzip(bytes: &[u8]) -> String {
+        use std::io::Read;
+        let mut s = String::new();
+        flate2::read::MultiGzDecoder::new(bytes)
+            .read_to_string(&mut s)
+            .expect("gzip");
+        s
+    }
+
+    #[test]
+    fn packs_hold_each_hours_lines_in_order_and_concatenate_with_older_rows() {
+        let packs = pack(&[
+            request(7, "2026-03-04T05:59:59.5Z", r#"[{"a":1}]"#),
+            request(9, "2026-03-04T06:00:00Z", r#"[{"b":2}]"#),
+            request(8, "2026-03-04T05:10:00Z", r#"[{"c":3}]"#),
+        ])
+        .expect("pack");
+        assert_eq!(packs.len(), 2);
+        let (five, six) = (&packs[0], &packs[1]);
+        assert_eq!((five.id, five.event_count), (7, 2));
+        assert_eq!(five.received_at.to_rfc3339(), "2026-03-04T05:10:00+00:00");
+        assert_eq!(
+            gunzip(&five.lines_gz),
+            "{\"id\":7,\"sourceId\":\"src \\\"1\\\"\",\"receivedAt\":\"2026-03-04T05:59:59.500000Z\",\"partition\":3,\"events\":[{\"a\":1}]}\n\
+             {\"id\":8,\"sourceId\":\"src \\\"1\\\"\",\"receivedAt\":\"2026-03-04T05:10:00.000000Z\",\"partition\":3,\"events\":[{\"c\":3}]}\n"
+        );
+        assert_eq!(six.id, 9);
+        // A pack and a row written before packs (its line built by the writer) make one
+        // object that reads as one stream of records.
+        let older = QueuedJob {
+            id: 5,
+            source_id: "s".into(),
+            event_count: 1,
+            payload: r#"[{"d":4}]"#.into(),
+            lines_gz: None,
+            at: "2026-03-04T05:00:00Z".parse().expect("time"),
+            partition: 0,
+        };
+        let mut object = member(&older).expect("member");
+        object.extend_from_slice(&five.lines_gz);
+        let records: Vec<BackupRecord> = gunzip(&object)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("record"))
+            .collect();
+        let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [5, 7, 8]);
+        assert_eq!(records[0].events[0].get(), r#"{"d":4}"#);
     }
 }

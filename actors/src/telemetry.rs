@@ -105,9 +105,11 @@ pub const ALL: &[&str] = &[
     WAREHOUSE_LAG_SECONDS,
     WAREHOUSE_PENDING_EVENTS,
     BACKUP_ROWS_TOTAL,
+    BACKUP_EVENTS_TOTAL,
     BACKUP_OBJECTS_TOTAL,
     BACKUP_FAILURES_TOTAL,
     BACKUP_PENDING_ROWS,
+    BACKUP_PENDING_EVENTS,
     BACKUP_LAG_SECONDS,
     PROCESSOR_LAG_SECONDS,
     ROUTER_PENDING_JOBS,
@@ -242,14 +244,19 @@ pub const WAREHOUSE_LOAD_DURATION_SECONDS: &str = "keel_warehouse_load_duration_
 pub const WAREHOUSE_LAG_SECONDS: &str = "keel_warehouse_lag_seconds";
 /// Events waiting in `wh_jobs`, labelled `destination`.
 pub const WAREHOUSE_PENDING_EVENTS: &str = "keel_warehouse_pending_events";
-/// Stored requests (`gw_jobs` rows) written to the raw backup.
+/// `backup_jobs` rows written to the raw backup (packs: the requests one processor commit
+/// consumed, per hour; requests stored before packs: one each).
 pub const BACKUP_ROWS_TOTAL: &str = "keel_backup_rows_total";
+/// Events written to the raw backup.
+pub const BACKUP_EVENTS_TOTAL: &str = "keel_backup_events_total";
 /// Objects written to the raw backup's store.
 pub const BACKUP_OBJECTS_TOTAL: &str = "keel_backup_objects_total";
 /// Backup uploads that failed (the rows wait in `backup_jobs` and are retried).
 pub const BACKUP_FAILURES_TOTAL: &str = "keel_backup_failures_total";
-/// Stored requests waiting in `backup_jobs` for the backup writer.
+/// `backup_jobs` rows waiting for the backup writer.
 pub const BACKUP_PENDING_ROWS: &str = "keel_backup_pending_rows";
+/// Events waiting in `backup_jobs` for the backup writer.
+pub const BACKUP_PENDING_EVENTS: &str = "keel_backup_pending_events";
 /// Age in seconds of the oldest request waiting for the backup (0 when none waits).
 pub const BACKUP_LAG_SECONDS: &str = "keel_backup_lag_seconds";
 /// Age in seconds of the oldest `gw_jobs` row the processor has not consumed (0 = caught up).
@@ -308,14 +315,16 @@ fn describe_backlog_and_process() {
     describe_gauge!(ROUTER_DLQ_JOBS, "dlq_jobs rows per destination");
     describe_counter!(
         BACKUP_ROWS_TOTAL,
-        "Stored requests written to the raw backup"
+        "backup_jobs rows (packs of requests) written to the raw backup"
     );
+    describe_counter!(BACKUP_EVENTS_TOTAL, "Events written to the raw backup");
     describe_counter!(BACKUP_OBJECTS_TOTAL, "Objects written to the raw backup");
     describe_counter!(BACKUP_FAILURES_TOTAL, "Raw backup uploads that failed");
     describe_gauge!(
         BACKUP_PENDING_ROWS,
-        "Stored requests waiting for the raw backup"
+        "backup_jobs rows (packs of requests) waiting for the raw backup"
     );
+    describe_gauge!(BACKUP_PENDING_EVENTS, "Events waiting for the raw backup");
     describe_gauge!(
         BACKUP_LAG_SECONDS,
         Unit::Seconds,

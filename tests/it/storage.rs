@@ -515,7 +515,7 @@ async fn raw_backup_outage_never_slows_ingest_and_catches_up_without_gaps() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let (m, pending, failures) = loop {
         let m = keel.metrics().await;
-        let pending = sample(&m, "keel_backup_pending_rows");
+        let pending = sample(&m, "keel_backup_pending_events");
         let failures = sample(&m, "keel_backup_failures_total");
         if (pending > 0.0 && failures >= 1.0) || Instant::now() > deadline {
             break (m, pending, failures);

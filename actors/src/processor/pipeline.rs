@@ -303,6 +303,9 @@ pub enum BatchError {
     /// The script pool could not run a transformation.
     #[error("{0}")]
     Scripts(String),
+    /// The raw backup's lines could not be compressed.
+    #[error("backup lines: {0}")]
+    Backup(String),
 }
 
 /// Runs every route group (its scripts concurrently with the others') and assembles the
@@ -434,10 +437,16 @@ pub(super) async fn process_batch(
         let p = positions.entry(j.partition).or_default();
         *p = (*p).max(j.id);
     }
+    // The backup lines are built from the stored text here, where it is at hand, so the
+    // commit writes one small gzip member per hour instead of a copy of every request.
+    let packs = backup
+        .then(|| crate::backup::pack(&jobs))
+        .transpose()
+        .map_err(|e| BatchError::Backup(e.to_string()))?;
     let consumed = Consumed {
         ids: jobs.iter().map(|j| j.id).collect(),
         positions: positions.into_iter().collect(),
-        backup,
+        backup: packs,
     };
     let mut parsed: Vec<ParsedJob<'_>> = Vec::with_capacity(jobs.len());
     // Rows stored before the gateway recorded duplicates: their events' dedup owners.

@@ -25,7 +25,8 @@ pub use cluster::{HeldLease, LeaseRow, NodeRow, Tenure};
 pub use gateway::{GwJobInsert, ReplayInsert};
 pub use migrate::{run_migrations, MIGRATIONS};
 pub use processor::{
-    Consumed, DlqInsert, GwJob, ProcessedBatch, RoutingRecord, RtJobInsert, PROCESSOR_STAGE,
+    BackupPack, Consumed, DlqInsert, GwJob, ProcessedBatch, RoutingRecord, RtJobInsert,
+    PROCESSOR_STAGE,
 };
 pub use router::{DeadLetter, DlqJob, RetryUpdate, RtJob, StatusBatch, TransformDeadLetter};
 pub use telemetry::{DestinationBacklog, PoolUsage};

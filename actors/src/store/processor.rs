@@ -4,7 +4,8 @@
 //! transaction fenced on this node's leases.
 
 use super::CacheExt;
-use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Text};
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Bytea, Integer, Jsonb, Nullable, Text, Timestamptz};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use scoped_futures::ScopedFutureExt;
@@ -27,6 +28,12 @@ pub struct GwJob {
     /// JSON array of events, as text.
     #[diesel(sql_type = Text)]
     pub payload: String,
+    /// When the gateway received it.
+    #[diesel(sql_type = Timestamptz)]
+    pub received_at: DateTime<Utc>,
+    /// Number of events in `payload`.
+    #[diesel(sql_type = Integer)]
+    pub event_count: i32,
     /// Partition of its events.
     #[diesel(sql_type = Integer)]
     pub partition: i32,
@@ -54,8 +61,23 @@ pub struct Consumed {
     pub ids: Vec<i64>,
     /// (partition, highest id consumed in it): the checkpoints to advance.
     pub positions: Vec<(i32, i64)>,
-    /// Raw backup enabled: the rows move to `backup_jobs` instead of being deleted.
-    pub backup: bool,
+    /// Raw backup enabled: the consumed rows' backup lines, packed, inserted into
+    /// `backup_jobs` in the same commit that deletes the rows.
+    pub backup: Option<Vec<BackupPack>>,
+}
+
+/// The backup lines of some consumed requests of one hour, gzipped (one gzip member):
+/// one `backup_jobs` row.
+#[derive(Debug, Clone)]
+pub struct BackupPack {
+    /// The lowest `gw_jobs` id among them (the row's id; upload order).
+    pub id: i64,
+    /// The earliest time the gateway received one of them (their hour).
+    pub received_at: DateTime<Utc>,
+    /// Events in them.
+    pub event_count: i32,
+    /// Their lines, gzipped.
+    pub lines_gz: Vec<u8>,
 }
 
 /// Lowest and highest id of the rows one insert wrote.
@@ -303,8 +325,8 @@ type Conn = diesel_async::AsyncPgConnection;
 
 impl Consumed {
     /// Checks this node still holds the partitions of the consumed rows and deletes them
-    /// (moves them to `backup_jobs` with the raw backup on); [`StoreError::Fenced`] when a
-    /// lease or a row is gone, so the whole commit rolls back.
+    /// (and with the raw backup on inserts their packs into `backup_jobs`);
+    /// [`StoreError::Fenced`] when a lease or a row is gone, so the whole commit rolls back.
     async fn fence_and_take(&self, conn: &mut Conn, node: &str) -> Result<(), StoreError> {
         let mut fence: Vec<i32> = self.positions.iter().map(|(p, _)| *p).collect();
         fence.sort_unstable();
@@ -323,17 +345,7 @@ impl Consumed {
                 "node {node} no longer holds all of partitions {fence:?}"
             )));
         }
-        // With the raw backup on, the consumed rows move to backup_jobs in the
-        // same statement (the count is the rows moved).
-        let sql = if self.backup {
-            "WITH moved AS (DELETE FROM gw_jobs WHERE id = ANY($1) \
-               RETURNING id, source_id, received_at, partition, event_count, payload) \
-             INSERT INTO backup_jobs (id, source_id, received_at, partition, event_count, payload) \
-             SELECT id, source_id, received_at, partition, event_count, payload FROM moved"
-        } else {
-            "DELETE FROM gw_jobs WHERE id = ANY($1)"
-        };
-        let deleted = diesel::sql_query(sql)
+        let deleted = diesel::sql_query("DELETE FROM gw_jobs WHERE id = ANY($1)")
             .bind::<Array<BigInt>, _>(&self.ids)
             .cached()
             .execute(conn)
@@ -344,6 +356,24 @@ impl Consumed {
                 self.ids.len() - deleted,
                 self.ids.len()
             )));
+        }
+        if let Some(packs) = self.backup.as_ref().filter(|p| !p.is_empty()) {
+            let ids: Vec<i64> = packs.iter().map(|p| p.id).collect();
+            let at: Vec<DateTime<Utc>> = packs.iter().map(|p| p.received_at).collect();
+            let counts: Vec<i32> = packs.iter().map(|p| p.event_count).collect();
+            let blobs: Vec<&[u8]> = packs.iter().map(|p| p.lines_gz.as_slice()).collect();
+            diesel::sql_query(
+                "INSERT INTO backup_jobs (id, source_id, received_at, partition, event_count, lines_gz) \
+                 SELECT id, '', at, -1, n, gz \
+                 FROM unnest($1::int8[], $2::timestamptz[], $3::int4[], $4::bytea[]) AS u(id, at, n, gz)",
+            )
+            .bind::<Array<BigInt>, _>(ids)
+            .bind::<Array<Timestamptz>, _>(at)
+            .bind::<Array<Integer>, _>(counts)
+            .bind::<Array<Bytea>, _>(blobs)
+            .cached()
+            .execute(conn)
+            .await?;
         }
         Ok(())
     }
@@ -502,7 +532,7 @@ impl Store {
     ) -> Result<Vec<GwJob>, StoreError> {
         self.load_all(
 diesel::sql_query(
-                "SELECT id, source_id, payload, partition, duplicates, only_destinations FROM gw_jobs \
+                "SELECT id, source_id, payload, received_at, event_count, partition, duplicates, only_destinations FROM gw_jobs \
                  WHERE partition = ANY($1) ORDER BY id LIMIT $2",
             )
             .bind::<Array<Integer>, _>(partitions)

@@ -5,7 +5,7 @@
 //! sink confirmed; measure the backlog.
 
 use chrono::{DateTime, Utc};
-use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Bytea, Double, Integer, Nullable, Text, Timestamptz};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use scoped_futures::ScopedFutureExt;
@@ -42,23 +42,27 @@ impl JobQueue {
 /// One job of a queue: the events of one stored request (for one destination).
 #[derive(Debug, Clone, QueryableByName)]
 pub struct QueuedJob {
-    /// Row id (`wh_jobs` id, or the `gw_jobs` id for the backup); upload order.
+    /// Row id (`wh_jobs` id, or for the backup the (lowest) `gw_jobs` id); upload order.
     #[diesel(sql_type = BigInt)]
     pub id: i64,
     /// Source the events came from.
     #[diesel(sql_type = Text)]
     pub source_id: String,
-    /// Number of events in `payload`.
+    /// Number of events in `payload` (or in `lines_gz`).
     #[diesel(sql_type = Integer)]
     pub event_count: i32,
-    /// JSON array of normalised events, as text.
+    /// JSON array of normalised events, as text (empty for a backup pack).
     #[diesel(sql_type = Text)]
     pub payload: String,
+    /// A backup pack: backup lines already built and gzipped by the processor (`None` for
+    /// warehouse jobs and for backup rows written before packs).
+    #[diesel(sql_type = Nullable<Bytea>)]
+    pub lines_gz: Option<Vec<u8>>,
     /// When the row was made (`wh_jobs.created_at`), or for the backup when the gateway
     /// received the request.
     #[diesel(sql_type = Timestamptz)]
     pub at: DateTime<Utc>,
-    /// Partition of the request's events (0 for `wh_jobs`).
+    /// Partition of the request's events (0 for `wh_jobs`, -1 for a backup pack).
     #[diesel(sql_type = Integer)]
     pub partition: i32,
 }
@@ -97,14 +101,15 @@ struct Range {
 }
 
 const WH_RANGE: &str =
-    "SELECT id, source_id, event_count, payload, created_at AS at, 0 AS partition \
-     FROM wh_jobs WHERE destination_id = $1 AND id BETWEEN $2 AND $3 ORDER BY id";
+    "SELECT id, source_id, event_count, payload, NULL::bytea AS lines_gz, created_at AS at, \
+     0 AS partition FROM wh_jobs WHERE destination_id = $1 AND id BETWEEN $2 AND $3 ORDER BY id";
 const BACKUP_RANGE: &str =
-    "SELECT id, source_id, event_count, payload, received_at AS at, partition \
-     FROM backup_jobs WHERE $1 = $1 AND id BETWEEN $2 AND $3 ORDER BY id";
+    "SELECT id, source_id, event_count, coalesce(payload, '') AS payload, lines_gz, \
+     received_at AS at, partition FROM backup_jobs WHERE $1 = $1 AND id BETWEEN $2 AND $3 ORDER BY id";
 // The running sum is taken over ids only; payloads are read for the chosen rows.
 const WH_NEXT: &str =
-    "SELECT w.id, w.source_id, w.event_count, w.payload, w.created_at AS at, 0 AS partition \
+    "SELECT w.id, w.source_id, w.event_count, w.payload, NULL::bytea AS lines_gz, \
+     w.created_at AS at, 0 AS partition \
      FROM wh_jobs w WHERE w.id = ANY(ARRAY( \
        SELECT id FROM ( \
          SELECT id, event_count, sum(event_count) OVER (ORDER BY id) AS acc FROM ( \
@@ -113,7 +118,8 @@ const WH_NEXT: &str =
        WHERE acc - event_count < $2)) \
      ORDER BY w.id";
 const BACKUP_NEXT: &str =
-    "SELECT w.id, w.source_id, w.event_count, w.payload, w.received_at AS at, w.partition \
+    "SELECT w.id, w.source_id, w.event_count, coalesce(w.payload, '') AS payload, w.lines_gz, \
+     w.received_at AS at, w.partition \
      FROM backup_jobs w WHERE $1 = $1 AND w.id = ANY(ARRAY( \
        SELECT id FROM ( \
          SELECT id, event_count, sum(event_count) OVER (ORDER BY id) AS acc FROM ( \
@@ -197,14 +203,18 @@ impl Store {
         .await
     }
 
-    /// The sink confirmed the batch up to `last_id`: deletes its jobs and its record, in
-    /// one transaction.
-    pub async fn confirm_batch(&self, queue: &JobQueue, last_id: i64) -> Result<(), StoreError> {
+    /// The sink confirmed the batch whose jobs are `ids`: deletes those jobs and the
+    /// batch's record, in one transaction. By id, not by range: `backup_jobs` rows of
+    /// different processor commits (or nodes) are not inserted in id order, so a row with a
+    /// lower id may arrive while a batch is being uploaded, and it must wait for the next.
+    pub async fn confirm_batch(&self, queue: &JobQueue, ids: &[i64]) -> Result<(), StoreError> {
         let key = queue.key();
         let dest = queue.destination().to_owned();
         let delete = match queue {
-            JobQueue::Warehouse(_) => "DELETE FROM wh_jobs WHERE destination_id = $1 AND id <= $2",
-            JobQueue::Backup => "DELETE FROM backup_jobs WHERE $1 = $1 AND id <= $2",
+            JobQueue::Warehouse(_) => {
+                "DELETE FROM wh_jobs WHERE destination_id = $1 AND id = ANY($2)"
+            }
+            JobQueue::Backup => "DELETE FROM backup_jobs WHERE $1 = $1 AND id = ANY($2)",
         };
         self.timed(async {
             let mut conn = self.conn().await?;
@@ -212,7 +222,7 @@ impl Store {
                 async move {
                     diesel::sql_query(delete)
                         .bind::<Text, _>(&dest)
-                        .bind::<BigInt, _>(last_id)
+                        .bind::<diesel::sql_types::Array<BigInt>, _>(ids)
                         .cached()
                         .execute(conn)
                         .await?;

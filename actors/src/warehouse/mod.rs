@@ -160,6 +160,7 @@ impl WarehouseUploader {
                             }
                             UploadMetrics::Backup => {
                                 metrics::gauge!(t::BACKUP_PENDING_ROWS).set(b.rows as f64);
+                                metrics::gauge!(t::BACKUP_PENDING_EVENTS).set(b.events as f64);
                                 metrics::gauge!(t::BACKUP_LAG_SECONDS).set(age);
                             }
                         }
@@ -208,7 +209,10 @@ async fn upload_all(
         };
         let stats = sink.load(&batch).await?;
         store
-            .confirm_batch(&spec.queue, batch.last_id)
+            .confirm_batch(
+                &spec.queue,
+                &batch.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+            )
             .await
             .map_err(store_error)?;
         let dest = spec.id.clone();
@@ -229,6 +233,8 @@ async fn upload_all(
             }
             UploadMetrics::Backup => {
                 metrics::counter!(t::BACKUP_ROWS_TOTAL).increment(batch.jobs.len() as u64);
+                metrics::counter!(t::BACKUP_EVENTS_TOTAL)
+                    .increment(u64::try_from(events).unwrap_or(0));
                 metrics::counter!(t::BACKUP_OBJECTS_TOTAL).increment(stats.objects);
             }
         }
@@ -270,6 +276,7 @@ impl Actor for WarehouseUploader {
             }
             UploadMetrics::Backup => {
                 metrics::counter!(t::BACKUP_ROWS_TOTAL).increment(0);
+                metrics::counter!(t::BACKUP_EVENTS_TOTAL).increment(0);
                 metrics::counter!(t::BACKUP_OBJECTS_TOTAL).increment(0);
                 metrics::counter!(t::BACKUP_FAILURES_TOTAL).increment(0);
             }

@@ -148,7 +148,7 @@ pub async fn objects(store: &dyn ObjectStore, prefix: &str) -> Vec<(String, Vec<
 pub fn gunzip_lines(bytes: &[u8]) -> Vec<String> {
     use std::io::Read;
     let mut s = String::new();
-    flate2::read::GzDecoder::new(bytes)
+    flate2::read::MultiGzDecoder::new(bytes)
         .read_to_string(&mut s)
         .expect("gzip text");
     s.lines().map(str::to_owned).collect()
