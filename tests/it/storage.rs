@@ -714,3 +714,45 @@ async fn replay_sends_a_backup_through_another_workspace_in_order_and_dry_run_is
         last.insert(u, i);
     }
 }
+
+/// `backup_jobs` rows are not inserted in id order (a request that committed late is
+/// consumed, and packed, after higher ids): one that arrives while a batch is uploading
+/// must wait for the next batch, not be deleted with the batch unwritten.
+#[tokio::test]
+async fn a_backup_row_with_a_lower_id_that_arrives_during_an_upload_waits_for_the_next_batch() {
+    use keel_actors::store::{run_migrations, JobQueue, PoolConfig, Store};
+    let db = TestDb::create().await;
+    run_migrations(&db.url).await.expect("migrations");
+    let store = Store::connect(&db.url, &PoolConfig::default()).expect("store");
+    let client = db.client().await;
+    let insert = |id: i64| {
+        format!(
+            "INSERT INTO backup_jobs (id, source_id, received_at, partition, event_count, lines_gz) \
+             VALUES ({id}, '', now(), -1, 1, '\\x00')"
+        )
+    };
+    client
+        .batch_execute(&format!("{}; {}", insert(10), insert(20)))
+        .await
+        .expect("rows");
+    let batch = store
+        .claim_batch(&JobQueue::Backup, 1000)
+        .await
+        .expect("claim")
+        .expect("a batch");
+    let ids: Vec<i64> = batch.jobs.iter().map(|j| j.id).collect();
+    assert_eq!(ids, [10, 20]);
+    // Uploading; meanwhile a late request's pack commits with a lower id.
+    client.batch_execute(&insert(15)).await.expect("late row");
+    store
+        .confirm_batch(&JobQueue::Backup, &ids)
+        .await
+        .expect("confirm");
+    let next = store
+        .claim_batch(&JobQueue::Backup, 1000)
+        .await
+        .expect("claim")
+        .expect("the late row");
+    assert_eq!(next.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [15]);
+    assert_eq!(next.jobs[0].lines_gz.as_deref(), Some(&[0u8][..]));
+}
