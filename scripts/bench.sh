@@ -797,7 +797,9 @@ fi
 # backup: keel with its processor on and no destinations (with the backup on, the processor
 #   moves consumed requests to backup_jobs), batch-100x8 ingest for WARMUP+DURATION,
 #   alternating backup off / on (a file:// store under $TMP, uploads every second),
-#   BENCH_BACKUP_ROUNDS times (3); reports each run's events/s, what waited in
+#   BENCH_BACKUP_ROUNDS times (4; odd rounds off first, even rounds on first, so a drift of
+#   the machine's speed weighs on both alike; a CHECKPOINT before each run, so each starts
+#   with the same WAL behind it); reports each run's events/s, what waited in
 #   backup_jobs when the load stopped and the seconds until it was written, keel's and
 #   Postgres' CPU seconds during the load, and on/off of the means.
 # objectstore: one keel with an S3 and an S3_DATALAKE destination pointing at a closed port
@@ -826,10 +828,13 @@ storage_drain() { # storage_drain DEST: seconds until wh_jobs of DEST is empty (
 if [[ "$ONLY" == backup ]]; then
     printf '%s\n' "{\"sources\":[{\"id\":\"src1\",\"name\":\"bench\",\"writeKey\":\"$WRITE_KEY\",\"enabled\":true,\"destinations\":[]}]}" >"$TMP/workspace-bk.json"
     declare -A BK_SUM=([off]=0 [on]=0)
-    BK_ROUNDS="${BENCH_BACKUP_ROUNDS:-3}"
+    BK_ROUNDS="${BENCH_BACKUP_ROUNDS:-4}"
     for round in $(seq 1 "$BK_ROUNDS"); do
-        for mode in off on; do
+        modes=(off on)
+        ((round % 2)) || modes=(on off)
+        for mode in "${modes[@]}"; do
             new_db
+            psql_db -c 'CHECKPOINT' >/dev/null
             extra=(KEEL_PROCESSOR__ENABLED=true)
             [[ "$mode" != off ]] && extra+=(KEEL_BACKUP__ENABLED=true "KEEL_BACKUP__URL=file://$TMP/backup-$mode-$round" KEEL_BACKUP__UPLOAD_INTERVAL_SECS=1)
             start_keel "$TMP/workspace-bk.json" "keel-bk-$mode-$round" "${extra[@]}"
