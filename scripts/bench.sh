@@ -795,7 +795,8 @@ if [[ -z "$ONLY" || "$ONLY" == warehouse ]]; then
 fi
 # === phase 5: object storage, raw backup, ClickHouse (BENCH_ONLY=backup|objectstore|clickhouse)
 # backup: keel with its processor on and no destinations (with the backup on, the processor
-#   moves consumed requests to backup_jobs), batch-100x8 ingest for WARMUP+DURATION,
+#   commits the consumed requests' lines, gzipped, to backup_jobs), batch-100x8 ingest for
+#   WARMUP+DURATION,
 #   alternating backup off / on (a file:// store under $TMP, uploads every second),
 #   BENCH_BACKUP_ROUNDS times (4; odd rounds off first, even rounds on first, so a drift of
 #   the machine's speed weighs on both alike; a CHECKPOINT before each run, so each starts
