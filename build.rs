@@ -7,11 +7,15 @@ use std::path::PathBuf;
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let dist = manifest.join("console/dist");
-    println!("cargo:rerun-if-changed=console/dist");
     println!("cargo:rerun-if-changed=build.rs");
     let dir = if dist.join("index.html").is_file() {
+        println!("cargo:rerun-if-changed=console/dist");
         dist
     } else {
+        // Not `console/dist`: cargo reruns a build script on every build while a path it
+        // watches does not exist, and each rerun recompiles Keel. The folder above changes
+        // when the build creates `dist`.
+        println!("cargo:rerun-if-changed=console");
         let out =
             PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("console-placeholder");
         std::fs::create_dir_all(&out).expect("create the placeholder folder");
