@@ -6,7 +6,7 @@
 //! its kind's schema judging each setting before a constructor that only converts. Every
 //! problem carries its JSON path in the file.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde_json::Value;
@@ -235,6 +235,8 @@ fn validate_workspace(root: &Value) -> Vec<String> {
     let mut write_keys = HashSet::new();
     let mut source_ids = HashSet::new();
     let mut dest_ids = HashSet::new();
+    // Where each destination id was first seen, with what it is built from there.
+    let mut first_seen: HashMap<&str, (String, Option<&Value>, Option<&Value>)> = HashMap::new();
     for (i, src) in sources.iter().enumerate() {
         let at = format!("$.sources[{i}]");
         if !src.is_object() {
@@ -271,6 +273,25 @@ fn validate_workspace(root: &Value) -> Vec<String> {
                 // exports; only a clash within one source is an error.
                 if !dest_ids.insert((i, id.to_owned())) {
                     problems.push(format!("{at}.id: duplicate destination id {id:?}"));
+                }
+                // It is built once, from its first place, so every place must agree.
+                let built_from = (
+                    dest.get("config"),
+                    dest.get("destinationDefinition")
+                        .and_then(|d| d.get("name")),
+                );
+                match first_seen.get(id) {
+                    None => {
+                        first_seen.insert(id, (at.clone(), built_from.0, built_from.1));
+                    }
+                    Some((first, config, kind)) if (*config, *kind) != built_from => {
+                        problems.push(format!(
+                            "{at}: destination {id:?} is also connected at {first} with another \
+                             config or destinationDefinition; one destination has one set of \
+                             settings (give this one its own id)"
+                        ));
+                    }
+                    Some(_) => {}
                 }
             }
             require_str(dest, "name", &at, &mut problems);
@@ -421,6 +442,32 @@ mod tests {
             "$.sources[0].destinations[2].enabled: must be true or false"
         );
         assert_eq!(&all[1..], &problems[..], "{all:?}");
+    }
+
+    #[test]
+    fn one_destination_in_several_sources_must_have_one_set_of_settings() {
+        let dest = |url: &str| {
+            serde_json::json!({"id": "d1", "name": "hook", "enabled": true,
+                               "config": {"webhookUrl": url},
+                               "destinationDefinition": {"name": "WEBHOOK"}})
+        };
+        let ws = |second: Value| {
+            serde_json::json!({"sources": [
+                {"id": "s1", "name": "a", "writeKey": "k1", "enabled": true,
+                 "destinations": [dest("http://127.0.0.1:9/a")]},
+                {"id": "s2", "name": "b", "writeKey": "k2", "enabled": true,
+                 "destinations": [second]}]})
+        };
+        // RudderStack exports repeat the same destination under each source it serves.
+        assert!(validate_workspace(&ws(dest("http://127.0.0.1:9/a"))).is_empty());
+        assert_eq!(
+            validate_workspace(&ws(dest("http://127.0.0.1:9/b"))),
+            [
+                "$.sources[1].destinations[0]: destination \"d1\" is also connected at \
+              $.sources[0].destinations[0] with another config or destinationDefinition; one \
+              destination has one set of settings (give this one its own id)"
+            ]
+        );
     }
 
     #[test]
