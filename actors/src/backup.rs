@@ -184,45 +184,47 @@ const LEVEL: flate2::Compression = flate2::Compression::fast();
 
 /// The backup packs of requests consumed together: their lines, gzipped per hour of
 /// `receivedAt` (one pack per hour, lines in the requests' order).
-pub fn pack(requests: &[GwJob]) -> std::io::Result<Vec<BackupPack>> {
-    use std::io::Write;
-    let mut hours: std::collections::BTreeMap<String, Vec<&GwJob>> = Default::default();
+pub fn pack(requests: &[GwJob]) -> Result<Vec<BackupPack>, SinkError> {
+    let mut hours: std::collections::BTreeMap<i64, Vec<&GwJob>> = Default::default();
     for r in requests {
-        hours.entry(hour_path(r.received_at)).or_default().push(r);
+        hours
+            .entry(r.received_at.timestamp().div_euclid(3600))
+            .or_default()
+            .push(r);
     }
     hours
         .into_values()
         .map(|group| {
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), LEVEL);
             let (mut id, mut at, mut events) = (i64::MAX, group[0].received_at, 0i32);
-            for r in group {
-                let l = line(r.id, &r.source_id, r.received_at, r.partition, &r.payload);
-                gz.write_all(l.as_bytes())?;
-                gz.write_all(b"\n")?;
+            for r in &group {
                 id = id.min(r.id);
                 at = at.min(r.received_at);
                 events = events.saturating_add(r.event_count);
             }
+            let lines = group
+                .iter()
+                .map(|r| line(r.id, &r.source_id, r.received_at, r.partition, &r.payload));
             Ok(BackupPack {
                 id,
                 received_at: at,
                 event_count: events,
-                lines_gz: gz.finish()?,
+                lines_gz: gzip_lines(lines, LEVEL)?,
             })
         })
         .collect()
 }
 
-/// One job's part of a backup object: a pack as the processor gzipped it, or, for a row
-/// written before packs, its line gzipped now.
-fn member(j: &QueuedJob) -> Result<Vec<u8>, SinkError> {
+/// Appends one job's part of a backup object to `object`: a pack as the processor gzipped
+/// it, or, for a row written before packs, its line gzipped now.
+fn append_member(object: &mut Vec<u8>, j: &QueuedJob) -> Result<(), SinkError> {
     match &j.lines_gz {
-        Some(gz) => Ok(gz.clone()),
-        None => gzip_lines(
-            [line(j.id, &j.source_id, j.at, j.partition, &j.payload).as_str()],
+        Some(gz) => object.extend_from_slice(gz),
+        None => object.extend(gzip_lines(
+            [line(j.id, &j.source_id, j.at, j.partition, &j.payload)],
             LEVEL,
-        ),
+        )?),
     }
+    Ok(())
 }
 
 impl Sink for BackupSink {
@@ -239,10 +241,7 @@ impl Sink for BackupSink {
             // Per hour, the batch's members in id order, concatenated.
             let mut hours: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
             for j in &batch.jobs {
-                hours
-                    .entry(hour_path(j.at))
-                    .or_default()
-                    .extend_from_slice(&member(j)?);
+                append_member(hours.entry(hour_path(j.at)).or_default(), j)?;
             }
             let mut stats = LoadStats {
                 rows: batch.jobs.len() as u64,
@@ -454,7 +453,8 @@ mod tests {
             at: "2026-03-04T05:00:00Z".parse().expect("time"),
             partition: 0,
         };
-        let mut object = member(&older).expect("member");
+        let mut object = Vec::new();
+        append_member(&mut object, &older).expect("member");
         object.extend_from_slice(&five.lines_gz);
         let records: Vec<BackupRecord> = gunzip(&object)
             .lines()

@@ -305,7 +305,7 @@ pub enum BatchError {
     Scripts(String),
     /// The raw backup's lines could not be compressed.
     #[error("backup lines: {0}")]
-    Backup(String),
+    Backup(#[from] crate::warehouse::SinkError),
 }
 
 /// Runs every route group (its scripts concurrently with the others') and assembles the
@@ -439,10 +439,7 @@ pub(super) async fn process_batch(
     }
     // The backup lines are built from the stored text here, where it is at hand, so the
     // commit writes one small gzip member per hour instead of a copy of every request.
-    let packs = backup
-        .then(|| crate::backup::pack(&jobs))
-        .transpose()
-        .map_err(|e| BatchError::Backup(e.to_string()))?;
+    let packs = backup.then(|| crate::backup::pack(&jobs)).transpose()?;
     let consumed = Consumed {
         ids: jobs.iter().map(|j| j.id).collect(),
         positions: positions.into_iter().collect(),

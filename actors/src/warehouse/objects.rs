@@ -228,13 +228,13 @@ pub fn event_hour(event: &RawValue, fallback: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// gzip of `lines`, one per line (newline-terminated), at `level` (flate2's 0–9).
-pub fn gzip_lines<'a>(
-    lines: impl IntoIterator<Item = &'a str>,
+pub fn gzip_lines(
+    lines: impl IntoIterator<Item = impl AsRef<str>>,
     level: flate2::Compression,
 ) -> Result<Vec<u8>, SinkError> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), level);
     for l in lines {
-        gz.write_all(l.as_bytes())
+        gz.write_all(l.as_ref().as_bytes())
             .and_then(|_| gz.write_all(b"\n"))
             .map_err(|e| SinkError::Encode(e.to_string()))?;
     }
