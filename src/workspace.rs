@@ -6,6 +6,7 @@
 //! its kind's schema judging each setting before a constructor that only converts. Every
 //! problem carries its JSON path in the file.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
@@ -222,6 +223,9 @@ fn validate_transformations(dest: &Value, at: &str, problems: &mut Vec<String>) 
 /// The structure pass: what a workspace file must hold around its destinations' settings
 /// (sources with ids, names, unique write keys; destinations with ids, names, a definition
 /// name, a settings object, well-formed transformation entries).
+/// What a destination is built from: its `config` and `destinationDefinition.name`.
+type BuiltFrom<'a> = (Option<&'a Value>, Option<&'a Value>);
+
 fn validate_workspace(root: &Value) -> Vec<String> {
     let mut problems: Vec<String> = Vec::new();
     let Some(sources) = root.get("sources") else {
@@ -236,7 +240,7 @@ fn validate_workspace(root: &Value) -> Vec<String> {
     let mut source_ids = HashSet::new();
     let mut dest_ids = HashSet::new();
     // Where each destination id was first seen, with what it is built from there.
-    let mut first_seen: HashMap<&str, (String, Option<&Value>, Option<&Value>)> = HashMap::new();
+    let mut first_seen: HashMap<&str, (String, BuiltFrom<'_>)> = HashMap::new();
     for (i, src) in sources.iter().enumerate() {
         let at = format!("$.sources[{i}]");
         if !src.is_object() {
@@ -280,18 +284,19 @@ fn validate_workspace(root: &Value) -> Vec<String> {
                     dest.get("destinationDefinition")
                         .and_then(|d| d.get("name")),
                 );
-                match first_seen.get(id) {
-                    None => {
-                        first_seen.insert(id, (at.clone(), built_from.0, built_from.1));
+                match first_seen.entry(id) {
+                    Entry::Vacant(v) => {
+                        v.insert((at.clone(), built_from));
                     }
-                    Some((first, config, kind)) if (*config, *kind) != built_from => {
+                    Entry::Occupied(o) if o.get().1 != built_from => {
                         problems.push(format!(
-                            "{at}: destination {id:?} is also connected at {first} with another \
+                            "{at}: destination {id:?} is also connected at {} with another \
                              config or destinationDefinition; one destination has one set of \
-                             settings (give this one its own id)"
+                             settings (give this one its own id)",
+                            o.get().0
                         ));
                     }
-                    Some(_) => {}
+                    Entry::Occupied(_) => {}
                 }
             }
             require_str(dest, "name", &at, &mut problems);
