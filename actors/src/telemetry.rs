@@ -261,7 +261,7 @@ pub const BACKUP_PENDING_EVENTS: &str = "keel_backup_pending_events";
 pub const BACKUP_LAG_SECONDS: &str = "keel_backup_lag_seconds";
 /// Age in seconds of the oldest `gw_jobs` row the processor has not consumed (0 = caught up).
 pub const PROCESSOR_LAG_SECONDS: &str = "keel_processor_lag_seconds";
-/// `rt_jobs` rows waiting for delivery (due or waiting to retry), labelled `destination`.
+/// Jobs waiting in `rt_jobs` for delivery (due or waiting to retry), labelled `destination`.
 pub const ROUTER_PENDING_JOBS: &str = "keel_router_pending_jobs";
 /// Age in seconds of the destination's oldest waiting job (0 = none waits), labelled `destination`.
 pub const ROUTER_LAG_SECONDS: &str = "keel_router_lag_seconds";
@@ -306,7 +306,10 @@ fn describe_backlog_and_process() {
         Unit::Seconds,
         "Age of the oldest gw_jobs row the processor has not consumed"
     );
-    describe_gauge!(ROUTER_PENDING_JOBS, "rt_jobs rows waiting per destination");
+    describe_gauge!(
+        ROUTER_PENDING_JOBS,
+        "Jobs waiting in rt_jobs per destination"
+    );
     describe_gauge!(
         ROUTER_LAG_SECONDS,
         Unit::Seconds,

@@ -616,8 +616,8 @@ async fn explain_finds_pending_retrying_replayed_and_old_jobs() {
     let row = c
         .query_one(
             "SELECT r.message_ids, r.routed -> 1, \
-                    (SELECT count(*) FROM rt_jobs j WHERE j.id BETWEEN r.rt_first AND r.rt_last \
-                     AND j.message_id IN ('e-good', 'e-good2')) \
+                    (SELECT count(*) FROM rt_jobs j, unnest(j.message_ids) AS m(id) \
+                     WHERE j.id BETWEEN r.rt_first AND r.rt_last AND m.id IN ('e-good', 'e-good2')) \
              FROM routing_jobs r WHERE 'e-good2' = ANY(r.message_ids)",
             &[],
         )
@@ -640,7 +640,8 @@ async fn explain_finds_pending_retrying_replayed_and_old_jobs() {
     let doc = explain("e-bad").await;
     assert_eq!(doc["destinations"]["picky"]["status"], "pending", "{doc}");
 
-    // A job as Keel stored it before migration 000007 (its id below every later one).
+    // A job as Keel stored it before migration 000007 (its id below every later one; since
+    // 000010 a row of one job).
     c.execute(
         "INSERT INTO routing_log (source_id, message_id, job_id, routed_to, filtered) \
          VALUES ($1, 'legacy-1', -7, '[\"failing\"]', '{}')",
@@ -649,8 +650,8 @@ async fn explain_finds_pending_retrying_replayed_and_old_jobs() {
     .await
     .expect("legacy routing row");
     c.execute(
-        "INSERT INTO rt_jobs (id, destination_id, ordering_key, message_id, source_id, payload) \
-         VALUES (-7, 'failing', 'legacy', 'legacy-1', $1, $2)",
+        "INSERT INTO rt_jobs (id, destination_id, ordering_keys, message_ids, source_ids, payloads) \
+         VALUES (-7, 'failing', '{legacy}', '{legacy-1}', ARRAY[$1], ARRAY[$2])",
         &[
             &SOURCE_ID,
             &json!({"method": "POST", "endpoint": failing.url, "headers": {}, "params": {},
@@ -681,4 +682,118 @@ async fn explain_finds_pending_retrying_replayed_and_old_jobs() {
     let doc = explain("e-bad").await;
     assert_eq!(doc["destinations"]["picky"]["status"], "pending", "{doc}");
     assert_eq!(doc["destinations"]["failing"]["status"], "pending", "{doc}");
+}
+
+/// An `rt_jobs` row holds several jobs: the router loads rows up to a budget of jobs, and
+/// a status write marks single jobs of a row that still waits (done, or retry state),
+/// copies a dead job to the DLQ once (a repeated write copies nothing), applies marks only
+/// under this node's lease, and deletes the row when its last job is done.
+#[tokio::test]
+async fn a_row_of_jobs_is_marked_job_by_job_and_goes_when_all_are_done() {
+    use keel_actors::router::rows::{Outcome, Rows};
+    use keel_actors::store::{
+        run_migrations, DeadLetter, JobRef, JobState, PoolConfig, RetryUpdate, Store,
+    };
+    let db = TestDb::create().await;
+    run_migrations(&db.url).await.expect("migrations");
+    let store = Store::connect(&db.url, &PoolConfig::default()).expect("store");
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO leases (partition, owner) VALUES (0, 'local') \
+         ON CONFLICT (partition) DO UPDATE SET owner = 'local'; \
+         INSERT INTO rt_jobs (id, destination_id, partition, ordering_keys, message_ids, source_ids, payloads) VALUES \
+         (1, 'd', 0, '{a,b,a}', '{m0,m1,m2}', '{s,s,s}', '{\"{\\\"n\\\":0}\",\"{\\\"n\\\":1}\",\"{\\\"n\\\":2}\"}'), \
+         (2, 'd', 0, '{c,c}', '{m3,m4}', '{s,s}', '{3,4}'), \
+         (3, 'd', 0, '{c,c}', '{m5,m6}', '{s,s}', '{5,6}')",
+    )
+    .await
+    .expect("rows");
+
+    // A budget of 4 jobs takes rows while fewer than 4 came before: rows 1 and 2.
+    let loaded = store.load_rt_bundles("d", &[0], 0, 4).await.expect("load");
+    assert_eq!(loaded.iter().map(|b| b.id).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(loaded[0].ordering_keys, ["a", "b", "a"]);
+    assert_eq!(loaded[0].payloads[2], r#"{"n":2}"#);
+    assert!(loaded[0].job_states().is_empty());
+
+    let job = |index| JobRef { row: 1, index };
+    let now = chrono::Utc::now();
+    let mut rows = Rows::default();
+    rows.loaded(1, 3);
+    let batch = rows.settle(
+        vec![
+            Outcome::Delivered(job(0)),
+            Outcome::Retry(RetryUpdate {
+                job: job(1),
+                attempts: 1,
+                next_attempt_at: now,
+                first_failed_at: now,
+                error: "boom".into(),
+            }),
+            Outcome::Dead(DeadLetter {
+                job: job(2),
+                attempts: 1,
+                reason: "refused: no".into(),
+                last_status: Some(400),
+                last_response: Some("no".into()),
+            }),
+        ],
+        Instant::now(),
+    );
+    store.apply_status_ref(&batch).await.expect("write");
+    // Written twice (as after a commit whose answer was lost): still one dead letter.
+    store.apply_status_ref(&batch).await.expect("write again");
+    let dead = c
+        .query_one(
+            "SELECT count(*), min(message_id), min(ordering_key), min(payload::text), min(reason) FROM dlq_jobs",
+            &[],
+        )
+        .await
+        .expect("dlq");
+    assert_eq!(dead.get::<_, i64>(0), 1);
+    assert_eq!(dead.get::<_, String>(1), "m2");
+    assert_eq!(dead.get::<_, String>(2), "a");
+    assert_eq!(dead.get::<_, String>(3), r#"{"n":2}"#);
+    assert_eq!(dead.get::<_, String>(4), "refused: no");
+
+    let states = store.load_rt_bundles("d", &[0], 0, 1).await.expect("load")[0].job_states();
+    assert_eq!(states.get(&0), Some(&JobState::Done(1)));
+    assert_eq!(states.get(&2), Some(&JobState::Done(1)));
+    assert!(
+        matches!(states.get(&1), Some(JobState::Retry { attempts: 1, next_attempt_ms, .. }) if *next_attempt_ms == now.timestamp_millis()),
+        "{states:?}"
+    );
+
+    // Without the lease, marks wait (the new owner delivers the job again).
+    c.batch_execute("UPDATE leases SET owner = 'other' WHERE partition = 0")
+        .await
+        .expect("lease moves");
+    let mut other = Rows::default();
+    let batch = other.settle(
+        vec![Outcome::Delivered(JobRef { row: 2, index: 0 })],
+        Instant::now(),
+    );
+    assert_eq!(batch.marks.len(), 1);
+    store.apply_status_ref(&batch).await.expect("write");
+    let state: Option<Value> = c
+        .query_one("SELECT state FROM rt_jobs WHERE id = 2", &[])
+        .await
+        .expect("row 2")
+        .get(0);
+    assert_eq!(state, None);
+
+    // The last job of row 1 delivered: the row goes, whoever holds the lease now.
+    let mut rows = Rows::default();
+    rows.loaded(1, 1);
+    let batch = rows.settle(vec![Outcome::Delivered(job(1))], Instant::now());
+    assert_eq!(batch.delivered, [1]);
+    store.apply_status_ref(&batch).await.expect("write");
+    let left: Vec<i64> = c
+        .query("SELECT id FROM rt_jobs ORDER BY id", &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, [2, 3]);
 }

@@ -16,6 +16,7 @@
 
 pub mod keys;
 pub mod policy;
+pub mod rows;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,10 +28,11 @@ use crate::cluster::LeaseGuard;
 use crate::destinations::batch::BatchLimits;
 use crate::destinations::{Delivery, DeliveryOutcome, Failure};
 use crate::messages::{Drain, DrainReport, GetRouterStatus, RouterStatus, Wake};
-use crate::store::{DeadLetter, RetryUpdate, RtJob, StatusBatch, Store};
+use crate::store::{DeadLetter, JobRef, JobState, RetryUpdate, RtBundle, StatusBatch, Store};
 use crate::telemetry as t;
 use keys::{Finish, KeyQueues, QueuedJob};
 use policy::{Breaker, RetryPolicy, Throttle};
+use rows::{Outcome, Rows};
 
 /// Router tuning (defaults from `[router]`; throttle from the destination's config).
 #[derive(Debug, Clone)]
@@ -117,7 +119,11 @@ impl RouterMetrics {
 
 #[derive(Clone)]
 struct Job {
+    /// Load order (delivery order within a key): rows load in id order, a row's jobs in
+    /// index order.
     id: i64,
+    /// Where it is stored.
+    at: JobRef,
     message_id: Arc<str>,
     /// The stored payload (JSON text), handed to the kind as is.
     payload: Arc<str>,
@@ -149,9 +155,18 @@ pub struct RouterActor {
     queues: KeyQueues<Job>,
     in_flight: usize,
     max_loaded_id: i64,
+    /// The last [`Job::id`] given.
+    loaded_jobs: i64,
+    /// Loaded rows and their jobs not yet done.
+    rows: Rows,
     loading: bool,
     caught_up: bool,
-    pending: StatusBatch,
+    /// Outcomes since the last settle, in order.
+    pending: Vec<Outcome>,
+    /// Settled outcomes not yet written (a failed write's, kept for the next one).
+    unwritten: StatusBatch,
+    /// Outcomes in `unwritten`.
+    unwritten_len: usize,
     flushing: bool,
     flushing_len: usize,
     store_failures: u32,
@@ -192,6 +207,7 @@ impl RouterActor {
     ) -> Self {
         let breaker = Breaker::new(config.breaker_threshold, config.breaker_probe_interval);
         let throttle = Throttle::new(config.throttle_limit, config.throttle_window);
+        let carry_limit = config.max_unrecorded / 2;
         Self {
             metrics: RouterMetrics::new(destination_id),
             destination_id: Arc::from(destination_id),
@@ -203,9 +219,13 @@ impl RouterActor {
             queues: KeyQueues::default(),
             in_flight: 0,
             max_loaded_id: 0,
+            loaded_jobs: 0,
+            rows: Rows::new(carry_limit),
             loading: false,
             caught_up: false,
-            pending: StatusBatch::default(),
+            pending: Vec::new(),
+            unwritten: StatusBatch::default(),
+            unwritten_len: 0,
             flushing: false,
             flushing_len: 0,
             store_failures: 0,
@@ -304,7 +324,7 @@ impl RouterActor {
         if self.draining
             && self.in_flight == 0
             && !self.flushing
-            && self.pending.is_empty()
+            && !self.unrecorded()
             && !self.drain_waiters.is_empty()
         {
             for w in self.drain_waiters.drain(..) {
@@ -319,7 +339,7 @@ impl RouterActor {
         if self.draining
             || self.loading
             || self.partitions.is_empty()
-            || self.max_loaded_id == 0 && (self.flushing || !self.pending.is_empty())
+            || self.max_loaded_id == 0 && (self.flushing || self.unrecorded())
         {
             return;
         }
@@ -338,7 +358,7 @@ impl RouterActor {
         let partitions = self.partitions.clone();
         let fut = async move {
             store
-                .load_rt_jobs(&dest, &partitions, after, room as i64)
+                .load_rt_bundles(&dest, &partitions, after, room as i64)
                 .await
         };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
@@ -347,16 +367,21 @@ impl RouterActor {
                 return;
             }
             match result {
-                Ok(jobs) => {
+                Ok(bundles) => {
                     act.store_failures = 0;
-                    act.caught_up = jobs.len() < room;
                     let now = Instant::now();
                     let now_utc = Utc::now();
-                    for j in jobs {
-                        act.max_loaded_id = act.max_loaded_id.max(j.id);
-                        act.add_job(j, now, now_utc);
+                    let mut jobs = 0;
+                    for b in bundles {
+                        act.max_loaded_id = act.max_loaded_id.max(b.id);
+                        jobs += b.message_ids.len();
+                        act.add_bundle(b, now, now_utc);
                     }
+                    act.caught_up = jobs < room;
                     act.metrics.loaded.set(act.queues.len() as f64);
+                    if act.rows.has_empty() {
+                        act.flush(ctx);
+                    }
                     act.pump(ctx);
                 }
                 Err(e) => act.store_failed(ctx, "load", &e),
@@ -364,20 +389,53 @@ impl RouterActor {
         }));
     }
 
-    fn add_job(&mut self, j: RtJob, now: Instant, now_utc: DateTime<Utc>) {
-        let wait = (j.next_attempt_at - now_utc)
-            .to_std()
-            .unwrap_or(Duration::ZERO);
-        let job = Job {
-            id: j.id,
-            message_id: Arc::from(j.message_id.as_str()),
-            payload: Arc::from(j.payload),
-            attempts: j.attempts,
-            due: now + wait,
-            first_failed_at: j.first_failed_at,
-        };
-        self.queues
-            .push(Arc::from(j.ordering_key.as_str()), job, now);
+    /// Queues a row's jobs that are not done yet, each under its ordering key.
+    fn add_bundle(&mut self, b: RtBundle, now: Instant, now_utc: DateTime<Utc>) {
+        let states = b.job_states();
+        let mut live = 0;
+        let jobs = b
+            .ordering_keys
+            .into_iter()
+            .zip(b.message_ids)
+            .zip(b.payloads);
+        for (index, ((key, message_id), payload)) in jobs.enumerate() {
+            let (attempts, due, first_failed_at) = match states.get(&index) {
+                Some(JobState::Done(_)) => continue,
+                Some(JobState::Retry {
+                    attempts,
+                    next_attempt_ms,
+                    first_failed_ms,
+                }) => {
+                    let wait = u64::try_from(next_attempt_ms - now_utc.timestamp_millis())
+                        .map(Duration::from_millis)
+                        .unwrap_or(Duration::ZERO);
+                    let first = first_failed_ms.and_then(DateTime::<Utc>::from_timestamp_millis);
+                    (*attempts, now + wait, first)
+                }
+                None => (0, now, None),
+            };
+            live += 1;
+            self.loaded_jobs += 1;
+            let job = Job {
+                id: self.loaded_jobs,
+                at: JobRef {
+                    row: b.id,
+                    index: index as i32,
+                },
+                message_id: Arc::from(message_id),
+                payload: Arc::from(payload),
+                attempts,
+                due,
+                first_failed_at,
+            };
+            self.queues.push(Arc::from(key), job, now);
+        }
+        self.rows.loaded(b.id, live);
+    }
+
+    /// Outcomes to write now, settled or not (carried marks count once due).
+    fn unrecorded(&self) -> bool {
+        !self.pending.is_empty() || !self.unwritten.is_empty() || self.rows.due(Instant::now())
     }
 
     /// Starts every delivery that may start now, and arranges to be called again.
@@ -408,7 +466,12 @@ impl RouterActor {
         }
         self.queues.promote(now);
         while self.in_flight < self.config.concurrency && self.queues.has_ready() {
-            if self.pending.len() + self.flushing_len >= self.config.max_unrecorded {
+            if self.pending.len()
+                + self.unwritten_len
+                + self.flushing_len
+                + self.rows.carried_jobs()
+                >= self.config.max_unrecorded
+            {
                 // Resumed when the running status write completes.
                 break;
             }
@@ -594,7 +657,7 @@ impl RouterActor {
             DeliveryOutcome::Delivered => {
                 self.publish(&key, &job, "delivered", job.attempts + 1, None);
                 self.metrics.delivered.increment(1);
-                self.pending.delivered.push(job.id);
+                self.pending.push(Outcome::Delivered(job.at));
                 self.queues.finish(&key, Finish::Done, now);
             }
             DeliveryOutcome::Abort(f) => {
@@ -632,13 +695,13 @@ impl RouterActor {
                         Some(s) => format!("{} (status {s}): {}", f.error, f.body),
                         None => f.error.clone(),
                     };
-                    self.pending.retries.push(RetryUpdate {
-                        id: job.id,
+                    self.pending.push(Outcome::Retry(RetryUpdate {
+                        job: job.at,
                         attempts,
                         next_attempt_at: next,
                         first_failed_at: first_failed,
                         error,
-                    });
+                    }));
                     self.queues.update_head(&key, |h| {
                         h.attempts = attempts;
                         h.first_failed_at = Some(first_failed);
@@ -651,24 +714,31 @@ impl RouterActor {
 
     fn dead_letter(&mut self, job: &Job, attempts: i32, reason: String, f: Failure) {
         tracing::info!(destination = %self.destination_id, message_id = %job.message_id, reason = %self.secrets.text(&reason), "job dead-lettered");
-        self.pending.dead.push(DeadLetter {
-            id: job.id,
+        self.pending.push(Outcome::Dead(DeadLetter {
+            job: job.at,
             attempts,
             reason,
             last_status: f.status.map(i32::from),
             last_response: Some(f.body),
-        });
+        }));
     }
 
     /// Writes held outcomes in one transaction; one write at a time, the next one takes
     /// whatever accumulated meanwhile.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.flushing || self.pending.is_empty() {
+        if self.flushing || !self.unrecorded() {
+            return;
+        }
+        let outcomes = std::mem::take(&mut self.pending);
+        self.unwritten_len += outcomes.len();
+        let mut batch = self.rows.settle(outcomes, Instant::now());
+        batch.merge_front(std::mem::take(&mut self.unwritten));
+        if batch.is_empty() {
+            self.unwritten_len = 0;
             return;
         }
         self.flushing = true;
-        let batch = std::mem::take(&mut self.pending);
-        self.flushing_len = batch.len();
+        self.flushing_len = std::mem::take(&mut self.unwritten_len);
         let store = self.store.clone();
         let started = Instant::now();
         let fut = async move {
@@ -677,7 +747,7 @@ impl RouterActor {
         };
         ctx.spawn(fut.into_actor(self).map(move |(result, batch), act, ctx| {
             act.flushing = false;
-            act.flushing_len = 0;
+            let written = std::mem::take(&mut act.flushing_len);
             match result {
                 Ok(()) => {
                     act.store_failures = 0;
@@ -691,7 +761,8 @@ impl RouterActor {
                     act.check_drained();
                 }
                 Err(e) => {
-                    act.pending.merge_front(batch);
+                    act.unwritten.merge_front(batch);
+                    act.unwritten_len += written;
                     act.store_failed(ctx, "status write", &e);
                     ctx.run_later(Duration::from_millis(200), |act, ctx| act.flush(ctx));
                 }
@@ -762,6 +833,7 @@ impl Supervised for RouterActor {
         self.generation += 1;
         // Deliveries under way were cancelled with the old context: reload from Postgres.
         self.queues.clear();
+        self.rows.clear();
         self.in_flight = 0;
         self.max_loaded_id = 0;
         self.loading = false;
@@ -787,6 +859,7 @@ impl Handler<Drain> for RouterActor {
 
     fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) -> Self::Result {
         self.draining = true;
+        self.rows.write_carried();
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.drain_waiters.push(tx);
         self.flush(ctx);

@@ -28,7 +28,9 @@ pub use processor::{
     BackupPack, Consumed, DlqInsert, GwJob, ProcessedBatch, RoutingRecord, RtJobInsert,
     PROCESSOR_STAGE,
 };
-pub use router::{DeadLetter, DlqJob, RetryUpdate, RtJob, StatusBatch, TransformDeadLetter};
+pub use router::{
+    DeadLetter, DlqJob, JobRef, JobState, RetryUpdate, RtBundle, StatusBatch, TransformDeadLetter,
+};
 pub use telemetry::{DestinationBacklog, PoolUsage};
 pub use uploads::{ClaimedBatch, JobQueue, QueueBacklog, QueuedJob};
 pub use warehouse::WhJobInsert;

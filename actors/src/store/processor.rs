@@ -204,11 +204,31 @@ impl ProcessedBatch {
         batch
     }
 
-    /// Adds a delivery job (`rt_jobs` row).
+    /// Adds a delivery job: the next job of its destination and partition's bundle (an
+    /// `rt_jobs` row holds each commit's jobs of one destination and partition, in order).
     pub fn push_job(&mut self, j: RtJobInsert) {
+        use std::collections::hash_map::Entry;
         let c = &mut self.jobs;
-        c.parts.push(j.partition);
-        c.dest.push(j.destination_id);
+        let next = c.dest.len() as i32 + 1;
+        let number = match c.open.entry((j.destination_id, j.partition)) {
+            Entry::Occupied(mut o) if o.get().1 < MAX_BUNDLE_JOBS => {
+                o.get_mut().1 += 1;
+                o.get().0
+            }
+            Entry::Occupied(mut o) => {
+                c.dest.push(o.key().0.clone());
+                c.part.push(o.key().1);
+                *o.get_mut() = (next, 1);
+                next
+            }
+            Entry::Vacant(v) => {
+                c.dest.push(v.key().0.clone());
+                c.part.push(v.key().1);
+                v.insert((next, 1));
+                next
+            }
+        };
+        c.bundle.push(number);
         c.keys.push(j.ordering_key);
         c.mids.push(j.message_id);
         c.srcs.push(j.source_id);
@@ -269,15 +289,31 @@ impl ProcessedBatch {
     }
 }
 
-/// `rt_jobs` columns.
+/// Jobs one `rt_jobs` row holds at most: a larger share of one commit for one destination
+/// and partition continues in the next row.
+const MAX_BUNDLE_JOBS: usize = 1000;
+
+/// `rt_jobs` bundles: per bundle its destination and partition; per job its bundle number
+/// (1-based, in order of the bundles' first jobs) and its columns.
 #[derive(Default)]
 struct RtColumns {
+    /// The bundle still taking jobs of each (destination, partition): number, jobs held.
+    open: std::collections::HashMap<(String, i32), (i32, usize)>,
+    /// Per bundle: destination id and partition.
     dest: Vec<String>,
+    part: Vec<i32>,
+    bundle: Vec<i32>,
     keys: Vec<String>,
     mids: Vec<String>,
     srcs: Vec<String>,
     payloads: Vec<String>,
-    parts: Vec<i32>,
+}
+
+impl RtColumns {
+    /// No job was added.
+    fn is_empty(&self) -> bool {
+        self.bundle.is_empty()
+    }
 }
 
 /// `wh_jobs` columns.
@@ -398,24 +434,31 @@ impl Consumed {
 }
 
 impl RtColumns {
-    /// Inserts the delivery jobs; answers the id range written (explain finds an event's
-    /// pending jobs in it, per destination, on the `(destination_id, id)` index).
+    /// Inserts the delivery jobs, one row per bundle in bundle order; answers the id range
+    /// written (explain finds an event's pending jobs in it, per destination, on the
+    /// `(destination_id, id)` index).
     async fn insert(self, conn: &mut Conn) -> Result<IdRange, StoreError> {
-        if self.dest.is_empty() {
+        if self.is_empty() {
             return Ok(IdRange { lo: None, hi: None });
         }
         let ranges: Vec<IdRange> = diesel::sql_query(
-            "WITH ins AS (INSERT INTO rt_jobs (destination_id, ordering_key, message_id, source_id, payload, partition) \
-             SELECT d, k, m, s, p, n FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[]) \
-             AS u(d, k, m, s, p, n) RETURNING id) \
+            "WITH ins AS (INSERT INTO rt_jobs (destination_id, partition, ordering_keys, message_ids, source_ids, payloads) \
+             SELECT b.d, b.n, j.k, j.m, j.s, j.p \
+             FROM unnest($1::text[], $2::int4[]) WITH ORDINALITY AS b(d, n, i) \
+             JOIN (SELECT b, array_agg(k ORDER BY o) AS k, array_agg(m ORDER BY o) AS m, \
+                          array_agg(s ORDER BY o) AS s, array_agg(p ORDER BY o) AS p \
+                   FROM unnest($3::int4[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+                   WITH ORDINALITY AS u(b, k, m, s, p, o) GROUP BY b) j ON j.b = b.i \
+             ORDER BY b.i RETURNING id) \
              SELECT min(id) AS lo, max(id) AS hi FROM ins",
         )
         .bind::<Array<Text>, _>(self.dest)
+        .bind::<Array<Integer>, _>(self.part)
+        .bind::<Array<Integer>, _>(self.bundle)
         .bind::<Array<Text>, _>(self.keys)
         .bind::<Array<Text>, _>(self.mids)
         .bind::<Array<Text>, _>(self.srcs)
         .bind::<Array<Text>, _>(self.payloads)
-        .bind::<Array<Integer>, _>(self.parts)
         .cached()
         .load(conn)
         .await?;
@@ -586,7 +629,7 @@ diesel::sql_query(
                 async move {
                     // The order lock first: waiting for it (another node's commit) holds no
                     // lease row, so this node's renewals never queue behind that wait.
-                    if !jobs.dest.is_empty() || !warehouse.dest.is_empty() {
+                    if !jobs.is_empty() || !warehouse.dest.is_empty() {
                         super::cluster::take_order_lock(conn).await?;
                     }
                     if let Some(c) = &consumed {

@@ -23,37 +23,78 @@ struct NewestDead {
     failed_at: DateTime<Utc>,
 }
 
-/// A job as a router holds it.
+/// An `rt_jobs` row as a router loads it: a bundle of jobs of one destination and
+/// partition, in delivery order. The i-th job is (`ordering_keys[i]`, `message_ids[i]`,
+/// `payloads[i]`); `state` says which are done and which wait for a retry.
 #[derive(Debug, Clone, QueryableByName)]
-pub struct RtJob {
-    /// Row id (delivery order within a key).
+pub struct RtBundle {
+    /// Row id (delivery order within a key, across rows).
     #[diesel(sql_type = BigInt)]
     pub id: i64,
-    /// userId, else anonymousId.
-    #[diesel(sql_type = Text)]
-    pub ordering_key: String,
-    /// The event's messageId.
-    #[diesel(sql_type = Text)]
-    pub message_id: String,
-    /// Destination-ready payload as JSON text.
-    #[diesel(sql_type = Text)]
-    pub payload: String,
-    /// Attempts made so far.
-    #[diesel(sql_type = Integer)]
-    pub attempts: i32,
-    /// Not to be tried before this time.
-    #[diesel(sql_type = Timestamptz)]
-    pub next_attempt_at: DateTime<Utc>,
-    /// When the first attempt failed, if one did.
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    pub first_failed_at: Option<DateTime<Utc>>,
+    /// Per job: userId, else anonymousId.
+    #[diesel(sql_type = Array<Text>)]
+    pub ordering_keys: Vec<String>,
+    /// Per job: the event's messageId.
+    #[diesel(sql_type = Array<Text>)]
+    pub message_ids: Vec<String>,
+    /// Per job: the destination-ready payload as JSON text.
+    #[diesel(sql_type = Array<Text>)]
+    pub payloads: Vec<String>,
+    /// The row's `state` as JSON text (see [`JobState`]), if any job has one.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub state: Option<String>,
+}
+
+/// What `rt_jobs.state` records of one job of a row that still waits.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum JobState {
+    /// Delivered or dead-lettered (stored as `1`).
+    Done(u8),
+    /// Failed, waiting to be retried.
+    Retry {
+        /// Attempts made so far.
+        #[serde(rename = "a")]
+        attempts: i32,
+        /// Not before this time (epoch ms).
+        #[serde(rename = "n")]
+        next_attempt_ms: i64,
+        /// When the first attempt failed (epoch ms).
+        #[serde(rename = "f", default)]
+        first_failed_ms: Option<i64>,
+    },
+}
+
+impl RtBundle {
+    /// The state of each job that has one, by 0-based index (empty when the row has none or
+    /// it cannot be read, which retries those jobs afresh).
+    pub fn job_states(&self) -> std::collections::HashMap<usize, JobState> {
+        let Some(text) = self.state.as_deref() else {
+            return Default::default();
+        };
+        let parsed: std::collections::HashMap<String, JobState> =
+            serde_json::from_str(text).unwrap_or_default();
+        parsed
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
+            .collect()
+    }
+}
+
+/// One job's place: its `rt_jobs` row and its 0-based index in the row's arrays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobRef {
+    /// Row id.
+    pub row: i64,
+    /// Index in the row.
+    pub index: i32,
 }
 
 /// A failed attempt to record: the job stays, to be retried.
 #[derive(Debug, Clone)]
 pub struct RetryUpdate {
-    /// Job id.
-    pub id: i64,
+    /// The job.
+    pub job: JobRef,
     /// Attempts made, this one included.
     pub attempts: i32,
     /// Not before this time.
@@ -64,11 +105,11 @@ pub struct RetryUpdate {
     pub error: String,
 }
 
-/// A job to move to the DLQ.
+/// A job to copy to the DLQ.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
-    /// Job id.
-    pub id: i64,
+    /// The job.
+    pub job: JobRef,
     /// Attempts made.
     pub attempts: i32,
     /// Why.
@@ -79,34 +120,39 @@ pub struct DeadLetter {
     pub last_response: Option<String>,
 }
 
-/// Delivery outcomes to record together.
+/// Delivery outcomes to record together, per row (a router builds it from its jobs'
+/// outcomes and what it knows of each row's other jobs).
 #[derive(Debug, Default)]
 pub struct StatusBatch {
-    /// Delivered: delete.
+    /// Rows all of whose jobs were delivered: delete, whoever holds the partition now (the
+    /// destination has the events).
     pub delivered: Vec<i64>,
-    /// To retry.
-    pub retries: Vec<RetryUpdate>,
-    /// To dead-letter.
+    /// Rows all of whose jobs are done, some dead-lettered here: delete while this node
+    /// holds the partition (with the dead letters).
+    pub finished: Vec<i64>,
+    /// Rows still waiting: a JSON object to merge into `state` (see [`JobState`]), while
+    /// this node holds the partition.
+    pub marks: Vec<(i64, String)>,
+    /// Jobs to copy to `dlq_jobs`, before their rows are marked or deleted.
     pub dead: Vec<DeadLetter>,
 }
 
 impl StatusBatch {
     /// Nothing to record.
     pub fn is_empty(&self) -> bool {
-        self.delivered.is_empty() && self.retries.is_empty() && self.dead.is_empty()
+        self.delivered.is_empty()
+            && self.finished.is_empty()
+            && self.marks.is_empty()
+            && self.dead.is_empty()
     }
 
     /// Puts an unwritten batch back in front of what accumulated since.
     pub fn merge_front(&mut self, mut older: StatusBatch) {
         older.delivered.append(&mut self.delivered);
-        older.retries.append(&mut self.retries);
+        older.finished.append(&mut self.finished);
+        older.marks.append(&mut self.marks);
         older.dead.append(&mut self.dead);
         *self = older;
-    }
-
-    /// Number of outcomes held.
-    pub fn len(&self) -> usize {
-        self.delivered.len() + self.retries.len() + self.dead.len()
     }
 }
 
@@ -156,27 +202,32 @@ struct Count {
 }
 
 impl Store {
-    /// Up to `limit` jobs of `destination` in `partitions` with id > `after`, in id order.
-    /// (Every writer of `rt_jobs` takes the order lock, so ids commit in increasing order
-    /// and nothing below `after` can appear later.)
-    pub async fn load_rt_jobs(
+    /// The rows of `destination` in `partitions` with id > `after`, in id order, holding
+    /// about `budget` jobs: rows are taken while fewer jobs than that came before them (so
+    /// at least one). (Every writer of `rt_jobs` takes the order lock, so ids commit in
+    /// increasing order and nothing below `after` can appear later.)
+    pub async fn load_rt_bundles(
         &self,
         destination: &str,
         partitions: &[i32],
         after: i64,
-        limit: i64,
-    ) -> Result<Vec<RtJob>, StoreError> {
+        budget: i64,
+    ) -> Result<Vec<RtBundle>, StoreError> {
         // Walk the (destination_id, id) index in order. A queue table's statistics are
         // always stale ("id > after" looks nearly empty), and the planner then prefers a
         // bitmap scan plus a sort of the whole window, which spills to disk: many times
-        // slower.
+        // slower. Rows past the budget are dropped before their payloads are read.
         let query = diesel::sql_query(
-            "SELECT id, ordering_key, message_id, payload, attempts, next_attempt_at, first_failed_at \
-             FROM rt_jobs WHERE destination_id = $1 AND id > $2 AND partition = ANY($4) ORDER BY id LIMIT $3",
+            "SELECT id, ordering_keys, message_ids, payloads, state::text AS state FROM ( \
+               SELECT id, ordering_keys, message_ids, payloads, state, \
+                      sum(cardinality(message_ids)) OVER (ORDER BY id) - cardinality(message_ids) AS before \
+               FROM rt_jobs WHERE destination_id = $1 AND id > $2 AND partition = ANY($4) \
+               ORDER BY id LIMIT $3) b \
+             WHERE before < $3 ORDER BY id",
         )
         .bind::<Text, _>(destination)
         .bind::<BigInt, _>(after)
-        .bind::<BigInt, _>(limit)
+        .bind::<BigInt, _>(budget.max(1))
         .bind::<Array<Integer>, _>(partitions)
         .cached();
         self.load_planned(
@@ -187,89 +238,50 @@ impl Store {
     }
 
     /// Records a batch of outcomes in one transaction (the batch is kept for a retry).
-    /// Deliveries are recorded whoever holds the job's partition now (the destination has
-    /// the event); retries and dead letters only while this node still holds it.
+    /// Deliveries are recorded whoever holds the rows' partition now (the destination has
+    /// the events); retries, dead letters and marks only while this node still holds it.
     pub async fn apply_status_ref(&self, batch: &StatusBatch) -> Result<(), StoreError> {
         let delivered = batch.delivered.clone();
-        if batch.retries.is_empty() && batch.dead.is_empty() {
-            // The common case, deliveries only: one statement is atomic by itself, which
-            // saves the BEGIN and COMMIT round trips of a transaction.
+        if batch.finished.is_empty() && batch.marks.is_empty() && batch.dead.is_empty() {
+            // The common case, whole rows delivered: one statement is atomic by itself,
+            // which saves the BEGIN and COMMIT round trips of a transaction.
             return self
                 .timed(async {
                     let mut conn = self.conn().await?;
-                    delete_delivered(&mut conn, delivered).await
+                    delete_rows(&mut conn, delivered, None).await
                 })
                 .await;
         }
         let node = self.node.clone();
-        // A job may fail twice before a write; only its latest state counts.
-        let mut latest = std::collections::HashMap::new();
-        for r in &batch.retries {
-            latest.insert(r.id, r.clone());
-        }
-        let retries: Vec<_> = latest.into_values().collect();
+        let (mark_ids, marks) = merge_marks(&batch.marks);
+        let finished = batch.finished.clone();
         let dead = batch.dead.clone();
         self.timed(async {
             let mut conn = self.conn().await?;
             conn.transaction::<_, StoreError, _>(|conn| {
                 async move {
-                    if !delivered.is_empty() {
-                        delete_delivered(conn, delivered).await?;
-                    }
-                    if !retries.is_empty() {
-                        let (mut ids, mut att, mut next, mut first, mut err) = (vec![], vec![], vec![], vec![], vec![]);
-                        for r in retries {
-                            ids.push(r.id);
-                            att.push(r.attempts);
-                            next.push(r.next_attempt_at);
-                            first.push(r.first_failed_at);
-                            err.push(r.error);
-                        }
-                        diesel::sql_query(
-                            "UPDATE rt_jobs SET attempts = u.a, next_attempt_at = u.n, \
-                             first_failed_at = coalesce(rt_jobs.first_failed_at, u.f), last_error = u.e \
-                             FROM unnest($1::int8[], $2::int4[], $3::timestamptz[], $4::timestamptz[], $5::text[]) AS u(id, a, n, f, e) \
-                             WHERE rt_jobs.id = u.id \
-                             AND rt_jobs.partition IN (SELECT partition FROM leases WHERE owner = $6)",
-                        )
-                        .bind::<Array<BigInt>, _>(ids)
-                        .bind::<Array<Integer>, _>(att)
-                        .bind::<Array<Timestamptz>, _>(next)
-                        .bind::<Array<Timestamptz>, _>(first)
-                        .bind::<Array<Text>, _>(err)
-                        .bind::<Text, _>(&*node)
-                        .cached()
-                        .execute(conn)
-                        .await?;
-                    }
                     if !dead.is_empty() {
-                        let (mut ids, mut att, mut reason, mut status, mut resp) = (vec![], vec![], vec![], vec![], vec![]);
-                        for d in dead {
-                            ids.push(d.id);
-                            att.push(d.attempts);
-                            reason.push(d.reason);
-                            status.push(d.last_status);
-                            resp.push(d.last_response);
-                        }
+                        copy_dead_letters(conn, dead, &node).await?;
+                    }
+                    if !mark_ids.is_empty() {
                         diesel::sql_query(
-                            "WITH moved AS (DELETE FROM rt_jobs WHERE id = ANY($1) \
-                               AND partition IN (SELECT partition FROM leases WHERE owner = $6) RETURNING *) \
-                             INSERT INTO dlq_jobs (id, destination_id, ordering_key, message_id, source_id, payload, attempts, \
-                                                   reason, last_status, last_response, created_at, partition) \
-                             SELECT m.id, m.destination_id, m.ordering_key, m.message_id, m.source_id, m.payload::json, u.a, \
-                                    u.r, u.s, u.b, m.created_at, m.partition \
-                             FROM moved m JOIN unnest($1::int8[], $2::int4[], $3::text[], $4::int4[], $5::text[]) AS u(id, a, r, s, b) \
-                             ON u.id = m.id ON CONFLICT (id) DO NOTHING",
+                            "UPDATE rt_jobs SET state = coalesce(state, '{}'::jsonb) || u.p::jsonb \
+                             FROM unnest($1::int8[], $2::text[]) AS u(id, p) \
+                             WHERE rt_jobs.id = u.id \
+                             AND rt_jobs.partition IN (SELECT partition FROM leases WHERE owner = $3)",
                         )
-                        .bind::<Array<BigInt>, _>(ids)
-                        .bind::<Array<Integer>, _>(att)
-                        .bind::<Array<Text>, _>(reason)
-                        .bind::<Array<Nullable<Integer>>, _>(status)
-                        .bind::<Array<Nullable<Text>>, _>(resp)
+                        .bind::<Array<BigInt>, _>(mark_ids)
+                        .bind::<Array<Text>, _>(marks)
                         .bind::<Text, _>(&*node)
                         .cached()
                         .execute(conn)
                         .await?;
+                    }
+                    if !finished.is_empty() {
+                        delete_rows(conn, finished, Some(&node)).await?;
+                    }
+                    if !delivered.is_empty() {
+                        delete_rows(conn, delivered, None).await?;
                     }
                     Ok(())
                 }
@@ -345,7 +357,7 @@ diesel::sql_query(
         .await
     }
 
-    /// Moves dead-lettered jobs back to `rt_jobs` as new jobs (fresh attempts), keeping
+    /// Moves dead-lettered jobs back to `rt_jobs` as new jobs (fresh attempts, a row each), keeping
     /// their relative order; filters combine (destination and/or ids; neither = all). Each
     /// new job gets a `routing_log` row naming its id, where explain finds it.
     /// Returns how many moved.
@@ -364,9 +376,10 @@ diesel::sql_query(
                            DELETE FROM dlq_jobs WHERE stage = 'delivery' AND ($1::text IS NULL OR destination_id = $1) AND ($2::int8[] IS NULL OR id = ANY($2)) \
                            RETURNING id, destination_id, ordering_key, message_id, source_id, payload, partition), \
                          ins AS ( \
-                           INSERT INTO rt_jobs (destination_id, ordering_key, message_id, source_id, payload, partition) \
-                           SELECT destination_id, ordering_key, message_id, source_id, payload::text, partition FROM moved ORDER BY id \
-                           RETURNING id, destination_id, message_id, source_id), \
+                           INSERT INTO rt_jobs (destination_id, ordering_keys, message_ids, source_ids, payloads, partition) \
+                           SELECT destination_id, ARRAY[ordering_key], ARRAY[message_id], ARRAY[source_id], ARRAY[payload::text], partition \
+                           FROM moved ORDER BY id \
+                           RETURNING id, destination_id, message_ids[1] AS message_id, source_ids[1] AS source_id), \
                          logged AS ( \
                            INSERT INTO routing_log (source_id, message_id, job_id, routed_to, filtered, rt_first, rt_last) \
                            SELECT source_id, message_id, 0, jsonb_build_array(destination_id), '{}'::jsonb, id, id FROM ins) \
@@ -418,8 +431,9 @@ struct Doc {
 
 /// The explain document. An event's routing decision is in the `routing_jobs` row of the
 /// request its dedup row names (or, for dead-letter replays, in `routing_log`); its pending
-/// jobs are found per destination it was routed to, in the `rt_jobs` id range that routing
-/// row's commit wrote. Jobs no retained routing row covers — older than the retention
+/// jobs are found per destination it was routed to, in the `rt_jobs` rows of the id range
+/// that routing row's commit wrote (a pending job's `job_id` is its row's id, shared with
+/// the other jobs of the row). Jobs no retained routing row covers — older than the retention
 /// window (a long backlog, an open circuit) or written before migration 000007 — all have
 /// ids below the range of the oldest retained `routing_jobs` row, so they are searched in
 /// that stretch of the primary key, usually empty.
@@ -437,21 +451,30 @@ WITH stored AS (
   SELECT source_id, job_id, coalesce(routed_to, to_jsonb(routed)), filtered, processed_at,
          rt_first, rt_last
   FROM routing_log WHERE message_id = $1
-), pending AS (
-  SELECT j.id, j.destination_id, j.attempts, j.next_attempt_at, j.last_error
+), candidates AS (
+  SELECT rj.id
   FROM routing r
   CROSS JOIN LATERAL jsonb_array_elements_text(
       CASE WHEN jsonb_typeof(r.routed) = 'array' THEN r.routed ELSE '[]' END) AS t(dest)
   CROSS JOIN LATERAL (
-      SELECT id, destination_id, attempts, next_attempt_at, last_error FROM rt_jobs
+      SELECT id FROM rt_jobs
       WHERE destination_id = t.dest AND id BETWEEN r.rt_first AND r.rt_last
-        AND message_id = $1) j
+        AND $1 = ANY(message_ids)) rj
   WHERE r.rt_first IS NOT NULL
   UNION
-  SELECT id, destination_id, attempts, next_attempt_at, last_error FROM rt_jobs
+  SELECT id FROM rt_jobs
   WHERE id < coalesce((SELECT rt_first FROM routing_jobs WHERE rt_first IS NOT NULL
                        ORDER BY job_id LIMIT 1), 9223372036854775807)
-    AND message_id = $1
+    AND $1 = ANY(message_ids)
+), pending AS (
+  SELECT rj.id, rj.destination_id, coalesce((s.v ->> 'a')::int, 0) AS attempts,
+         coalesce(to_timestamp((s.v ->> 'n')::float8 / 1000), rj.created_at) AS next_attempt_at,
+         s.v ->> 'e' AS last_error
+  FROM candidates c
+  JOIN rt_jobs rj ON rj.id = c.id
+  CROSS JOIN LATERAL unnest(rj.message_ids) WITH ORDINALITY AS m(mid, i)
+  CROSS JOIN LATERAL (SELECT rj.state -> (m.i - 1)::text AS v) s
+  WHERE m.mid = $1 AND coalesce(s.v, 'null'::jsonb) <> '1'::jsonb
 )
 SELECT json_build_object(
   'stored', (SELECT coalesce(json_agg(json_build_object(
@@ -503,16 +526,89 @@ impl Store {
     }
 }
 
-/// Deletes delivered jobs by id, whoever holds their partition now (the destination has
-/// the event).
-async fn delete_delivered(
+/// Deletes whole rows by id: whoever holds their partition now (`lease_owner` `None`, the
+/// rows were delivered), or only while `lease_owner` holds it.
+async fn delete_rows(
     conn: &mut diesel_async::AsyncPgConnection,
     ids: Vec<i64>,
+    lease_owner: Option<&str>,
 ) -> Result<(), StoreError> {
-    diesel::sql_query("DELETE FROM rt_jobs WHERE id = ANY($1)")
-        .bind::<Array<BigInt>, _>(ids)
-        .cached()
-        .execute(conn)
-        .await?;
+    diesel::sql_query(
+        "DELETE FROM rt_jobs WHERE id = ANY($1) AND ($2::text IS NULL \
+         OR partition IN (SELECT partition FROM leases WHERE owner = $2))",
+    )
+    .bind::<Array<BigInt>, _>(ids)
+    .bind::<Nullable<Text>, _>(lease_owner)
+    .cached()
+    .execute(conn)
+    .await?;
     Ok(())
+}
+
+/// Copies dead jobs to `dlq_jobs` (new ids from `rt_jobs`' sequence, in the order given),
+/// while `node` holds their partition and unless their row is gone or marks them done (a
+/// batch written before).
+async fn copy_dead_letters(
+    conn: &mut diesel_async::AsyncPgConnection,
+    dead: Vec<DeadLetter>,
+    node: &str,
+) -> Result<(), StoreError> {
+    let n = dead.len();
+    let (mut rows, mut idx, mut att) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut reason, mut status, mut resp) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for d in dead {
+        rows.push(d.job.row);
+        idx.push(d.job.index);
+        att.push(d.attempts);
+        reason.push(d.reason);
+        status.push(d.last_status);
+        resp.push(d.last_response);
+    }
+    diesel::sql_query(
+        "INSERT INTO dlq_jobs (id, destination_id, ordering_key, message_id, source_id, payload, attempts, \
+                               reason, last_status, last_response, created_at, partition) \
+         SELECT nextval('rt_jobs_id_seq'), r.destination_id, r.ordering_keys[u.i + 1], r.message_ids[u.i + 1], \
+                r.source_ids[u.i + 1], r.payloads[u.i + 1]::json, u.a, u.r, u.s, u.b, r.created_at, r.partition \
+         FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::text[], $5::int4[], $6::text[]) \
+              WITH ORDINALITY AS u(row_id, i, a, r, s, b, o) \
+         JOIN rt_jobs r ON r.id = u.row_id \
+         WHERE r.partition IN (SELECT partition FROM leases WHERE owner = $7) \
+           AND coalesce(r.state -> (u.i::text), 'null'::jsonb) <> '1'::jsonb \
+         ORDER BY u.o",
+    )
+    .bind::<Array<BigInt>, _>(rows)
+    .bind::<Array<Integer>, _>(idx)
+    .bind::<Array<Integer>, _>(att)
+    .bind::<Array<Text>, _>(reason)
+    .bind::<Array<Nullable<Integer>>, _>(status)
+    .bind::<Array<Nullable<Text>>, _>(resp)
+    .bind::<Text, _>(node)
+    .cached()
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One merged state patch per row (a later mark of a job overrides an earlier one), as
+/// parallel arrays of row ids and JSON objects.
+fn merge_marks(marks: &[(i64, String)]) -> (Vec<i64>, Vec<String>) {
+    let mut merged: std::collections::BTreeMap<i64, serde_json::Map<String, serde_json::Value>> =
+        std::collections::BTreeMap::new();
+    for (row, patch) in marks {
+        if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(patch) {
+            merged.entry(*row).or_default().extend(m);
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(row, m)| (row, serde_json::Value::Object(m).to_string()))
+        .unzip()
 }

@@ -18,7 +18,7 @@ pub struct DestinationBacklog {
     /// Destination id.
     #[diesel(sql_type = Text)]
     pub destination_id: String,
-    /// `rt_jobs` rows waiting (due or waiting for a retry).
+    /// Jobs waiting in `rt_jobs` (due or waiting for a retry; a row's done jobs not counted).
     #[diesel(sql_type = BigInt)]
     pub pending: i64,
     /// Age in seconds of the oldest waiting job (0 when none waits).
@@ -83,7 +83,9 @@ impl Store {
         self.load_all(
 diesel::sql_query(
                 "SELECT d.destination_id, \
-                   (SELECT count(*) FROM rt_jobs r WHERE r.destination_id = d.destination_id) AS pending, \
+                   (SELECT coalesce(sum(cardinality(r.message_ids) - (SELECT count(*) FROM jsonb_each(r.state) e \
+                                        WHERE e.value = '1'::jsonb)), 0)::int8 \
+                    FROM rt_jobs r WHERE r.destination_id = d.destination_id) AS pending, \
                    coalesce((SELECT extract(epoch FROM now() - r.created_at)::float8 FROM rt_jobs r \
                              WHERE r.destination_id = d.destination_id ORDER BY r.id LIMIT 1), 0)::float8 \
                      AS oldest_pending_seconds, \
