@@ -325,6 +325,7 @@ impl RouterActor {
             && self.in_flight == 0
             && !self.flushing
             && !self.unrecorded()
+            && self.rows.carried_jobs() == 0
             && !self.drain_waiters.is_empty()
         {
             for w in self.drain_waiters.drain(..) {
@@ -726,6 +727,10 @@ impl RouterActor {
     /// Writes held outcomes in one transaction; one write at a time, the next one takes
     /// whatever accumulated meanwhile.
     fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.draining {
+            // Nothing may stay carried once drained: the next holder would deliver it again.
+            self.rows.write_carried();
+        }
         if self.flushing || !self.unrecorded() {
             return;
         }

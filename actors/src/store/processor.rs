@@ -209,30 +209,25 @@ impl ProcessedBatch {
     pub fn push_job(&mut self, j: RtJobInsert) {
         use std::collections::hash_map::Entry;
         let c = &mut self.jobs;
-        let next = c.dest.len() as i32 + 1;
-        let number = match c.open.entry((j.destination_id, j.partition)) {
-            Entry::Occupied(mut o) if o.get().1 < MAX_BUNDLE_JOBS => {
-                o.get_mut().1 += 1;
-                o.get().0
-            }
+        let next = c.bundles.len();
+        let at = match c.open.entry((j.destination_id, j.partition)) {
+            Entry::Occupied(o) if c.bundles[*o.get()].len() < MAX_BUNDLE_JOBS => *o.get(),
             Entry::Occupied(mut o) => {
-                c.dest.push(o.key().0.clone());
-                c.part.push(o.key().1);
-                *o.get_mut() = (next, 1);
+                c.bundles.push(Bundle::new(o.key()));
+                *o.get_mut() = next;
                 next
             }
             Entry::Vacant(v) => {
-                c.dest.push(v.key().0.clone());
-                c.part.push(v.key().1);
-                v.insert((next, 1));
+                c.bundles.push(Bundle::new(v.key()));
+                v.insert(next);
                 next
             }
         };
-        c.bundle.push(number);
-        c.keys.push(j.ordering_key);
-        c.mids.push(j.message_id);
-        c.srcs.push(j.source_id);
-        c.payloads.push(j.payload);
+        let bundle = &mut c.bundles[at];
+        bundle.keys.push(j.ordering_key);
+        bundle.mids.push(j.message_id);
+        bundle.srcs.push(j.source_id);
+        bundle.payloads.push(j.payload);
     }
 
     /// Adds a warehouse job (`wh_jobs` row).
@@ -293,27 +288,82 @@ impl ProcessedBatch {
 /// and partition continues in the next row.
 const MAX_BUNDLE_JOBS: usize = 1000;
 
-/// `rt_jobs` bundles: per bundle its destination and partition; per job its bundle number
-/// (1-based, in order of the bundles' first jobs) and its columns.
+/// `rt_jobs` rows to insert, in order of their first jobs.
 #[derive(Default)]
 struct RtColumns {
-    /// The bundle still taking jobs of each (destination, partition): number, jobs held.
-    open: std::collections::HashMap<(String, i32), (i32, usize)>,
-    /// Per bundle: destination id and partition.
-    dest: Vec<String>,
-    part: Vec<i32>,
-    bundle: Vec<i32>,
+    /// The bundle still taking jobs of each (destination, partition), by index.
+    open: std::collections::HashMap<(String, i32), usize>,
+    bundles: Vec<Bundle>,
+}
+
+/// One `rt_jobs` row: a destination and partition's jobs, as its array columns.
+struct Bundle {
+    dest: String,
+    part: i32,
     keys: Vec<String>,
     mids: Vec<String>,
     srcs: Vec<String>,
     payloads: Vec<String>,
 }
 
+impl Bundle {
+    fn new((dest, part): &(String, i32)) -> Self {
+        Self {
+            dest: dest.clone(),
+            part: *part,
+            keys: Vec::new(),
+            mids: Vec::new(),
+            srcs: Vec::new(),
+            payloads: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+}
+
 impl RtColumns {
     /// No job was added.
     fn is_empty(&self) -> bool {
-        self.bundle.is_empty()
+        self.bundles.is_empty()
     }
+}
+
+/// Rows one `rt_jobs` insert statement writes at most.
+const BUNDLES_PER_STATEMENT: usize = 16;
+
+/// The insert of `n` rows (1..=[`BUNDLES_PER_STATEMENT`]) as multi-row VALUES, answering the
+/// id range written: one constant text per `n`, so each is prepared once per connection.
+fn insert_bundles_sql(n: usize) -> &'static str {
+    static TEXTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let texts = TEXTS.get_or_init(|| {
+        (1..=BUNDLES_PER_STATEMENT)
+            .map(|n| {
+                let rows: Vec<String> = (0..n)
+                    .map(|i| {
+                        let p = i * 6;
+                        format!(
+                            "(${}, ${}, ${}, ${}, ${}, ${})",
+                            p + 1,
+                            p + 2,
+                            p + 3,
+                            p + 4,
+                            p + 5,
+                            p + 6
+                        )
+                    })
+                    .collect();
+                format!(
+                    "WITH ins AS (INSERT INTO rt_jobs (destination_id, partition, ordering_keys, \
+                     message_ids, source_ids, payloads) VALUES {} RETURNING id) \
+                     SELECT min(id) AS lo, max(id) AS hi FROM ins",
+                    rows.join(", ")
+                )
+            })
+            .collect()
+    });
+    &texts[n.clamp(1, BUNDLES_PER_STATEMENT) - 1]
 }
 
 /// `wh_jobs` columns.
@@ -434,38 +484,31 @@ impl Consumed {
 }
 
 impl RtColumns {
-    /// Inserts the delivery jobs, one row per bundle in bundle order; answers the id range
-    /// written (explain finds an event's pending jobs in it, per destination, on the
-    /// `(destination_id, id)` index).
+    /// Inserts the delivery jobs, one row per bundle in order (ids follow it: VALUES rows
+    /// are inserted in order); answers the id range written (explain finds an event's
+    /// pending jobs in it, per destination, on the `(destination_id, id)` index).
     async fn insert(self, conn: &mut Conn) -> Result<IdRange, StoreError> {
-        if self.is_empty() {
-            return Ok(IdRange { lo: None, hi: None });
+        let mut range = IdRange { lo: None, hi: None };
+        let mut bundles = self.bundles.into_iter().peekable();
+        while bundles.peek().is_some() {
+            let chunk: Vec<Bundle> = bundles.by_ref().take(BUNDLES_PER_STATEMENT).collect();
+            let mut query = diesel::sql_query(insert_bundles_sql(chunk.len())).into_boxed();
+            for b in chunk {
+                query = query
+                    .bind::<Text, _>(b.dest)
+                    .bind::<Integer, _>(b.part)
+                    .bind::<Array<Text>, _>(b.keys)
+                    .bind::<Array<Text>, _>(b.mids)
+                    .bind::<Array<Text>, _>(b.srcs)
+                    .bind::<Array<Text>, _>(b.payloads);
+            }
+            let written: Vec<IdRange> = query.cached().load(conn).await?;
+            if let Some(w) = written.into_iter().next() {
+                range.lo = range.lo.or(w.lo);
+                range.hi = w.hi.or(range.hi);
+            }
         }
-        let ranges: Vec<IdRange> = diesel::sql_query(
-            "WITH ins AS (INSERT INTO rt_jobs (destination_id, partition, ordering_keys, message_ids, source_ids, payloads) \
-             SELECT b.d, b.n, j.k, j.m, j.s, j.p \
-             FROM unnest($1::text[], $2::int4[]) WITH ORDINALITY AS b(d, n, i) \
-             JOIN (SELECT b, array_agg(k ORDER BY o) AS k, array_agg(m ORDER BY o) AS m, \
-                          array_agg(s ORDER BY o) AS s, array_agg(p ORDER BY o) AS p \
-                   FROM unnest($3::int4[], $4::text[], $5::text[], $6::text[], $7::text[]) \
-                   WITH ORDINALITY AS u(b, k, m, s, p, o) GROUP BY b) j ON j.b = b.i \
-             ORDER BY b.i RETURNING id) \
-             SELECT min(id) AS lo, max(id) AS hi FROM ins",
-        )
-        .bind::<Array<Text>, _>(self.dest)
-        .bind::<Array<Integer>, _>(self.part)
-        .bind::<Array<Integer>, _>(self.bundle)
-        .bind::<Array<Text>, _>(self.keys)
-        .bind::<Array<Text>, _>(self.mids)
-        .bind::<Array<Text>, _>(self.srcs)
-        .bind::<Array<Text>, _>(self.payloads)
-        .cached()
-        .load(conn)
-        .await?;
-        Ok(ranges
-            .into_iter()
-            .next()
-            .unwrap_or(IdRange { lo: None, hi: None }))
+        Ok(range)
     }
 }
 

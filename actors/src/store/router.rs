@@ -254,7 +254,14 @@ impl Store {
         }
         let node = self.node.clone();
         let (mark_ids, marks) = merge_marks(&batch.marks);
-        let finished = batch.finished.clone();
+        // A row whose dead job is copied in this write goes only with the copy, under the
+        // lease (a failed write merged with a later one can name it as delivered).
+        let dead_rows: std::collections::HashSet<i64> =
+            batch.dead.iter().map(|d| d.job.row).collect();
+        let (mut finished, delivered): (Vec<i64>, Vec<i64>) = delivered
+            .into_iter()
+            .partition(|row| dead_rows.contains(row));
+        finished.extend_from_slice(&batch.finished);
         let dead = batch.dead.clone();
         self.timed(async {
             let mut conn = self.conn().await?;
