@@ -720,26 +720,23 @@ async fn a_row_of_jobs_is_marked_job_by_job_and_goes_when_all_are_done() {
     let now = chrono::Utc::now();
     let mut rows = Rows::default();
     rows.loaded(1, 3);
-    let batch = rows.settle(
-        vec![
-            Outcome::Delivered(job(0)),
-            Outcome::Retry(RetryUpdate {
-                job: job(1),
-                attempts: 1,
-                next_attempt_at: now,
-                first_failed_at: now,
-                error: "boom".into(),
-            }),
-            Outcome::Dead(DeadLetter {
-                job: job(2),
-                attempts: 1,
-                reason: "refused: no".into(),
-                last_status: Some(400),
-                last_response: Some("no".into()),
-            }),
-        ],
-        Instant::now(),
-    );
+    let batch = rows.settle(vec![
+        Outcome::Delivered(job(0)),
+        Outcome::Retry(RetryUpdate {
+            job: job(1),
+            attempts: 1,
+            next_attempt_at: now,
+            first_failed_at: now,
+            error: "boom".into(),
+        }),
+        Outcome::Dead(DeadLetter {
+            job: job(2),
+            attempts: 1,
+            reason: "refused: no".into(),
+            last_status: Some(400),
+            last_response: Some("no".into()),
+        }),
+    ]);
     store.apply_status_ref(&batch).await.expect("write");
     // Written twice (as after a commit whose answer was lost): still one dead letter.
     store.apply_status_ref(&batch).await.expect("write again");
@@ -769,10 +766,7 @@ async fn a_row_of_jobs_is_marked_job_by_job_and_goes_when_all_are_done() {
         .await
         .expect("lease moves");
     let mut other = Rows::default();
-    let batch = other.settle(
-        vec![Outcome::Delivered(JobRef { row: 2, index: 0 })],
-        Instant::now(),
-    );
+    let batch = other.settle(vec![Outcome::Delivered(JobRef { row: 2, index: 0 })]);
     assert_eq!(batch.marks.len(), 1);
     store.apply_status_ref(&batch).await.expect("write");
     let state: Option<Value> = c
@@ -785,7 +779,7 @@ async fn a_row_of_jobs_is_marked_job_by_job_and_goes_when_all_are_done() {
     // The last job of row 1 delivered: the row goes, whoever holds the lease now.
     let mut rows = Rows::default();
     rows.loaded(1, 1);
-    let batch = rows.settle(vec![Outcome::Delivered(job(1))], Instant::now());
+    let batch = rows.settle(vec![Outcome::Delivered(job(1))]);
     assert_eq!(batch.delivered, [1]);
     store.apply_status_ref(&batch).await.expect("write");
     let left: Vec<i64> = c

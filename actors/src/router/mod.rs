@@ -207,7 +207,6 @@ impl RouterActor {
     ) -> Self {
         let breaker = Breaker::new(config.breaker_threshold, config.breaker_probe_interval);
         let throttle = Throttle::new(config.throttle_limit, config.throttle_window);
-        let carry_limit = config.max_unrecorded / 2;
         Self {
             metrics: RouterMetrics::new(destination_id),
             destination_id: Arc::from(destination_id),
@@ -220,7 +219,7 @@ impl RouterActor {
             in_flight: 0,
             max_loaded_id: 0,
             loaded_jobs: 0,
-            rows: Rows::new(carry_limit),
+            rows: Rows::default(),
             loading: false,
             caught_up: false,
             pending: Vec::new(),
@@ -325,7 +324,6 @@ impl RouterActor {
             && self.in_flight == 0
             && !self.flushing
             && !self.unrecorded()
-            && self.rows.carried_jobs() == 0
             && !self.drain_waiters.is_empty()
         {
             for w in self.drain_waiters.drain(..) {
@@ -434,9 +432,9 @@ impl RouterActor {
         self.rows.loaded(b.id, live);
     }
 
-    /// Outcomes to write now, settled or not (carried marks count once due).
+    /// Outcomes not yet written, settled or not.
     fn unrecorded(&self) -> bool {
-        !self.pending.is_empty() || !self.unwritten.is_empty() || self.rows.due(Instant::now())
+        !self.pending.is_empty() || !self.unwritten.is_empty() || self.rows.has_empty()
     }
 
     /// Starts every delivery that may start now, and arranges to be called again.
@@ -467,10 +465,7 @@ impl RouterActor {
         }
         self.queues.promote(now);
         while self.in_flight < self.config.concurrency && self.queues.has_ready() {
-            if self.pending.len()
-                + self.unwritten_len
-                + self.flushing_len
-                + self.rows.carried_jobs()
+            if self.pending.len() + self.unwritten_len + self.flushing_len
                 >= self.config.max_unrecorded
             {
                 // Resumed when the running status write completes.
@@ -727,16 +722,12 @@ impl RouterActor {
     /// Writes held outcomes in one transaction; one write at a time, the next one takes
     /// whatever accumulated meanwhile.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.draining {
-            // Nothing may stay carried once drained: the next holder would deliver it again.
-            self.rows.write_carried();
-        }
         if self.flushing || !self.unrecorded() {
             return;
         }
         let outcomes = std::mem::take(&mut self.pending);
         self.unwritten_len += outcomes.len();
-        let mut batch = self.rows.settle(outcomes, Instant::now());
+        let mut batch = self.rows.settle(outcomes);
         batch.merge_front(std::mem::take(&mut self.unwritten));
         if batch.is_empty() {
             self.unwritten_len = 0;
@@ -864,7 +855,6 @@ impl Handler<Drain> for RouterActor {
 
     fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) -> Self::Result {
         self.draining = true;
-        self.rows.write_carried();
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.drain_waiters.push(tx);
         self.flush(ctx);

@@ -4,16 +4,8 @@
 //! held, and turns the outcomes of jobs since the last status write into what that write
 //! does per row ([`StatusBatch`]): delete whole rows, copy dead letters, or merge marks
 //! into the `state` of rows that still wait.
-//!
-//! A delivery batch often ends inside a row, and the next one finishes it: marking the
-//! delivered jobs of such a row would update it only for the delete to follow. So marks
-//! that only say "delivered" are carried to the next write, while fewer than a limit of
-//! jobs are carried (they count as unrecorded outcomes: after a crash they are delivered
-//! again) and for at most [`CARRY_FOR`]; a retry or a dead letter writes its row's marks at
-//! once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
@@ -30,9 +22,6 @@ pub enum Outcome {
     Dead(DeadLetter),
 }
 
-/// How long "delivered" marks are carried at most before they are written.
-pub const CARRY_FOR: Duration = Duration::from_secs(1);
-
 /// Per loaded row, its jobs not yet delivered or dead-lettered (see the module comment).
 #[derive(Debug, Default)]
 pub struct Rows {
@@ -40,16 +29,6 @@ pub struct Rows {
     /// Loaded rows whose every job was done already (a write that marked them but did not
     /// delete them): deleted by the next write.
     empty: Vec<i64>,
-    /// "Delivered" marks not written yet, per row.
-    carried: BTreeMap<i64, Map<String, Value>>,
-    /// Jobs in `carried`.
-    carried_jobs: usize,
-    /// When the oldest carried mark was first carried.
-    carried_since: Option<Instant>,
-    /// Jobs that may be carried at most (0: none).
-    carry_limit: usize,
-    /// Write the carried marks with the next write (a restart or a drain is coming).
-    write_carried: bool,
 }
 
 /// One row's outcomes within a write.
@@ -57,37 +36,9 @@ pub struct Rows {
 struct RowOutcomes {
     marks: Map<String, Value>,
     dead: bool,
-    retry: bool,
 }
 
 impl Rows {
-    /// Bookkeeping that carries up to `carry_limit` jobs' "delivered" marks.
-    pub fn new(carry_limit: usize) -> Self {
-        Self {
-            carry_limit,
-            ..Self::default()
-        }
-    }
-
-    /// Jobs whose "delivered" marks are carried, not written.
-    pub fn carried_jobs(&self) -> usize {
-        self.carried_jobs
-    }
-
-    /// The next write must hold every carried mark (before a drain).
-    pub fn write_carried(&mut self) {
-        self.write_carried = true;
-    }
-
-    /// Something must be written by `now`: a row to delete, or carried marks that are
-    /// due.
-    pub fn due(&self, now: Instant) -> bool {
-        !self.empty.is_empty()
-            || self.carried_since.is_some_and(|since| {
-                self.write_carried || now.saturating_duration_since(since) >= CARRY_FOR
-            })
-    }
-
     /// A row was loaded with `jobs` jobs still to deliver.
     pub fn loaded(&mut self, row: i64, jobs: usize) {
         if jobs == 0 {
@@ -103,33 +54,20 @@ impl Rows {
     }
 
     /// Forgets every row (the router reloads them): outcomes settled afterwards only mark
-    /// their rows, carried marks are written with the next write, and a reload finds rows
-    /// whose jobs are all marked and deletes them.
+    /// their rows, and a reload finds rows whose jobs are all marked and deletes them.
     pub fn clear(&mut self) {
         self.left.clear();
-        self.write_carried = true;
     }
 
     /// The write for `outcomes` (in the order they happened): rows whose last jobs are done
     /// go whole (`delivered`, or `finished` when a job of theirs is dead-lettered in this
     /// write); other rows get marks (done, or retry state), and dead jobs are copied.
-    pub fn settle(&mut self, outcomes: Vec<Outcome>, now: Instant) -> StatusBatch {
+    pub fn settle(&mut self, outcomes: Vec<Outcome>) -> StatusBatch {
         let mut batch = StatusBatch {
             delivered: std::mem::take(&mut self.empty),
             ..StatusBatch::default()
         };
-        let mut rows: BTreeMap<i64, RowOutcomes> = std::mem::take(&mut self.carried)
-            .into_iter()
-            .map(|(row, marks)| {
-                let out = RowOutcomes {
-                    marks,
-                    ..RowOutcomes::default()
-                };
-                (row, out)
-            })
-            .collect();
-        let carried_since = self.carried_since.take();
-        self.carried_jobs = 0;
+        let mut rows: BTreeMap<i64, RowOutcomes> = BTreeMap::new();
         for outcome in outcomes {
             match outcome {
                 Outcome::Delivered(job) => {
@@ -150,23 +88,9 @@ impl Rows {
                         "e": r.error,
                     });
                     mark(&mut rows, r.job, state);
-                    rows.entry(r.job.row).or_default().retry = true;
                 }
             }
         }
-        // Carry "delivered" marks on while the limits allow; otherwise write them all.
-        let delivered_only = |out: &RowOutcomes| !out.dead && !out.retry;
-        let waiting: usize = rows
-            .iter()
-            .filter(|(row, out)| self.left.get(row) != Some(&0) && delivered_only(out))
-            .map(|(_, out)| out.marks.len())
-            .sum();
-        let since = carried_since.unwrap_or(now);
-        let carry = !self.write_carried
-            && waiting > 0
-            && waiting <= self.carry_limit
-            && now.saturating_duration_since(since) < CARRY_FOR;
-        self.write_carried = false;
         for (row, out) in rows {
             if self.left.get(&row) == Some(&0) {
                 self.left.remove(&row);
@@ -175,17 +99,11 @@ impl Rows {
                 } else {
                     batch.delivered.push(row);
                 }
-            } else if carry && delivered_only(&out) {
-                self.carried_jobs += out.marks.len();
-                self.carried.insert(row, out.marks);
             } else {
                 batch
                     .marks
                     .push((row, Value::Object(out.marks).to_string()));
             }
-        }
-        if carry {
-            self.carried_since = Some(since);
         }
         batch
     }
@@ -209,7 +127,6 @@ fn mark(rows: &mut BTreeMap<i64, RowOutcomes>, job: JobRef, state: Value) {
 mod tests {
     use super::*;
     use chrono::{TimeZone, Utc};
-    use std::time::Instant;
 
     fn at(row: i64, index: i32) -> JobRef {
         JobRef { row, index }
@@ -241,14 +158,11 @@ mod tests {
         let mut rows = Rows::default();
         rows.loaded(10, 3);
         rows.loaded(11, 1);
-        let b = rows.settle(
-            vec![
-                Outcome::Delivered(at(10, 0)),
-                retry(10, 1),
-                Outcome::Delivered(at(11, 0)),
-            ],
-            Instant::now(),
-        );
+        let b = rows.settle(vec![
+            Outcome::Delivered(at(10, 0)),
+            retry(10, 1),
+            Outcome::Delivered(at(11, 0)),
+        ]);
         assert_eq!(b.delivered, vec![11]);
         assert!(b.finished.is_empty() && b.dead.is_empty());
         assert_eq!(b.marks.len(), 1);
@@ -262,10 +176,7 @@ mod tests {
 
         // The retried job is delivered, the last one dead-lettered: the row is finished
         // (deleted with the dead letter, under the lease), not marked.
-        let b = rows.settle(
-            vec![Outcome::Delivered(at(10, 1)), dead(10, 2)],
-            Instant::now(),
-        );
+        let b = rows.settle(vec![Outcome::Delivered(at(10, 1)), dead(10, 2)]);
         assert_eq!(b.finished, vec![10]);
         assert!(b.delivered.is_empty() && b.marks.is_empty());
         assert_eq!(b.dead.len(), 1);
@@ -276,10 +187,7 @@ mod tests {
     fn a_later_outcome_of_a_job_overrides_its_earlier_mark() {
         let mut rows = Rows::default();
         rows.loaded(5, 2);
-        let b = rows.settle(
-            vec![retry(5, 0), Outcome::Delivered(at(5, 0))],
-            Instant::now(),
-        );
+        let b = rows.settle(vec![retry(5, 0), Outcome::Delivered(at(5, 0))]);
         let marks: Value = serde_json::from_str(&b.marks[0].1).unwrap();
         assert_eq!(marks, json!({"0": 1}));
     }
@@ -289,68 +197,14 @@ mod tests {
         let mut rows = Rows::default();
         rows.loaded(7, 1);
         rows.clear();
-        let b = rows.settle(vec![Outcome::Delivered(at(7, 0))], Instant::now());
+        let b = rows.settle(vec![Outcome::Delivered(at(7, 0))]);
         assert!(b.delivered.is_empty());
         assert_eq!(b.marks, vec![(7, r#"{"0":1}"#.to_string())]);
 
         rows.loaded(7, 0);
         assert!(rows.has_empty());
-        let b = rows.settle(Vec::new(), Instant::now());
+        let b = rows.settle(Vec::new());
         assert_eq!(b.delivered, vec![7]);
         assert!(!rows.has_empty());
-    }
-
-    #[test]
-    fn delivered_marks_are_carried_within_limits_and_written_when_due() {
-        let mut rows = Rows::new(2);
-        rows.loaded(1, 3);
-        rows.loaded(2, 3);
-        let t0 = Instant::now();
-        // One delivered job in each row: carried, nothing written.
-        let b = rows.settle(
-            vec![Outcome::Delivered(at(1, 0)), Outcome::Delivered(at(2, 0))],
-            t0,
-        );
-        assert!(b.is_empty(), "{b:?}");
-        assert_eq!(rows.carried_jobs(), 2);
-        assert!(!rows.due(t0));
-        assert!(rows.due(t0 + CARRY_FOR));
-        // Row 1 finishes: it goes whole; row 2's carried mark stays carried.
-        let b = rows.settle(
-            vec![Outcome::Delivered(at(1, 1)), Outcome::Delivered(at(1, 2))],
-            t0,
-        );
-        assert_eq!(b.delivered, [1]);
-        assert!(b.marks.is_empty());
-        assert_eq!(rows.carried_jobs(), 1);
-        // Over the limit: every carried mark is written with the new ones.
-        let b = rows.settle(vec![Outcome::Delivered(at(2, 1))], t0);
-        assert!(b.marks.is_empty(), "two jobs are within the limit");
-        rows.loaded(3, 2);
-        let b = rows.settle(vec![Outcome::Delivered(at(3, 0))], t0);
-        assert_eq!(
-            b.marks,
-            [
-                (2, r#"{"0":1,"1":1}"#.to_string()),
-                (3, r#"{"0":1}"#.to_string())
-            ]
-        );
-        assert_eq!(rows.carried_jobs(), 0);
-        // A retry writes its row's marks at once, carried ones included; so does a drain.
-        rows.loaded(4, 3);
-        assert!(rows
-            .settle(vec![Outcome::Delivered(at(4, 0))], t0)
-            .is_empty());
-        let b = rows.settle(vec![retry(4, 1)], t0);
-        assert_eq!(b.marks.len(), 1);
-        assert!(b.marks[0].1.contains(r#""0":1"#), "{:?}", b.marks);
-        assert!(rows
-            .settle(vec![Outcome::Delivered(at(4, 1))], t0)
-            .is_empty());
-        rows.write_carried();
-        assert!(rows.due(t0));
-        let b = rows.settle(Vec::new(), t0);
-        assert_eq!(b.marks, [(4, r#"{"1":1}"#.to_string())]);
-        assert!(!rows.due(t0 + CARRY_FOR));
     }
 }
