@@ -100,9 +100,7 @@ impl Rows {
                     batch.delivered.push(row);
                 }
             } else {
-                batch
-                    .marks
-                    .push((row, Value::Object(out.marks).to_string()));
+                batch.marks.push((row, out.marks));
             }
         }
         batch
@@ -166,7 +164,7 @@ mod tests {
         assert_eq!(b.delivered, vec![11]);
         assert!(b.finished.is_empty() && b.dead.is_empty());
         assert_eq!(b.marks.len(), 1);
-        let marks: Value = serde_json::from_str(&b.marks[0].1).unwrap();
+        let marks = Value::Object(b.marks[0].1.clone());
         assert_eq!(b.marks[0].0, 10);
         assert_eq!(marks["0"], json!(1));
         assert_eq!(
@@ -188,7 +186,7 @@ mod tests {
         let mut rows = Rows::default();
         rows.loaded(5, 2);
         let b = rows.settle(vec![retry(5, 0), Outcome::Delivered(at(5, 0))]);
-        let marks: Value = serde_json::from_str(&b.marks[0].1).unwrap();
+        let marks = Value::Object(b.marks[0].1.clone());
         assert_eq!(marks, json!({"0": 1}));
     }
 
@@ -199,7 +197,12 @@ mod tests {
         rows.clear();
         let b = rows.settle(vec![Outcome::Delivered(at(7, 0))]);
         assert!(b.delivered.is_empty());
-        assert_eq!(b.marks, vec![(7, r#"{"0":1}"#.to_string())]);
+        assert_eq!(b.marks.len(), 1);
+        assert_eq!(b.marks[0].0, 7);
+        assert_eq!(
+            Value::Object(b.marks[0].1.clone()).to_string(),
+            r#"{"0":1}"#
+        );
 
         rows.loaded(7, 0);
         assert!(rows.has_empty());

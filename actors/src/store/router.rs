@@ -130,9 +130,9 @@ pub struct StatusBatch {
     /// Rows all of whose jobs are done, some dead-lettered here: delete while this node
     /// holds the partition (with the dead letters).
     pub finished: Vec<i64>,
-    /// Rows still waiting: a JSON object to merge into `state` (see [`JobState`]), while
+    /// Rows still waiting: the entries to merge into `state` (see [`JobState`]), while
     /// this node holds the partition.
-    pub marks: Vec<(i64, String)>,
+    pub marks: Vec<(i64, serde_json::Map<String, serde_json::Value>)>,
     /// Jobs to copy to `dlq_jobs`, before their rows are marked or deleted.
     pub dead: Vec<DeadLetter>,
 }
@@ -606,13 +606,14 @@ async fn copy_dead_letters(
 
 /// One merged state patch per row (a later mark of a job overrides an earlier one), as
 /// parallel arrays of row ids and JSON objects.
-fn merge_marks(marks: &[(i64, String)]) -> (Vec<i64>, Vec<String>) {
+fn merge_marks(
+    marks: &[(i64, serde_json::Map<String, serde_json::Value>)],
+) -> (Vec<i64>, Vec<String>) {
     let mut merged: std::collections::BTreeMap<i64, serde_json::Map<String, serde_json::Value>> =
         std::collections::BTreeMap::new();
     for (row, patch) in marks {
-        if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(patch) {
-            merged.entry(*row).or_default().extend(m);
-        }
+        let into = merged.entry(*row).or_default();
+        into.extend(patch.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
     merged
         .into_iter()
