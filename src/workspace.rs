@@ -220,12 +220,12 @@ fn validate_transformations(dest: &Value, at: &str, problems: &mut Vec<String>) 
     }
 }
 
-/// The structure pass: what a workspace file must hold around its destinations' settings
-/// (sources with ids, names, unique write keys; destinations with ids, names, a definition
-/// name, a settings object, well-formed transformation entries).
 /// What a destination is built from: its `config` and `destinationDefinition.name`.
 type BuiltFrom<'a> = (Option<&'a Value>, Option<&'a Value>);
 
+/// The structure pass: what a workspace file must hold around its destinations' settings
+/// (sources with ids, names, unique write keys; destinations with ids, names, a definition
+/// name, a settings object, well-formed transformation entries).
 fn validate_workspace(root: &Value) -> Vec<String> {
     let mut problems: Vec<String> = Vec::new();
     let Some(sources) = root.get("sources") else {
