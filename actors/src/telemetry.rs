@@ -17,6 +17,9 @@ pub const GATEWAY_FLUSH_REQUESTS: &str = "keel_gateway_flush_requests";
 pub const GATEWAY_FLUSH_EVENTS: &str = "keel_gateway_flush_events";
 /// Failed GatewayWriter flushes (Postgres unreachable or erroring).
 pub const GATEWAY_FLUSH_FAILURES_TOTAL: &str = "keel_gateway_flush_failures_total";
+/// GatewayWriter flushes redone with the duplicate-aware statement (a messageId of theirs was
+/// already in the dedup window).
+pub const GATEWAY_FLUSH_DUPLICATES_TOTAL: &str = "keel_gateway_flush_duplicates_total";
 /// Requests waiting for the GatewayWriter (accepted, not yet committed).
 pub const GATEWAY_QUEUE_DEPTH: &str = "keel_gateway_queue_depth";
 /// Bytes of request payload waiting for the GatewayWriter.
@@ -71,6 +74,7 @@ pub const ALL: &[&str] = &[
     GATEWAY_FLUSH_REQUESTS,
     GATEWAY_FLUSH_EVENTS,
     GATEWAY_FLUSH_FAILURES_TOTAL,
+    GATEWAY_FLUSH_DUPLICATES_TOTAL,
     GATEWAY_QUEUE_DEPTH,
     GATEWAY_QUEUE_BYTES,
     GATEWAY_DEDUP_PRUNED_TOTAL,
@@ -164,6 +168,10 @@ pub fn describe_all() {
         "Events per batched delivery, by destination"
     );
     describe_counter!(GATEWAY_FLUSH_FAILURES_TOTAL, "Group commits that failed");
+    describe_counter!(
+        GATEWAY_FLUSH_DUPLICATES_TOTAL,
+        "Group commits redone because a messageId was already in the dedup window"
+    );
     describe_gauge!(GATEWAY_QUEUE_DEPTH, "Requests waiting for commit");
     describe_gauge!(
         GATEWAY_QUEUE_BYTES,
@@ -407,6 +415,7 @@ fn describe_transform() {
 /// never changes a value.
 pub fn register_static_series() {
     let _ = metrics::counter!(GATEWAY_FLUSH_FAILURES_TOTAL);
+    let _ = metrics::counter!(GATEWAY_FLUSH_DUPLICATES_TOTAL);
     let _ = metrics::counter!(GATEWAY_DEDUP_PRUNED_TOTAL);
     let _ = metrics::gauge!(GATEWAY_QUEUE_DEPTH);
     let _ = metrics::gauge!(GATEWAY_QUEUE_BYTES);

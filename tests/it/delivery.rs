@@ -44,9 +44,8 @@ async fn rows_stored_before_ingest_dedup_are_checked_against_the_dedup_table() {
     // As a gateway before migration 000006 stored them: `duplicates` NULL. "old-dup" is
     // owned by another (long consumed) job, "old-new" by this one.
     c.execute(
-        "INSERT INTO dedup (key, source_id, message_id, job_id, seen_at) \
-         VALUES ($1::text::uuid, $2, 'old-dup', -5, now())",
-        &[&dedup_key(SOURCE_ID, "old-dup").to_string(), &SOURCE_ID],
+        "INSERT INTO dedup (key, job_id, seen_at) VALUES ($1::text::uuid, -5, now())",
+        &[&dedup_key(SOURCE_ID, "old-dup").to_string()],
     )
     .await
     .expect("dedup row");
@@ -57,8 +56,7 @@ async fn rows_stored_before_ingest_dedup_are_checked_against_the_dedup_table() {
     c.execute(
         "WITH g AS (INSERT INTO gw_jobs (source_id, received_at, event_count, payload, partition) \
                     VALUES ($1, now(), 2, $2, $3) RETURNING id) \
-         INSERT INTO dedup (key, source_id, message_id, job_id, seen_at) \
-         SELECT $4::text::uuid, $1, 'old-new', id, now() FROM g",
+         INSERT INTO dedup (key, job_id, seen_at) SELECT $4::text::uuid, id, now() FROM g",
         &[
             &SOURCE_ID,
             &events.to_string(),
@@ -673,10 +671,16 @@ async fn explain_finds_pending_retrying_replayed_and_old_jobs() {
     }
     c.batch_execute(
         "DELETE FROM routing_jobs WHERE NOT ('e-late' = ANY(message_ids)); \
-         DELETE FROM routing_log; DELETE FROM dedup WHERE message_id <> 'e-late'",
+         DELETE FROM routing_log",
     )
     .await
     .expect("prune");
+    c.execute(
+        "DELETE FROM dedup WHERE key <> $1::text::uuid",
+        &[&keel_actors::store::dedup_key(SOURCE_ID, "e-late").to_string()],
+    )
+    .await
+    .expect("prune dedup");
     let doc = explain("e-good2").await;
     assert_eq!(doc["destinations"]["failing"]["status"], "pending", "{doc}");
     let doc = explain("e-bad").await;

@@ -145,8 +145,12 @@ async fn a_batch_is_stored_as_one_row_per_partition_in_request_order() {
                 .client()
                 .await
                 .query_one(
-                    "SELECT job_id FROM dedup WHERE message_id = $1",
-                    &[&e["messageId"].as_str().expect("mid")],
+                    "SELECT job_id FROM dedup WHERE key = $1::text::uuid",
+                    &[&keel_actors::store::dedup_key(
+                        SOURCE_ID,
+                        e["messageId"].as_str().expect("mid"),
+                    )
+                    .to_string()],
                 )
                 .await
                 .expect("dedup row")
@@ -226,10 +230,7 @@ async fn batch_and_import_store_one_row_per_request_with_merged_context() {
     let dedup = db
         .client()
         .await
-        .query(
-            "SELECT message_id, job_id FROM dedup ORDER BY message_id",
-            &[],
-        )
+        .query("SELECT key, job_id FROM dedup", &[])
         .await
         .expect("dedup");
     let first_job: i64 = db
@@ -536,8 +537,8 @@ async fn deduplicates_message_ids_in_the_window_table() {
         .client()
         .await
         .query(
-            "SELECT d.job_id, (SELECT min(id) FROM gw_jobs) FROM dedup d WHERE message_id = 'same'",
-            &[],
+            "SELECT d.job_id, (SELECT min(id) FROM gw_jobs) FROM dedup d WHERE key = $1::text::uuid",
+            &[&keel_actors::store::dedup_key(SOURCE_ID, "same").to_string()],
         )
         .await
         .expect("dedup");
@@ -563,6 +564,42 @@ async fn deduplicates_message_ids_in_the_window_table() {
         got,
         vec![(0, None), (1, Some(true))],
         "first row: no duplicates; second: the repeated key"
+    );
+    // A messageId twice in one request also sends the flush to the duplicate-aware
+    // statement; a request without repeats after it takes the plain insert again.
+    let got = post(
+        &keel,
+        "/v1/batch",
+        Some(WRITE_KEY),
+        json!({"batch": [
+            {"type": "track", "userId": "u", "event": "E", "messageId": "twice"},
+            {"type": "track", "userId": "u", "event": "E", "messageId": "twice"},
+            {"type": "track", "userId": "u", "event": "E", "messageId": "fresh"},
+        ]}),
+    )
+    .await;
+    assert_eq!(got.0, 200);
+    let got = post(
+        &keel,
+        "/v1/track",
+        Some(WRITE_KEY),
+        json!({"userId": "u", "event": "E", "messageId": "later"}),
+    )
+    .await;
+    assert_eq!(got.0, 200);
+    assert_eq!(job_count(&db).await, 4);
+    let keys: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM dedup", &[])
+        .await
+        .expect("dedup")
+        .get(0);
+    assert_eq!(keys, 4, "same, twice, fresh and later, once each");
+    let metrics = keel.metrics().await;
+    assert!(
+        metrics.contains("keel_gateway_flush_duplicates_total 2\n"),
+        "the repeat and the request with a repeat were redone, nothing else: {metrics}"
     );
 }
 

@@ -446,7 +446,8 @@ struct Doc {
 /// that stretch of the primary key, usually empty.
 const EXPLAIN: &str = r#"
 WITH stored AS (
-  SELECT d.source_id, d.job_id, d.seen_at FROM dedup d WHERE d.key = ANY($2) AND d.message_id = $1
+  SELECT k.source_id, d.job_id, d.seen_at
+  FROM unnest($2::uuid[], $3::text[]) AS k(key, source_id) JOIN dedup d ON d.key = k.key
 ), routing AS (
   SELECT r.source_id, r.job_id, r.routed -> (e.i - 1)::int AS routed,
          r.filtered -> (e.i - 1)::int AS filtered, r.processed_at, r.rt_first, r.rt_last
@@ -506,7 +507,8 @@ SELECT json_build_object(
 impl Store {
     /// Everything stored about one messageId: dedup/ingest rows, routing decisions,
     /// pending jobs and dead-lettered jobs, as one JSON document. `source_ids`: the sources
-    /// it may have come from (the dedup table is keyed by source and messageId).
+    /// it may have come from (the dedup table is keyed by a hash of source and messageId, and
+    /// a dedup row names its source only through that key).
     pub async fn explain(
         &self,
         message_id: &str,
@@ -519,6 +521,7 @@ impl Store {
         let query = diesel::sql_query(EXPLAIN)
             .bind::<Text, _>(message_id)
             .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
+            .bind::<Array<Text>, _>(source_ids)
             .cached();
         // Index walks only: the queue tables' statistics are stale, and a sequential scan of
         // a large backlog is what this must not do.
