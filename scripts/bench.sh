@@ -121,7 +121,9 @@ SCENARIOS=(
 # 64/256 changed the delivered rate by less than run-to-run noise (5.7k-7.1k events/s)
 # while batch_jobs=256 raised keel's peak RSS from ~185 to ~300 MiB (~400 MiB with
 # concurrency 64 as well), so keel runs with its defaults. 8 connections: 4 gave the same
-# delivered rate, 16 only a larger backlog.
+# delivered rate, 16 only a larger backlog. (Later, with rt_jobs bundles, batch_jobs 512
+# let batched delivery keep up at 50,000 events/s offered where 256 did not; 512 is now
+# the default, see docs/benchmarks.md.)
 # 100x8@R offers R events/s (loadgen --rate; BENCH_E2E_RATE, default 25000) instead of as
 # many as Keel acknowledges: delivery keeps up when d/s_load equals the offered rate and
 # the ingest-to-delivery latency stays in milliseconds (no backlog builds up).

@@ -53,7 +53,7 @@ impl Default for ProcessorConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            batch_jobs: 256,
+            batch_jobs: 512,
             idle_poll: Duration::from_millis(20),
             routing_log_window: Duration::from_secs(24 * 3600),
             partitions: 16,
