@@ -31,7 +31,9 @@ pub struct GwJobInsert {
 /// that inserts the key; `ON CONFLICT` would search the index first and cost a third more of
 /// Postgres' time per event. A key already in the window (a client's retry, or two requests
 /// of the flush carrying one messageId) fails the statement, which is atomic, and the flush
-/// is redone as [`INSERT_FLUSH_DEDUP`].
+/// is redone as [`INSERT_FLUSH_DEDUP`]. The dedup rows are the main insert and the `gw_jobs`
+/// rows a data-modifying step that runs after it, so a duplicate fails the statement before
+/// any payload is written.
 const INSERT_FLUSH_FRESH: &str = r#"
 WITH input AS (
     SELECT nextval('gw_jobs_id_seq') AS id, r.source_id, r.received_at, r.event_count, r.payload,
@@ -41,17 +43,17 @@ WITH input AS (
             WITH ORDINALITY AS u(source_id, received_at, event_count, payload, partition, ord)
         ORDER BY ord
     ) r
-), fresh AS (
-    INSERT INTO dedup (key, job_id, seen_at)
-    SELECT m.key, i.id, i.received_at
-    FROM unnest($5::int8[], $6::uuid[]) AS m(ord, key)
-    JOIN input i ON i.ord = m.ord
-    -- Key order: concurrent flushes carrying the same messageIds wait for each other in one
-    -- order and never deadlock.
-    ORDER BY m.key
+), jobs AS (
+    INSERT INTO gw_jobs (id, source_id, received_at, event_count, payload, partition, duplicates)
+    SELECT id, source_id, received_at, event_count, payload, partition, '{}' FROM input
 )
-INSERT INTO gw_jobs (id, source_id, received_at, event_count, payload, partition, duplicates)
-SELECT id, source_id, received_at, event_count, payload, partition, '{}' FROM input
+INSERT INTO dedup (key, job_id, seen_at)
+SELECT m.key, i.id, i.received_at
+FROM unnest($5::int8[], $6::uuid[]) AS m(ord, key)
+JOIN input i ON i.ord = m.ord
+-- Key order: concurrent flushes carrying the same messageIds wait for each other in one
+-- order and never deadlock.
+ORDER BY m.key
 "#;
 
 /// The flush when some messageId may be in the window: as [`INSERT_FLUSH_FRESH`], but a
@@ -163,8 +165,8 @@ impl Store {
         match self.execute(flush.query(INSERT_FLUSH_FRESH)).await {
             Err(StoreError::Query(diesel::result::Error::DatabaseError(
                 diesel::result::DatabaseErrorKind::UniqueViolation,
-                _,
-            ))) => {
+                info,
+            ))) if info.constraint_name() == Some("dedup_pkey") => {
                 metrics::counter!(crate::telemetry::GATEWAY_FLUSH_DUPLICATES_TOTAL).increment(1);
                 self.execute(flush.query(INSERT_FLUSH_DEDUP))
                     .await
