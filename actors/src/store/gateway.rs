@@ -25,6 +25,23 @@ pub struct GwJobInsert {
     pub message_ids: Vec<String>,
 }
 
+/// The `input` step both flush statements start with (one text, so their binds agree): the
+/// request parts of the flush in order, each with the `gw_jobs` id drawn for it.
+macro_rules! flush_input {
+    () => {
+        r#"
+WITH input AS (
+    SELECT nextval('gw_jobs_id_seq') AS id, r.source_id, r.received_at, r.event_count, r.payload,
+           r.partition, r.ord
+    FROM (
+        SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::text[], $7::int4[])
+            WITH ORDINALITY AS u(source_id, received_at, event_count, payload, partition, ord)
+        ORDER BY ord
+    ) r
+)"#
+    };
+}
+
 /// The flush when no messageId of it is in the window yet, as almost always: ids are drawn
 /// in request order, every (request, partition) becomes a `gw_jobs` row and every messageId a
 /// `dedup` row naming its job. A plain insert checks uniqueness in the same index descent
@@ -34,16 +51,9 @@ pub struct GwJobInsert {
 /// is redone as [`INSERT_FLUSH_DEDUP`]. The dedup rows are the main insert and the `gw_jobs`
 /// rows a data-modifying step that runs after it, so a duplicate fails the statement before
 /// any payload is written.
-const INSERT_FLUSH_FRESH: &str = r#"
-WITH input AS (
-    SELECT nextval('gw_jobs_id_seq') AS id, r.source_id, r.received_at, r.event_count, r.payload,
-           r.partition, r.ord
-    FROM (
-        SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::text[], $7::int4[])
-            WITH ORDINALITY AS u(source_id, received_at, event_count, payload, partition, ord)
-        ORDER BY ord
-    ) r
-), jobs AS (
+const INSERT_FLUSH_FRESH: &str = concat!(
+    flush_input!(),
+    r#", jobs AS (
     INSERT INTO gw_jobs (id, source_id, received_at, event_count, payload, partition, duplicates)
     SELECT id, source_id, received_at, event_count, payload, partition, '{}' FROM input
 )
@@ -54,22 +64,16 @@ JOIN input i ON i.ord = m.ord
 -- Key order: concurrent flushes carrying the same messageIds wait for each other in one
 -- order and never deadlock.
 ORDER BY m.key
-"#;
+"#
+);
 
 /// The flush when some messageId may be in the window: as [`INSERT_FLUSH_FRESH`], but a
 /// messageId already there gets no dedup row (`ON CONFLICT DO NOTHING`), and each `gw_jobs`
 /// row records, in `duplicates`, the keys of its events that did not get their own dedup row,
 /// so the processor drops them without a lookup.
-const INSERT_FLUSH_DEDUP: &str = r#"
-WITH input AS (
-    SELECT nextval('gw_jobs_id_seq') AS id, r.source_id, r.received_at, r.event_count, r.payload,
-           r.partition, r.ord
-    FROM (
-        SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::text[], $7::int4[])
-            WITH ORDINALITY AS u(source_id, received_at, event_count, payload, partition, ord)
-        ORDER BY ord
-    ) r
-), keys AS (
+const INSERT_FLUSH_DEDUP: &str = concat!(
+    flush_input!(),
+    r#", keys AS (
     SELECT m.ord, m.key, i.id AS job_id, i.received_at
     FROM unnest($5::int8[], $6::uuid[]) AS m(ord, key)
     JOIN input i ON i.ord = m.ord
@@ -90,7 +94,8 @@ INSERT INTO gw_jobs (id, source_id, received_at, event_count, payload, partition
 SELECT i.id, i.source_id, i.received_at, i.event_count, i.payload, i.partition,
        coalesce(d.keys, '{}')
 FROM input i LEFT JOIN dups d ON d.ord = i.ord
-"#;
+"#
+);
 
 /// The bind arrays of one flush, kept so that the flush can be redone with the other
 /// statement.
