@@ -269,14 +269,12 @@ impl ProcessedBatch {
         if c.g_job.last() != Some(&r.job_id) {
             c.g_job.push(r.job_id);
             c.g_src.push(r.source_id);
-            c.g_first.push(c.g_mids.len() as i32 + 1);
-            c.g_last.push(c.g_mids.len() as i32);
             c.g_routed.push(Value::Array(Vec::new()));
             c.g_filtered.push(Value::Array(Vec::new()));
         }
         c.g_mids.push(r.message_id);
         let i = c.g_job.len() - 1;
-        c.g_last[i] += 1;
+        c.g_row.push(c.g_job.len() as i32);
         if let (Value::Array(to), Value::Array(out)) = (&mut c.g_routed[i], &mut c.g_filtered[i]) {
             to.push(routed);
             out.push(filtered);
@@ -388,8 +386,8 @@ struct DlqColumns {
 }
 
 /// `routing_log` columns (`r_*`, one row per replayed event) and `routing_jobs` columns
-/// (`g_*`, one row per request: request i's messageIds are `g_mids[g_first[i]..=g_last[i]]`
-/// of one flat array, 1-based as Postgres slices).
+/// (`g_*`, one row per request: the messageIds of all requests are one flat array, `g_mids`,
+/// and `g_row` names each one's request, 1-based as Postgres' ordinality).
 #[derive(Default)]
 struct RoutingColumns {
     r_src: Vec<String>,
@@ -400,8 +398,7 @@ struct RoutingColumns {
     g_job: Vec<i64>,
     g_src: Vec<String>,
     g_mids: Vec<String>,
-    g_first: Vec<i32>,
-    g_last: Vec<i32>,
+    g_row: Vec<i32>,
     g_routed: Vec<Value>,
     g_filtered: Vec<Value>,
 }
@@ -568,20 +565,23 @@ impl RoutingColumns {
     async fn insert(self, conn: &mut Conn, range: &IdRange) -> Result<(), StoreError> {
         if !self.g_job.is_empty() {
             diesel::sql_query(
+                // Each request's messageIds gathered from the flat array in one pass (a
+                // slice per request would walk the array from its start every time).
                 "INSERT INTO routing_jobs (job_id, source_id, message_ids, routed, filtered, rt_first, rt_last) \
-                 SELECT j, s, ($3::text[])[a:b], r, f, $7, $8 \
-                 FROM unnest($1::int8[], $2::text[], $4::int4[], $5::jsonb[], $6::jsonb[], $9::int4[]) \
-                 AS u(j, s, a, r, f, b)",
+                 SELECT u.j, u.s, m.ids, u.r, u.f, $6, $7 \
+                 FROM unnest($1::int8[], $2::text[], $4::jsonb[], $5::jsonb[]) WITH ORDINALITY AS u(j, s, r, f, n) \
+                 JOIN (SELECT x.g, array_agg(x.mid ORDER BY x.o) AS ids \
+                       FROM unnest($3::text[], $8::int4[]) WITH ORDINALITY AS x(mid, g, o) GROUP BY x.g) m \
+                 ON m.g = u.n",
             )
             .bind::<Array<BigInt>, _>(self.g_job)
             .bind::<Array<Text>, _>(self.g_src)
             .bind::<Array<Text>, _>(self.g_mids)
-            .bind::<Array<Integer>, _>(self.g_first)
             .bind::<Array<Jsonb>, _>(self.g_routed)
             .bind::<Array<Jsonb>, _>(self.g_filtered)
             .bind::<Nullable<BigInt>, _>(range.lo)
             .bind::<Nullable<BigInt>, _>(range.hi)
-            .bind::<Array<Integer>, _>(self.g_last)
+            .bind::<Array<Integer>, _>(self.g_row)
             .cached()
             .execute(conn)
             .await?;
