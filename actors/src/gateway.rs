@@ -1,6 +1,6 @@
 //! GatewayWriter: buffers accepted requests and stores them with group commit — one
-//! statement per flush, many requests per flush, one `gw_jobs` row per request and
-//! partition its events fall in — and
+//! statement per flush, many requests per flush, one `gw_jobs` row per source and
+//! partition the flush's events fall in — and
 //! answers each request only after its flush committed. Up to `max_flushes` flushes run at
 //! once (each one statement, committed on its own), so Postgres' group commit merges them;
 //! ids of concurrent flushes (and of other nodes') may commit out of order, so the
@@ -8,11 +8,14 @@
 //! It never answers a client before commit and never drops a request
 //! silently: a failed flush answers every request in it with [`IngestError::Unavailable`].
 
+use std::collections::hash_map::{Entry, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use chrono::{DateTime, Utc};
 
-use crate::messages::{FlushNow, Ingest, IngestError};
+use crate::messages::{FlushNow, Ingest, IngestError, IngestPart};
 use crate::store::{GwJobInsert, Store};
 use crate::telemetry as t;
 
@@ -92,7 +95,7 @@ impl GatewayWriter {
         };
         let batch: Vec<Ingest> = self.buffer.drain(..take).collect();
         metrics::gauge!(t::GATEWAY_QUEUE_DEPTH).set(self.buffer.len() as f64);
-        let mut rows = Vec::with_capacity(batch.len());
+        let mut rows = Rows::default();
         let mut replies = Vec::with_capacity(batch.len());
         let mut events = 0u64;
         for msg in batch {
@@ -101,16 +104,10 @@ impl GatewayWriter {
             self.buffered_events = self.buffered_events.saturating_sub(count);
             replies.push((msg.reply, msg.source_id.clone(), count));
             for part in msg.parts {
-                rows.push(GwJobInsert {
-                    source_id: msg.source_id.to_string(),
-                    partition: part.partition,
-                    received_at: msg.received_at,
-                    event_count: part.event_count,
-                    payload: part.payload,
-                    message_ids: part.message_ids,
-                });
+                rows.add(&msg.source_id, msg.received_at, part);
             }
         }
+        let rows = rows.rows;
         metrics::histogram!(t::GATEWAY_FLUSH_REQUESTS).record(replies.len() as f64);
         metrics::histogram!(t::GATEWAY_FLUSH_EVENTS).record(events as f64);
         self.flushing += 1;
@@ -176,6 +173,63 @@ impl GatewayWriter {
             }
         }));
     }
+}
+
+/// The `gw_jobs` rows of one flush: the parts of its requests merged per source and
+/// partition, in request order (a row's events are its requests' events one request after
+/// the other), so a partition's share of many small parts costs one row, not one each.
+#[derive(Default)]
+struct Rows {
+    rows: Vec<GwJobInsert>,
+    /// Index in `rows` of each (source, partition)'s row.
+    by_key: HashMap<(Arc<str>, i32), usize>,
+}
+
+impl Rows {
+    /// Adds one request's part: a row of its own, or appended to its source and partition's.
+    fn add(&mut self, source: &Arc<str>, received_at: DateTime<Utc>, part: IngestPart) {
+        match self.by_key.entry((source.clone(), part.partition)) {
+            Entry::Occupied(e) => {
+                let row = &mut self.rows[*e.get()];
+                append_array(&mut row.payload, &part.payload);
+                row.event_count += part.event_count;
+                row.message_ids.extend(part.message_ids);
+            }
+            Entry::Vacant(e) => {
+                e.insert(self.rows.len());
+                self.rows.push(GwJobInsert {
+                    source_id: source.to_string(),
+                    partition: part.partition,
+                    // The row's first request is its earliest: the buffer is in arrival order.
+                    received_at,
+                    event_count: part.event_count,
+                    payload: part.payload,
+                    message_ids: part.message_ids,
+                });
+            }
+        }
+    }
+}
+
+/// Appends the elements of the JSON array text `more` to the JSON array text `array`
+/// (both as the gateway encodes them: `[` … `]`, no surrounding whitespace).
+fn append_array(array: &mut String, more: &str) {
+    let inner = more
+        .strip_prefix('[')
+        .and_then(|m| m.strip_suffix(']'))
+        .unwrap_or(more);
+    if inner.is_empty() {
+        return;
+    }
+    if array.len() <= 2 {
+        *array = more.to_owned();
+        return;
+    }
+    array.pop();
+    array.reserve(inner.len() + 2);
+    array.push(',');
+    array.push_str(inner);
+    array.push(']');
 }
 
 /// How many of the `waiting` requests (`events` events) the next group commit takes now,
@@ -339,6 +393,45 @@ mod tests {
             "the second commit slot was used"
         );
         assert_eq!(events, 0);
+    }
+
+    #[test]
+    fn a_flush_merges_parts_per_source_and_partition_in_request_order() {
+        let part = |partition, ids: &[&str]| IngestPart {
+            partition,
+            event_count: ids.len() as i32,
+            payload: format!(
+                "[{}]",
+                ids.iter()
+                    .map(|m| format!(r#"{{"messageId":"{m}"}}"#))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            message_ids: ids.iter().map(|m| m.to_string()).collect(),
+        };
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let t0 = Utc::now();
+        let t1 = t0 + chrono::Duration::milliseconds(5);
+        let mut rows = Rows::default();
+        rows.add(&a, t0, part(3, &["1", "2"]));
+        rows.add(&a, t0, part(5, &["3"]));
+        rows.add(&b, t1, part(3, &["4"]));
+        rows.add(&a, t1, part(3, &["5", "6"]));
+        let got: Vec<_> = rows
+            .rows
+            .iter()
+            .map(|r| (&*r.source_id, r.partition, r.event_count, r.received_at))
+            .collect();
+        assert_eq!(got, vec![("a", 3, 4, t0), ("a", 5, 1, t0), ("b", 3, 1, t1)]);
+        let first = &rows.rows[0];
+        assert_eq!(first.message_ids, ["1", "2", "5", "6"]);
+        let events: Vec<serde_json::Value> =
+            serde_json::from_str(&first.payload).expect("one JSON array");
+        let ids: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e["messageId"].as_str())
+            .collect();
+        assert_eq!(ids, ["1", "2", "5", "6"]);
     }
 
     #[test]

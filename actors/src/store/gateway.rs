@@ -8,14 +8,15 @@ use diesel_async::RunQueryDsl;
 use super::CacheExt;
 use super::{Store, StoreError};
 
-/// One request's events of one partition, to store as a `gw_jobs` row.
+/// The events of one source and partition in one flush (one or more requests' parts, in
+/// request order), to store as a `gw_jobs` row.
 #[derive(Debug, Clone)]
 pub struct GwJobInsert {
     /// Source workspace id.
     pub source_id: String,
     /// Partition of its events.
     pub partition: i32,
-    /// When the gateway received the request.
+    /// When the gateway received the (first) request.
     pub received_at: DateTime<Utc>,
     /// Number of events in `payload`.
     pub event_count: i32,
