@@ -276,7 +276,10 @@ pub struct RouterSettings {
     /// Milliseconds between probes while the breaker is open.
     pub breaker_probe_interval_ms: u64,
     /// Delivery outcomes not yet written to Postgres beyond which a router starts no new
-    /// delivery; a crash repeats at most this many plus `concurrency` deliveries.
+    /// delivery; a crash repeats at most this many plus `concurrency` deliveries. For a batching
+    /// destination, up to half (at most `concurrency` × its batch size) may be delivered
+    /// jobs of rows still waiting for other jobs, recorded only in memory for at most a
+    /// second.
     pub max_unrecorded: usize,
 }
 

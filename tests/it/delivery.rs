@@ -724,23 +724,26 @@ async fn a_row_of_jobs_is_marked_job_by_job_and_goes_when_all_are_done() {
     let now = chrono::Utc::now();
     let mut rows = Rows::default();
     rows.loaded(1, 3);
-    let batch = rows.settle(vec![
-        Outcome::Delivered(job(0)),
-        Outcome::Retry(RetryUpdate {
-            job: job(1),
-            attempts: 1,
-            next_attempt_at: now,
-            first_failed_at: now,
-            error: "boom".into(),
-        }),
-        Outcome::Dead(DeadLetter {
-            job: job(2),
-            attempts: 1,
-            reason: "refused: no".into(),
-            last_status: Some(400),
-            last_response: Some("no".into()),
-        }),
-    ]);
+    let batch = rows.settle(
+        vec![
+            Outcome::Delivered(job(0)),
+            Outcome::Retry(RetryUpdate {
+                job: job(1),
+                attempts: 1,
+                next_attempt_at: now,
+                first_failed_at: now,
+                error: "boom".into(),
+            }),
+            Outcome::Dead(DeadLetter {
+                job: job(2),
+                attempts: 1,
+                reason: "refused: no".into(),
+                last_status: Some(400),
+                last_response: Some("no".into()),
+            }),
+        ],
+        std::time::Instant::now(),
+    );
     store.apply_status_ref(&batch).await.expect("write");
     // Written twice (as after a commit whose answer was lost): still one dead letter.
     store.apply_status_ref(&batch).await.expect("write again");
@@ -770,7 +773,10 @@ async fn a_row_of_jobs_is_marked_job_by_job_and_goes_when_all_are_done() {
         .await
         .expect("lease moves");
     let mut other = Rows::default();
-    let batch = other.settle(vec![Outcome::Delivered(JobRef { row: 2, index: 0 })]);
+    let batch = other.settle(
+        vec![Outcome::Delivered(JobRef { row: 2, index: 0 })],
+        std::time::Instant::now(),
+    );
     assert_eq!(batch.marks.len(), 1);
     store.apply_status_ref(&batch).await.expect("write");
     let state: Option<Value> = c
@@ -783,7 +789,7 @@ async fn a_row_of_jobs_is_marked_job_by_job_and_goes_when_all_are_done() {
     // The last job of row 1 delivered: the row goes, whoever holds the lease now.
     let mut rows = Rows::default();
     rows.loaded(1, 1);
-    let batch = rows.settle(vec![Outcome::Delivered(job(1))]);
+    let batch = rows.settle(vec![Outcome::Delivered(job(1))], std::time::Instant::now());
     assert_eq!(batch.delivered, [1]);
     store.apply_status_ref(&batch).await.expect("write");
     let left: Vec<i64> = c

@@ -34,6 +34,10 @@ use keys::{Finish, KeyQueues, QueuedJob};
 use policy::{Breaker, RetryPolicy, Throttle};
 use rows::{Outcome, Rows};
 
+/// How long a router may hold a delivered job's mark in memory while the job's row still
+/// waits for other jobs (see `rows.rs`): rows usually finish sooner and are deleted whole.
+const MARK_DELAY: Duration = Duration::from_secs(1);
+
 /// Router tuning (defaults from `[router]`; throttle from the destination's config).
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
@@ -60,7 +64,9 @@ pub struct RouterConfig {
     /// Largest restart delay.
     pub restart_backoff_max: Duration,
     /// Outcomes not yet written to Postgres beyond which no new delivery starts: after a
-    /// crash, at most this many plus `concurrency` deliveries are repeated.
+    /// crash, at most this many plus `concurrency` deliveries are repeated. For a batching
+    /// destination, up to half of it may be delivered jobs whose marks wait for their row
+    /// to finish (see `rows.rs`).
     pub max_unrecorded: usize,
 }
 
@@ -78,7 +84,7 @@ impl Default for RouterConfig {
             store_failure_limit: 5,
             restart_backoff: Duration::from_millis(200),
             restart_backoff_max: Duration::from_secs(30),
-            max_unrecorded: 1024,
+            max_unrecorded: 4096,
         }
     }
 }
@@ -207,6 +213,8 @@ impl RouterActor {
     ) -> Self {
         let breaker = Breaker::new(config.breaker_threshold, config.breaker_probe_interval);
         let throttle = Throttle::new(config.throttle_limit, config.throttle_window);
+        // Marks are deferred only once the destination is known to batch (below).
+        let rows = Rows::new(MARK_DELAY, 0);
         Self {
             metrics: RouterMetrics::new(destination_id),
             destination_id: Arc::from(destination_id),
@@ -219,7 +227,7 @@ impl RouterActor {
             in_flight: 0,
             max_loaded_id: 0,
             loaded_jobs: 0,
-            rows: Rows::default(),
+            rows,
             loading: false,
             caught_up: false,
             pending: Vec::new(),
@@ -434,7 +442,9 @@ impl RouterActor {
 
     /// Outcomes not yet written, settled or not.
     fn unrecorded(&self) -> bool {
-        !self.pending.is_empty() || !self.unwritten.is_empty() || self.rows.has_empty()
+        !self.pending.is_empty()
+            || !self.unwritten.is_empty()
+            || self.rows.write_due(Instant::now())
     }
 
     /// Starts every delivery that may start now, and arranges to be called again.
@@ -465,7 +475,10 @@ impl RouterActor {
         }
         self.queues.promote(now);
         while self.in_flight < self.config.concurrency && self.queues.has_ready() {
-            if self.pending.len() + self.unwritten_len + self.flushing_len
+            if self.pending.len()
+                + self.unwritten_len
+                + self.flushing_len
+                + self.rows.deferred_jobs()
                 >= self.config.max_unrecorded
             {
                 // Resumed when the running status write completes.
@@ -727,7 +740,10 @@ impl RouterActor {
         }
         let outcomes = std::mem::take(&mut self.pending);
         self.unwritten_len += outcomes.len();
-        let mut batch = self.rows.settle(outcomes);
+        if self.draining {
+            self.rows.write_all();
+        }
+        let mut batch = self.rows.settle(outcomes, Instant::now());
         batch.merge_front(std::mem::take(&mut self.unwritten));
         if batch.is_empty() {
             self.unwritten_len = 0;
@@ -803,6 +819,15 @@ impl Actor for RouterActor {
                         if let Some(l) = limits {
                             tracing::info!(destination = %act.destination_id, max_events = l.max_events, max_bytes = l.max_bytes, max_wait = ?l.max_wait, "batched delivery");
                         }
+                        // A batching destination already repeats up to `concurrency`
+                        // requests of `max_events` after a crash: deferred marks may hold
+                        // as many (and count against `max_unrecorded`, at most half of it).
+                        // Per-event delivery writes every mark at once.
+                        let deferred = limits.map_or(0, |l| {
+                            (act.config.concurrency * l.max_events)
+                                .min(act.config.max_unrecorded / 2)
+                        });
+                        act.rows.set_max_deferred(deferred);
                         act.batching = Some(limits);
                         act.pump(ctx);
                     }),
@@ -855,6 +880,7 @@ impl Handler<Drain> for RouterActor {
 
     fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) -> Self::Result {
         self.draining = true;
+        self.rows.write_all();
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.drain_waiters.push(tx);
         self.flush(ctx);
