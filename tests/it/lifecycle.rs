@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::common::*;
 
@@ -230,26 +230,34 @@ async fn a_consuming_reader_misses_no_row_and_sees_each_users_requests_in_order(
         }));
     }
     // What the processor does: read the unconsumed rows in id order, consume (delete) them.
+    // A row holds one flush's requests of a partition (several users may share it).
     let reader = {
         let (url, done) = (db.url.clone(), done.clone());
         tokio::spawn(async move {
             let c = pg(&url).await;
-            let mut consumed: Vec<(i64, String, i64)> = Vec::new();
+            let mut consumed: Vec<(i64, Vec<(String, i64)>)> = Vec::new();
             loop {
                 let finished = done.load(std::sync::atomic::Ordering::SeqCst);
                 let rows = c
-                    .query(
-                        "SELECT id, payload::json->0->>'userId', (payload::json->0->'properties'->>'seq')::int8 \
-                         FROM gw_jobs ORDER BY id LIMIT 200",
-                        &[],
-                    )
+                    .query("SELECT id, payload FROM gw_jobs ORDER BY id LIMIT 200", &[])
                     .await
                     .expect("read");
                 let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
                 c.execute("DELETE FROM gw_jobs WHERE id = ANY($1)", &[&ids])
                     .await
                     .expect("consume");
-                consumed.extend(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))));
+                for r in &rows {
+                    let events: Vec<Value> =
+                        serde_json::from_str(r.get::<_, &str>(1)).expect("event array");
+                    let events = events
+                        .iter()
+                        .map(|e| {
+                            let user = e["userId"].as_str().expect("userId").to_owned();
+                            (user, e["properties"]["seq"].as_i64().expect("seq"))
+                        })
+                        .collect();
+                    consumed.push((r.get(0), events));
+                }
                 if finished && rows.is_empty() {
                     return consumed;
                 }
@@ -269,21 +277,29 @@ async fn a_consuming_reader_misses_no_row_and_sees_each_users_requests_in_order(
         .await
         .expect("rows stored")
         .get(0);
-    assert_eq!(stored, 16 * 60);
-    assert_eq!(consumed.len(), 16 * 60, "every stored row consumed once");
+    assert_eq!(
+        consumed.len() as i64,
+        stored,
+        "every stored row consumed once"
+    );
+    let events: usize = consumed.iter().map(|(_, e)| e.len()).sum();
+    assert_eq!(events, 16 * 60 * 20, "every event consumed once");
     let mut last: HashMap<String, i64> = HashMap::new();
     let mut out_of_id_order = 0;
     let mut max_id = 0;
-    for (id, user, seq) in &consumed {
+    for (id, events) in &consumed {
         if *id < max_id {
             out_of_id_order += 1;
         }
         max_id = max_id.max(*id);
-        let prev = last.insert(user.clone(), *seq);
-        assert!(
-            prev.is_none_or(|p| p < *seq),
-            "{user}: request {seq} consumed after {prev:?}"
-        );
+        for (user, seq) in events {
+            // The 20 events of a request share its seq; requests go up.
+            let prev = last.insert(user.clone(), *seq);
+            assert!(
+                prev.is_none_or(|p| p <= *seq),
+                "{user}: request {seq} consumed after {prev:?}"
+            );
+        }
     }
     println!("rows consumed after a higher id (committed late): {out_of_id_order}");
 }
