@@ -111,12 +111,12 @@ impl Rows {
     /// deferred marks that are due.
     pub fn write_due(&self, now: Instant) -> bool {
         self.has_empty()
-            || !self.deferred.is_empty()
-                && (self.write_all
-                    || self
-                        .deferred
-                        .values()
-                        .any(|d| now.duration_since(d.since) >= self.mark_delay))
+            || !self.deferred.is_empty() && self.deferred.values().any(|d| self.due(d.since, now))
+    }
+
+    /// Whether marks deferred `since` go with a write at `now`.
+    fn due(&self, since: Instant, now: Instant) -> bool {
+        self.write_all || now.duration_since(since) >= self.mark_delay
     }
 
     /// Jobs whose delivered marks are deferred (outcomes a crash would lose).
@@ -219,8 +219,7 @@ impl Rows {
             .collect();
         due.sort_unstable();
         for (since, row) in due {
-            let over = self.deferred_jobs > self.max_deferred;
-            if !(self.write_all || over || now.duration_since(since) >= self.mark_delay) {
+            if !(self.deferred_jobs > self.max_deferred || self.due(since, now)) {
                 break;
             }
             if let Some(marks) = self.take_deferred(row) {

@@ -27,7 +27,7 @@ pub struct GwJobInsert {
 }
 
 /// The `input` step both flush statements start with (one text, so their binds agree): the
-/// request parts of the flush in order, each with the `gw_jobs` id drawn for it.
+/// rows of the flush in order, each with the `gw_jobs` id drawn for it.
 macro_rules! flush_input {
     () => {
         r#"
@@ -44,8 +44,8 @@ WITH input AS (
 }
 
 /// The flush when no messageId of it is in the window yet, as almost always: ids are drawn
-/// in request order, every (request, partition) becomes a `gw_jobs` row and every messageId a
-/// `dedup` row naming its job. A plain insert checks uniqueness in the same index descent
+/// in request order, every (source, partition) of the flush becomes a `gw_jobs` row and every
+/// messageId a `dedup` row naming its job. A plain insert checks uniqueness in the same index descent
 /// that inserts the key; `ON CONFLICT` would search the index first and cost a third more of
 /// Postgres' time per event. A key already in the window (a client's retry, or two requests
 /// of the flush carrying one messageId) fails the statement, which is atomic, and the flush
@@ -106,7 +106,7 @@ struct Flush {
     counts: Vec<i32>,
     payloads: Vec<String>,
     partitions: Vec<i32>,
-    /// Per messageId: the 1-based index of its request part in the arrays above.
+    /// Per messageId: the 1-based index of its row in the arrays above.
     ords: Vec<i64>,
     /// Per messageId: its dedup key.
     keys: Vec<uuid::Uuid>,

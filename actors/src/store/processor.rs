@@ -274,7 +274,7 @@ impl ProcessedBatch {
         }
         c.g_mids.push(r.message_id);
         let i = c.g_job.len() - 1;
-        c.g_row.push(c.g_job.len() as i32);
+        c.g_row.push(i as i32 + 1);
         if let (Value::Array(to), Value::Array(out)) = (&mut c.g_routed[i], &mut c.g_filtered[i]) {
             to.push(routed);
             out.push(filtered);
