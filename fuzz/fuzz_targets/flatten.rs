@@ -13,7 +13,8 @@ use serde_json::Value;
 fn valid_ident(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_IDENT
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !s.as_bytes()[0].is_ascii_digit()
 }
 
@@ -26,7 +27,11 @@ fuzz_target!(|data: &[u8]| {
         let mut seen = std::collections::HashSet::new();
         for (col, v) in &row.values {
             assert!(valid_ident(col), "column {col:?} of {}", row.table);
-            assert!(seen.insert(col.as_str()), "column {col} twice in {}", row.table);
+            assert!(
+                seen.insert(col.as_str()),
+                "column {col} twice in {}",
+                row.table
+            );
             if let Some(ty) = infer(v) {
                 coerce(v, &ty).unwrap_or_else(|e| panic!("{col}: {v} does not fit {ty:?}: {e}"));
             }

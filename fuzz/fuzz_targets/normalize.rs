@@ -10,6 +10,7 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use chrono::{TimeZone, Utc};
 use keel_fuzz::http::body::{check_headers, inflate, Encoding};
 use keel_fuzz::http::error::ApiError;
+use keel_fuzz::http::event::Event;
 use keel_fuzz::http::normalize::{EventType, RequestInfo};
 use keel_fuzz::http::parse::{parse_request, Endpoint, Limits};
 use libfuzzer_sys::fuzz_target;
@@ -25,8 +26,14 @@ fn check_error(e: &ApiError) {
     assert!(!e.code.is_empty() && !e.message.is_empty());
 }
 
-fn check_event(event: &Map<String, Value>, message_id: &str) {
+fn check_event(stored: &Event<'_>, message_id: &str) {
     assert!(!message_id.is_empty());
+    // Stored as its JSON text: it must read back as the same tree.
+    let text = serde_json::to_string(stored).expect("encode");
+    let event: Map<String, Value> =
+        serde_json::from_str(&text).expect("the stored text reads back");
+    assert_eq!(event, stored.to_map());
+    let event = &event;
     assert_eq!(event["messageId"].as_str(), Some(message_id));
     assert!(EventType::parse(event["type"].as_str().expect("type")).is_some());
     for field in ["receivedAt", "timestamp"] {
@@ -49,7 +56,11 @@ fuzz_target!(|data: &[u8]| {
     let (label, rest) = rest.split_at(split);
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_bytes(label) {
-        let name = if flags & 0x08 != 0 { "content-encoding" } else { "content-type" };
+        let name = if flags & 0x08 != 0 {
+            "content-encoding"
+        } else {
+            "content-type"
+        };
         headers.insert(HeaderName::from_static(name), v);
     }
     if let Err(e) = check_headers(&headers) {
@@ -93,6 +104,7 @@ fuzz_target!(|data: &[u8]| {
     match parse_request(endpoint, text, &limits, &request) {
         Ok(parsed) => {
             assert_eq!(parsed.events.len(), parsed.message_ids.len());
+            assert_eq!(parsed.events.len(), parsed.ordering_keys.len());
             assert!(!parsed.events.is_empty());
             for (event, id) in parsed.events.iter().zip(&parsed.message_ids) {
                 check_event(event, id);
@@ -101,7 +113,10 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             check_error(&e);
             if let Some(i) = e.index {
-                assert!(endpoint == Endpoint::Batch || i == 0, "a single event is index 0");
+                assert!(
+                    endpoint == Endpoint::Batch || i == 0,
+                    "a single event is index 0"
+                );
             }
         }
     }

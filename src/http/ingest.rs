@@ -9,16 +9,16 @@ use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
-use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use keel_actors::messages::{Ingest, IngestError, IngestPart};
-use keel_actors::partition::{ordering_key, partition_of};
+use keel_actors::partition::partition_of;
 use keel_actors::telemetry as t;
 
 use super::auth;
 use super::body::{check_headers, read_body};
 use super::error::ApiError;
+use super::event::Event;
 use super::normalize::RequestInfo;
 use super::parse;
 use super::state::AppState;
@@ -95,7 +95,7 @@ async fn ingest_inner(
     let source = resolve_source(header_source, body.write_key(), state)?;
     *source_seen = Some(source.clone());
     let parsed = body.normalize(&limits, &request)?;
-    commit(state, source, &request, parsed.events, parsed.message_ids).await
+    commit(state, source, &request, parsed).await
 }
 
 fn resolve_source(
@@ -158,11 +158,12 @@ fn check_rate(
     }
 }
 
-/// Groups a request's events by partition (request order kept within each) and encodes
-/// each group as one JSON array.
+/// Groups a request's events by partition (request order kept within each, by their
+/// ordering keys) and encodes each group as one JSON array.
 fn split_by_partition(
-    events: &[Map<String, Value>],
+    events: &[Event<'_>],
     message_ids: Vec<String>,
+    ordering_keys: &[String],
     partitions: u32,
 ) -> Result<Vec<IngestPart>, serde_json::Error> {
     let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
@@ -175,10 +176,10 @@ fn split_by_partition(
         }]);
     }
     /// A partition's events and their messageIds.
-    type Group<'a> = (i32, Vec<&'a Map<String, Value>>, Vec<String>);
-    let mut groups: Vec<Group<'_>> = Vec::new();
-    for (event, id) in events.iter().zip(message_ids) {
-        let p = partition_of(&ordering_key(event), partitions);
+    type Group<'e, 'a> = (i32, Vec<&'e Event<'a>>, Vec<String>);
+    let mut groups: Vec<Group<'_, '_>> = Vec::new();
+    for ((event, id), key) in events.iter().zip(message_ids).zip(ordering_keys) {
+        let p = partition_of(key, partitions);
         match groups.iter_mut().find(|g| g.0 == p) {
             Some(g) => {
                 g.1.push(event);
@@ -204,17 +205,20 @@ async fn commit(
     state: &AppState,
     source: Arc<str>,
     request: &RequestInfo,
-    events: Vec<Map<String, Value>>,
-    message_ids: Vec<String>,
+    parsed: parse::Events<'_>,
 ) -> Result<(), ApiError> {
+    let events = parsed.events;
     let retry_after = state.config.gateway.retry_after_secs;
     if let Some(limiter) = &state.rate_limiter {
         check_rate(limiter, &source, events.len(), &state.config.gateway)?;
     }
-    let parts =
-        split_by_partition(&events, message_ids, state.config.cluster.partitions).map_err(|e| {
-            ApiError::bad_request("invalid_event", format!("event cannot be encoded: {e}"))
-        })?;
+    let parts = split_by_partition(
+        &events,
+        parsed.message_ids,
+        &parsed.ordering_keys,
+        state.config.cluster.partitions,
+    )
+    .map_err(|e| ApiError::bad_request("invalid_event", format!("event cannot be encoded: {e}")))?;
     let bytes: usize = parts.iter().map(|p| p.payload.len()).sum();
     let permits = bytes.div_ceil(1024).max(1) as u32;
     let Ok(permit) = state.queue.clone().try_acquire_many_owned(permits) else {
@@ -257,20 +261,20 @@ async fn commit(
     };
     metrics::gauge!(t::GATEWAY_QUEUE_BYTES).decrement(queued_bytes);
     drop(permit);
-    // The console's live view: the stored events, moved (nothing is copied when nobody
-    // watches).
+    // The console's live view: the stored events as trees, built only while somebody
+    // watches (and for the few samples a second).
     let live = &state.children.live;
     if result.is_ok() {
         if live.sample_due(request.received_at) {
             if let Some(e) = events.first() {
-                live.sample(&source, request.received_at, e);
+                live.sample(&source, request.received_at, &e.to_map());
             }
         }
         if live.watched() {
             live.accepted(keel_actors::live::Accepted {
                 source_id: source,
                 received_at: request.received_at,
-                events,
+                events: events.iter().map(Event::to_map).collect(),
             });
         }
     }

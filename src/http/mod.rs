@@ -7,6 +7,7 @@ pub mod body;
 pub mod connections;
 pub mod console;
 pub mod error;
+pub mod event;
 pub mod ingest;
 pub mod live;
 pub mod normalize;

@@ -7,6 +7,7 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use super::event::{insert_missing, Event, Shape};
 
 /// The six Segment event types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,24 +125,10 @@ fn ts_field(
     }
 }
 
-/// A non-empty string id, or a number turned into its string form; `None` when absent/empty.
 /// Deepest nesting of objects and arrays an event may have. Keel re-reads stored events
 /// inside larger documents (a request's array, a delivery's request description), and
 /// serde_json stops at 128 levels, so the gateway refuses what could not be read back.
 pub const MAX_EVENT_DEPTH: usize = 64;
-
-/// Nesting depth of `v` (a scalar is 0, `{}` is 1), counted up to `limit + 1`.
-fn depth(v: &Value, limit: usize) -> usize {
-    let children: Box<dyn Iterator<Item = &Value>> = match v {
-        Value::Object(m) => Box::new(m.values()),
-        Value::Array(a) => Box::new(a.iter()),
-        _ => return 0,
-    };
-    if limit == 0 {
-        return 1;
-    }
-    1 + children.map(|c| depth(c, limit - 1)).max().unwrap_or(0)
-}
 
 /// Ids and names end up in Keel's own text columns (dedup, ordering keys), which cannot
 /// hold NUL; other strings keep their `\u0000` intact.
@@ -153,19 +140,21 @@ fn nul_in(key: &str, index: usize) -> ApiError {
     .at(index)
 }
 
+/// A non-empty string id, or a number turned into its string form (in the event too);
+/// `None` when absent/empty.
 fn id_field(
-    event: &mut Map<String, Value>,
-    key: &str,
+    event: &mut Event<'_>,
+    key: &'static str,
     index: usize,
 ) -> Result<Option<String>, ApiError> {
     match event.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) if s.contains('\0') => Err(nul_in(key, index)),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::String(s)) => Ok(Some(s)),
         Some(Value::Number(n)) => {
             let s = n.to_string();
-            event.insert(key.to_owned(), Value::String(s.clone()));
+            event.insert(key, Value::String(s.clone()));
             Ok(Some(s))
         }
         Some(_) => Err(ApiError::bad_request(
@@ -177,25 +166,27 @@ fn id_field(
 }
 
 fn merge_defaults(
-    event: &mut Map<String, Value>,
-    key: &str,
+    event: &mut Event<'_>,
+    key: &'static str,
     defaults: Option<&Map<String, Value>>,
     index: usize,
 ) -> Result<(), ApiError> {
-    match event.get_mut(key) {
-        None | Some(Value::Null) => {
+    match event.shape(key) {
+        Shape::Absent | Shape::Null => {
             if let Some(d) = defaults {
-                event.insert(key.to_owned(), Value::Object(d.clone()));
+                event.insert(key, Value::Object(d.clone()));
             }
         }
-        Some(Value::Object(own)) => {
+        Shape::Object => {
             if let Some(d) = defaults {
-                for (k, v) in d {
-                    own.entry(k.clone()).or_insert_with(|| v.clone());
+                if let Some(own) = event.object_mut(key) {
+                    for (k, v) in d {
+                        insert_missing(own, k, || v.clone());
+                    }
                 }
             }
         }
-        Some(_) => {
+        Shape::Other => {
             return Err(ApiError::bad_request(
                 "invalid_field",
                 format!("event {index}: {key} must be an object"),
@@ -206,12 +197,7 @@ fn merge_defaults(
     Ok(())
 }
 
-fn require_str(
-    event: &Map<String, Value>,
-    key: &str,
-    ty: EventType,
-    index: usize,
-) -> Result<(), ApiError> {
+fn require_str(event: &Event<'_>, key: &str, ty: EventType, index: usize) -> Result<(), ApiError> {
     match event.get(key) {
         Some(Value::String(s)) if s.contains('\0') => Err(nul_in(key, index)),
         Some(Value::String(s)) if !s.is_empty() => Ok(()),
@@ -227,21 +213,31 @@ fn require_str(
     }
 }
 
-/// Validates and normalises one event in place; returns its messageId.
+/// What normalising an event found out about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Normalized {
+    /// Its messageId (the client's, or one Keel generated).
+    pub message_id: String,
+    /// The key it is ordered by: its userId, else its anonymousId (see
+    /// `keel_actors::partition::ordering_key`, which reads the same from a stored event).
+    pub ordering_key: String,
+}
+
+/// Validates and normalises one event in place.
 ///
 /// `path_type` is the type named by the endpoint (`/v1/track`); `None` for batches, where
 /// each event must carry a valid `type`.
 pub fn normalize_event(
-    event: &mut Map<String, Value>,
+    event: &mut Event<'_>,
     index: usize,
     path_type: Option<EventType>,
     defaults: &BatchDefaults<'_>,
     request: &RequestInfo,
-) -> Result<String, ApiError> {
+) -> Result<Normalized, ApiError> {
     let ty = match path_type {
         Some(t) => t,
         None => match event.get("type") {
-            Some(Value::String(s)) => EventType::parse(s).ok_or_else(|| {
+            Some(Value::String(s)) => EventType::parse(&s).ok_or_else(|| {
                 ApiError::bad_request(
                     "invalid_type",
                     format!(
@@ -259,18 +255,21 @@ pub fn normalize_event(
             }
         },
     };
-    event.insert("type".into(), Value::String(ty.as_str().into()));
+    event.insert("type", Value::String(ty.as_str().into()));
     event.remove("writeKey");
 
     let user_id = id_field(event, "userId", index)?;
     let anonymous_id = id_field(event, "anonymousId", index)?;
-    if user_id.is_none() && anonymous_id.is_none() {
-        return Err(ApiError::bad_request(
-            "missing_identity",
-            format!("event {index}: needs a userId or an anonymousId"),
-        )
-        .at(index));
-    }
+    let ordering_key = match (user_id, anonymous_id) {
+        (Some(id), _) | (None, Some(id)) => id,
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "missing_identity",
+                format!("event {index}: needs a userId or an anonymousId"),
+            )
+            .at(index))
+        }
+    };
     match ty {
         EventType::Track => require_str(event, "event", ty, index)?,
         EventType::Group => require_str(event, "groupId", ty, index)?,
@@ -282,7 +281,7 @@ pub fn normalize_event(
         Some(id) => id,
         None => {
             let id = uuid::Uuid::new_v4().to_string();
-            event.insert("messageId".into(), Value::String(id.clone()));
+            event.insert("messageId", Value::String(id.clone()));
             id
         }
     };
@@ -290,21 +289,33 @@ pub fn normalize_event(
     merge_defaults(event, "context", defaults.context, index)?;
     merge_defaults(event, "integrations", defaults.integrations, index)?;
     if let Some(ip) = &request.ip {
-        let ctx = event
-            .entry("context")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if let Value::Object(ctx) = ctx {
-            ctx.entry("ip").or_insert_with(|| Value::String(ip.clone()));
+        match event.shape("context") {
+            Shape::Absent => {
+                let mut ctx = Map::new();
+                ctx.insert("ip".into(), Value::String(ip.clone()));
+                event.insert("context", Value::Object(ctx));
+            }
+            Shape::Object => {
+                if let Some(ctx) = event.object_mut("context") {
+                    insert_missing(ctx, "ip", || Value::String(ip.clone()));
+                }
+            }
+            // `null` stays `null`; anything else was refused above.
+            Shape::Null | Shape::Other => {}
         }
     }
 
     // Client clock: originalTimestamp (RudderStack SDKs) or timestamp (Segment SDKs) is
     // when the event happened, sentAt when the client sent it, both on the client's clock.
-    let original = match ts_field(event.get("originalTimestamp"), "originalTimestamp", index)? {
+    let original = match ts_field(
+        event.get("originalTimestamp").as_ref(),
+        "originalTimestamp",
+        index,
+    )? {
         Some(t) => Some(t),
-        None => ts_field(event.get("timestamp"), "timestamp", index)?,
+        None => ts_field(event.get("timestamp").as_ref(), "timestamp", index)?,
     };
-    let sent_at = match ts_field(event.get("sentAt"), "sentAt", index)? {
+    let sent_at = match ts_field(event.get("sentAt").as_ref(), "sentAt", index)? {
         Some(t) => Some(t),
         None => ts_field(defaults.sent_at, "sentAt", index)?,
     };
@@ -320,28 +331,25 @@ pub fn normalize_event(
         _ => received,
     };
     if let Some(o) = original {
-        event.insert("originalTimestamp".into(), Value::String(format_ts(o)));
+        event.insert("originalTimestamp", Value::String(format_ts(o)));
     }
     if let Some(s) = sent_at {
-        event.insert("sentAt".into(), Value::String(format_ts(s)));
+        event.insert("sentAt", Value::String(format_ts(s)));
     }
-    event.insert("receivedAt".into(), Value::String(format_ts(received)));
-    event.insert("timestamp".into(), Value::String(format_ts(timestamp)));
+    event.insert("receivedAt", Value::String(format_ts(received)));
+    event.insert("timestamp", Value::String(format_ts(timestamp)));
     // Checked last: batch-level context merged in counts too.
-    let nesting = event
-        .values()
-        .map(|v| depth(v, MAX_EVENT_DEPTH))
-        .max()
-        .unwrap_or(0)
-        + 1;
-    if nesting > MAX_EVENT_DEPTH {
+    if event.depth() > MAX_EVENT_DEPTH {
         return Err(ApiError::bad_request(
             "nesting_too_deep",
             format!("event {index}: objects and arrays nest deeper than {MAX_EVENT_DEPTH} levels"),
         )
         .at(index));
     }
-    Ok(message_id)
+    Ok(Normalized {
+        message_id,
+        ordering_key,
+    })
 }
 
 #[cfg(test)]
@@ -356,6 +364,19 @@ mod tests {
         }
     }
 
+    /// Normalises `v` (as a client would send it); the event as stored, and what was found.
+    fn run(
+        v: Value,
+        index: usize,
+        path_type: Option<EventType>,
+        d: &BatchDefaults<'_>,
+    ) -> Result<(Map<String, Value>, Normalized), ApiError> {
+        let text = v.to_string();
+        let mut e = Event::parse(&text).expect("an object");
+        let n = normalize_event(&mut e, index, path_type, d, &req())?;
+        Ok((e.to_map(), n))
+    }
+
     fn obj(v: Value) -> Map<String, Value> {
         match v {
             Value::Object(m) => m,
@@ -366,16 +387,15 @@ mod tests {
     #[test]
     fn corrects_client_clock_skew() {
         // Client clock is 1 h ahead: it sent 2 s after the event happened.
-        let mut e = obj(json!({"userId": "u", "event": "E",
-            "originalTimestamp": "2026-01-01T13:00:00.000Z", "sentAt": "2026-01-01T13:00:02.000Z"}));
-        normalize_event(
-            &mut e,
+        let (e, n) = run(
+            json!({"userId": "u", "event": "E",
+            "originalTimestamp": "2026-01-01T13:00:00.000Z", "sentAt": "2026-01-01T13:00:02.000Z"}),
             0,
             Some(EventType::Track),
             &BatchDefaults::default(),
-            &req(),
         )
         .expect("valid");
+        assert_eq!(n.ordering_key, "u");
         assert_eq!(e["timestamp"], "2026-01-01T12:00:08.000Z");
         assert_eq!(e["receivedAt"], "2026-01-01T12:00:10.000Z");
         assert_eq!(e["originalTimestamp"], "2026-01-01T13:00:00.000Z");
@@ -384,23 +404,25 @@ mod tests {
 
     #[test]
     fn segment_timestamp_counts_as_original_and_batch_sent_at_applies() {
-        let mut e = obj(
-            json!({"anonymousId": "a", "type": "page", "timestamp": "2026-01-01T11:59:00+00:00"}),
-        );
         let sent = json!("2026-01-01T11:59:30Z");
         let d = BatchDefaults {
             sent_at: Some(&sent),
             ..Default::default()
         };
-        normalize_event(&mut e, 0, None, &d, &req()).expect("valid");
+        let (e, n) = run(
+            json!({"anonymousId": "a", "type": "page", "timestamp": "2026-01-01T11:59:00+00:00"}),
+            0,
+            None,
+            &d,
+        )
+        .expect("valid");
+        assert_eq!(n.ordering_key, "a");
         assert_eq!(e["timestamp"], "2026-01-01T11:59:40.000Z");
         assert_eq!(e["originalTimestamp"], "2026-01-01T11:59:00.000Z");
     }
 
     #[test]
     fn merges_batch_context_under_event_context() {
-        let mut e = obj(json!({"userId": 42, "type": "identify",
-            "context": {"library": {"name": "own"}, "locale": "de"}}));
         let ctx = obj(json!({"library": {"name": "batch"}, "os": {"name": "linux"}}));
         let integ = obj(json!({"All": false}));
         let d = BatchDefaults {
@@ -408,7 +430,17 @@ mod tests {
             integrations: Some(&integ),
             sent_at: None,
         };
-        let id = normalize_event(&mut e, 3, None, &d, &req()).expect("valid");
+        let (e, n) = run(
+            json!({"userId": 42, "type": "identify",
+            "context": {"library": {"name": "own"}, "locale": "de"}}),
+            3,
+            None,
+            &d,
+        )
+        .expect("valid");
+        let id = n.message_id;
+        assert_eq!(n.ordering_key, "42");
+        assert_eq!(e["context"]["locale"], "de");
         assert_eq!(e["context"]["library"]["name"], "own");
         assert_eq!(e["context"]["os"]["name"], "linux");
         assert_eq!(e["context"]["ip"], "10.1.2.3");
@@ -420,46 +452,27 @@ mod tests {
 
     #[test]
     fn names_the_event_index_in_errors() {
-        let mut e = obj(json!({"type": "track", "event": "E"}));
-        let err =
-            normalize_event(&mut e, 7, None, &BatchDefaults::default(), &req()).expect_err("no id");
+        let none = BatchDefaults::default();
+        let err = run(json!({"type": "track", "event": "E"}), 7, None, &none).expect_err("no id");
         assert_eq!((err.code, err.index), ("missing_identity", Some(7)));
-        let mut e = obj(json!({"type": "purchase", "userId": "u"}));
-        let err = normalize_event(&mut e, 2, None, &BatchDefaults::default(), &req())
-            .expect_err("bad type");
+        let err =
+            run(json!({"type": "purchase", "userId": "u"}), 2, None, &none).expect_err("bad type");
         assert_eq!((err.code, err.index), ("invalid_type", Some(2)));
-        let mut e = obj(json!({"userId": "u"}));
-        let err = normalize_event(
-            &mut e,
-            0,
-            Some(EventType::Track),
-            &BatchDefaults::default(),
-            &req(),
-        )
-        .expect_err("no event");
+        let err =
+            run(json!({"userId": "u"}), 0, Some(EventType::Track), &none).expect_err("no event");
         assert_eq!(err.code, "missing_field");
-        let mut e = obj(json!({"userId": "u", "event": "E", "sentAt": "yesterday"}));
-        let err = normalize_event(
-            &mut e,
+        let err = run(
+            json!({"userId": "u", "event": "E", "sentAt": "yesterday"}),
             0,
             Some(EventType::Track),
-            &BatchDefaults::default(),
-            &req(),
+            &none,
         )
         .expect_err("bad ts");
         assert_eq!(err.code, "invalid_timestamp");
     }
 
     fn track(v: Value) -> Result<Map<String, Value>, ApiError> {
-        let mut e = obj(v);
-        normalize_event(
-            &mut e,
-            0,
-            Some(EventType::Track),
-            &BatchDefaults::default(),
-            &req(),
-        )?;
-        Ok(e)
+        run(v, 0, Some(EventType::Track), &BatchDefaults::default()).map(|(e, _)| e)
     }
 
     #[test]
@@ -498,5 +511,54 @@ mod tests {
         let err = track(json!({"userId": "u", "event": "E", "sentAt": "+20000-01-01T00:00:00"}))
             .expect_err("beyond RFC 3339");
         assert_eq!(err.code, "invalid_timestamp");
+    }
+
+    #[test]
+    fn the_client_address_goes_into_an_absent_or_own_context_never_a_null_one() {
+        let none = BatchDefaults::default();
+        let (e, _) = run(json!({"userId": "u", "type": "page"}), 0, None, &none).expect("valid");
+        assert_eq!(e["context"], json!({"ip": "10.1.2.3"}));
+        let (e, _) = run(
+            json!({"userId": "u", "type": "page", "context": null}),
+            0,
+            None,
+            &none,
+        )
+        .expect("valid");
+        assert_eq!(e["context"], Value::Null);
+        let (e, _) = run(
+            json!({"userId": "u", "type": "page", "context": {"ip": "1.1.1.1"}}),
+            0,
+            None,
+            &none,
+        )
+        .expect("valid");
+        assert_eq!(e["context"], json!({"ip": "1.1.1.1"}));
+        let err = run(
+            json!({"userId": "u", "type": "page", "context": [1]}),
+            4,
+            None,
+            &none,
+        )
+        .expect_err("context must be an object");
+        assert_eq!((err.code, err.index), ("invalid_field", Some(4)));
+    }
+
+    #[test]
+    fn stored_text_keeps_the_clients_nested_text_and_sorts_the_top_level() {
+        let text = r#"{"userId":"u","type":"track","event":"E","properties":{"b":1.50,"a":"\u00e9"},"writeKey":"k","messageId":"m"}"#;
+        let mut e = Event::parse(text).expect("an object");
+        let n = normalize_event(&mut e, 0, None, &BatchDefaults::default(), &req()).expect("valid");
+        assert_eq!(n.message_id, "m");
+        let stored = serde_json::to_string(&e).expect("encode");
+        assert!(
+            stored.starts_with(r#"{"context":{"ip":"10.1.2.3"},"event":"E","messageId":"m","#),
+            "{stored}"
+        );
+        assert!(
+            stored.contains(r#""properties":{"b":1.50,"a":"\u00e9"}"#),
+            "{stored}"
+        );
+        assert!(!stored.contains("writeKey"), "{stored}");
     }
 }

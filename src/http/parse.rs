@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use super::event::Event;
 use super::normalize::{normalize_event, BatchDefaults, EventType, RequestInfo};
 
 /// Which ingest endpoint a request came in on.
@@ -58,18 +59,30 @@ pub struct BatchBody<'a> {
 /// A body of the right shape, not yet normalised.
 pub enum Body<'a> {
     /// One event for a single-event endpoint.
-    Single(EventType, Map<String, Value>),
+    Single(EventType, Event<'a>),
     /// A batch (raw events, checked one by one when normalised).
     Batch(BatchBody<'a>),
 }
 
-/// Normalised events and their messageIds, in request order.
+/// Normalised events, their messageIds and ordering keys, in request order.
 #[derive(Debug, Default)]
-pub struct Events {
+pub struct Events<'a> {
     /// The events as they are stored.
-    pub events: Vec<Map<String, Value>>,
+    pub events: Vec<Event<'a>>,
     /// Their messageIds.
     pub message_ids: Vec<String>,
+    /// Their ordering keys (userId, else anonymousId).
+    pub ordering_keys: Vec<String>,
+}
+
+impl<'a> Events<'a> {
+    fn with_capacity(n: usize) -> Self {
+        Events {
+            events: Vec::with_capacity(n),
+            message_ids: Vec::with_capacity(n),
+            ordering_keys: Vec::with_capacity(n),
+        }
+    }
 }
 
 /// The body as UTF-8 text.
@@ -119,13 +132,15 @@ pub fn parse_body<'a>(
                 ))
                 .at(0));
             }
-            match serde_json::from_str::<Value>(text).map_err(invalid_json)? {
-                Value::Object(event) => Ok(Body::Single(ty, event)),
-                _ => Err(ApiError::bad_request(
-                    "invalid_json",
-                    "body must be a JSON object",
-                )),
-            }
+            Event::parse(text)
+                .map(|e| Body::Single(ty, e))
+                .map_err(|e| {
+                    if e.is_data() && !text.trim_start().starts_with('{') {
+                        ApiError::bad_request("invalid_json", "body must be a JSON object")
+                    } else {
+                        invalid_json(e)
+                    }
+                })
         }
         Endpoint::Batch | Endpoint::Import => serde_json::from_str::<BatchBody<'_>>(text)
             .map(Body::Batch)
@@ -142,24 +157,25 @@ pub fn parse_body<'a>(
     }
 }
 
-impl Body<'_> {
+impl<'a> Body<'a> {
     /// The `writeKey` the body carries, if any (the event's, or the batch's).
     pub fn write_key(&self) -> Option<String> {
         match self {
-            Body::Single(_, event) => write_key_field(event.get("writeKey")),
+            Body::Single(_, event) => write_key_field(event.get("writeKey").as_ref()),
             Body::Batch(b) => write_key_field(b.write_key.as_ref()),
         }
     }
 
     /// Validates and normalises every event (the first problem names its event index).
-    pub fn normalize(self, limits: &Limits, request: &RequestInfo) -> Result<Events, ApiError> {
+    pub fn normalize(self, limits: &Limits, request: &RequestInfo) -> Result<Events<'a>, ApiError> {
         match self {
             Body::Single(ty, mut event) => {
-                let id =
+                let n =
                     normalize_event(&mut event, 0, Some(ty), &BatchDefaults::default(), request)?;
                 Ok(Events {
                     events: vec![event],
-                    message_ids: vec![id],
+                    message_ids: vec![n.message_id],
+                    ordering_keys: vec![n.ordering_key],
                 })
             }
             Body::Batch(parsed) => {
@@ -171,10 +187,7 @@ impl Body<'_> {
                     integrations: object_field(&parsed.integrations, "integrations")?,
                     sent_at: parsed.sent_at.as_ref(),
                 };
-                let mut out = Events {
-                    events: Vec::with_capacity(parsed.batch.len()),
-                    message_ids: Vec::with_capacity(parsed.batch.len()),
-                };
+                let mut out = Events::with_capacity(parsed.batch.len());
                 for (i, raw) in parsed.batch.iter().enumerate() {
                     let raw = raw.get();
                     if raw.len() > limits.max_event_bytes {
@@ -185,15 +198,17 @@ impl Body<'_> {
                         ))
                         .at(i));
                     }
-                    let Ok(Value::Object(mut event)) = serde_json::from_str::<Value>(raw) else {
-                        return Err(ApiError::bad_request(
-                            "invalid_event",
-                            format!("event {i} must be a JSON object"),
-                        )
-                        .at(i));
-                    };
-                    out.message_ids
-                        .push(normalize_event(&mut event, i, None, &defaults, request)?);
+                    let mut event = Event::parse(raw).map_err(|e| {
+                        let message = if e.is_data() && raw.starts_with('{') {
+                            format!("event {i} cannot be read back: {e}")
+                        } else {
+                            format!("event {i} must be a JSON object")
+                        };
+                        ApiError::bad_request("invalid_event", message).at(i)
+                    })?;
+                    let n = normalize_event(&mut event, i, None, &defaults, request)?;
+                    out.message_ids.push(n.message_id);
+                    out.ordering_keys.push(n.ordering_key);
                     out.events.push(event);
                 }
                 Ok(out)
@@ -203,11 +218,11 @@ impl Body<'_> {
 }
 
 /// Both steps at once (what the fuzz target and tests call).
-pub fn parse_request(
+pub fn parse_request<'a>(
     endpoint: Endpoint,
-    text: &str,
+    text: &'a str,
     limits: &Limits,
     request: &RequestInfo,
-) -> Result<Events, ApiError> {
+) -> Result<Events<'a>, ApiError> {
     parse_body(endpoint, text, limits)?.normalize(limits, request)
 }
