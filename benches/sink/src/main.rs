@@ -157,6 +157,14 @@ impl Stats {
     /// received at `now_ms`.
     fn record(&mut self, body: &[u8], now_ms: i64) {
         if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            // One pass over the array; an element that is not an event object makes it
+            // fail, and the slower path below counts which ones were invalid.
+            if let Ok(events) = serde_json::from_slice::<Vec<Event<'_>>>(body) {
+                for e in events {
+                    self.record_parsed(Some(e), now_ms);
+                }
+                return;
+            }
             match serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(body) {
                 Ok(events) => {
                     for e in events {
@@ -175,13 +183,19 @@ impl Stats {
 
     /// Records one delivered event.
     fn record_event(&mut self, body: &[u8], now_ms: i64) {
+        let event = serde_json::from_slice::<Event<'_>>(body).ok();
+        self.record_parsed(event, now_ms);
+    }
+
+    /// Records one delivered event, read (`None`: its body was not an event object).
+    fn record_parsed(&mut self, event: Option<Event<'_>>, now_ms: i64) {
         self.received += 1;
         if self.first_at_ms == 0 {
             self.first_at_ms = now_ms;
         }
         self.last_at_ms = now_ms;
 
-        let Ok(event) = serde_json::from_slice::<Event<'_>>(body) else {
+        let Some(event) = event else {
             self.invalid += 1;
             return;
         };
@@ -419,5 +433,22 @@ mod tests {
         assert_eq!(v["unique"], 3);
         assert_eq!(v["first_at_ms"], base + 10);
         assert_eq!(v["last_at_ms"], base + 70);
+    }
+
+    #[test]
+    fn an_array_is_counted_per_event_even_with_an_invalid_one() {
+        let mut s = Stats::new();
+        let at = "2024-01-01T00:00:00.000Z";
+        let ms = chrono::DateTime::parse_from_rfc3339(at)
+            .unwrap()
+            .timestamp_millis();
+        let ok = format!(r#"[{{"messageId":"a","receivedAt":"{at}"}},{{"messageId":"b"}}]"#);
+        s.record(ok.as_bytes(), ms + 5);
+        assert_eq!((s.received, s.seen.len(), s.invalid), (2, 2, 0));
+        let mixed = format!(r#"[{{"messageId":"c","receivedAt":"{at}"}},7,{{"messageId":"a"}}]"#);
+        s.record(mixed.as_bytes(), ms + 9);
+        assert_eq!((s.received, s.seen.len(), s.invalid), (5, 3, 1));
+        assert_eq!(s.duplicates, 1);
+        assert_eq!(s.latency_ms.len(), 2);
     }
 }
