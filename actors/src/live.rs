@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
@@ -29,8 +30,9 @@ pub struct Accepted {
     pub source_id: Arc<str>,
     /// When the gateway received them.
     pub received_at: DateTime<Utc>,
-    /// The normalised events, as stored.
-    pub events: Vec<Map<String, Value>>,
+    /// The normalised events, as stored (JSON text; a watcher reads only those it shows or
+    /// filters on).
+    pub events: Vec<Box<RawValue>>,
 }
 
 /// What a destination did with one event.
@@ -231,7 +233,7 @@ mod tests {
         feed.accepted(Accepted {
             source_id: Arc::from("s1"),
             received_at: Utc::now(),
-            events: vec![ev.as_object().cloned().expect("object")],
+            events: vec![serde_json::value::to_raw_value(&ev).expect("json")],
         });
         feed.answered(Answered {
             destination_id: Arc::from("d1"),

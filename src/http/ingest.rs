@@ -261,8 +261,8 @@ async fn commit(
     };
     metrics::gauge!(t::GATEWAY_QUEUE_BYTES).decrement(queued_bytes);
     drop(permit);
-    // The console's live view: the stored events as trees, built only while somebody
-    // watches (and for the few samples a second).
+    // The console's live view: each stored event's text, written only while somebody
+    // watches (and a tree for the few samples a second).
     let live = &state.children.live;
     if result.is_ok() {
         if live.sample_due(request.received_at) {
@@ -274,7 +274,10 @@ async fn commit(
             live.accepted(keel_actors::live::Accepted {
                 source_id: source,
                 received_at: request.received_at,
-                events: events.iter().map(Event::to_map).collect(),
+                events: events
+                    .iter()
+                    .filter_map(|e| serde_json::value::to_raw_value(e).ok())
+                    .collect(),
             });
         }
     }

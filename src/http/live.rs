@@ -20,7 +20,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use keel_actors::live::{LiveMessage, Watcher};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::mpsc;
 
@@ -144,6 +144,10 @@ fn render(
                     skipped += (a.events.len() - i) as u64;
                     break;
                 }
+                // The gateway stored it, so it reads back as an object.
+                let Ok(e) = serde_json::from_str::<Map<String, Value>>(e.get()) else {
+                    continue;
+                };
                 let text = |k: &str| e.get(k).and_then(Value::as_str);
                 let name = text("event").or_else(|| text("name"));
                 if !q.matches(Some(&a.source_id), None, text("type"), name, text("userId")) {
@@ -307,11 +311,9 @@ mod tests {
         let events = (0..n)
             .map(|i| {
                 let name = if i.is_multiple_of(2) { "Buy" } else { "View" };
-                json!({"messageId": format!("m{i}"), "type": "track", "event": name,
-                       "userId": "u1", "writeKey": "secret-key"})
-                .as_object()
-                .cloned()
-                .unwrap_or_default()
+                serde_json::value::to_raw_value(&json!({"messageId": format!("m{i}"),
+                    "type": "track", "event": name, "userId": "u1", "writeKey": "secret-key"}))
+                .expect("json")
             })
             .collect();
         LiveMessage::Accepted(Arc::new(Accepted {
