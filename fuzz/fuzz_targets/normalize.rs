@@ -80,10 +80,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(&body) else {
         return;
     };
-    let request = RequestInfo {
-        received_at: Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap(),
-        ip: Some("127.0.0.1".into()),
-    };
+    let request = RequestInfo::new(
+        Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap(),
+        Some("127.0.0.1".into()),
+    );
     // The handler's own parser: one event for a single-event endpoint, else a batch.
     let endpoint = if flags & 2 == 0 {
         let types = [

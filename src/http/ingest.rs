@@ -83,10 +83,10 @@ async fn ingest_inner(
     )
     .await?;
     let text = parse::body_str(&body)?;
-    let request = RequestInfo {
-        received_at: Utc::now(),
-        ip: req.connection_info().realip_remote_addr().map(strip_port),
-    };
+    let request = RequestInfo::new(
+        Utc::now(),
+        req.connection_info().realip_remote_addr().map(strip_port),
+    );
 
     let limits = parse::Limits {
         max_event_bytes: limits.max_event_bytes,

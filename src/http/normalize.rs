@@ -59,6 +59,19 @@ pub struct RequestInfo {
     pub received_at: DateTime<Utc>,
     /// Client address, used for `context.ip` when the event has none.
     pub ip: Option<String>,
+    /// `received_at` as stored, written once per request.
+    received_text: String,
+}
+
+impl RequestInfo {
+    /// The facts of a request received at `received_at` from `ip`.
+    pub fn new(received_at: DateTime<Utc>, ip: Option<String>) -> Self {
+        RequestInfo {
+            received_at,
+            ip,
+            received_text: format_ts(received_at),
+        }
+    }
 }
 
 /// Batch-level fields that apply to every event of a batch.
@@ -75,6 +88,21 @@ pub struct BatchDefaults<'a> {
 /// Formats a time the way Keel stores every timestamp: RFC 3339, milliseconds, `Z`.
 pub fn format_ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// True when `s` is written exactly as [`format_ts`] writes a time
+/// (`YYYY-MM-DDTHH:MM:SS.mmmZ`): once it parses, it is stored as it is.
+fn canonical(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 24
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'.',
+            23 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
 }
 
 /// Parses an ISO-8601 / RFC 3339 timestamp; one without offset is taken as UTC.
@@ -103,20 +131,24 @@ fn storable(t: &DateTime<Utc>) -> bool {
     (1..=9999).contains(&t.year())
 }
 
+/// A timestamp field: the time, and its text as stored (the client's own when it is
+/// already written as Keel writes times, else reformatted).
 fn ts_field(
     v: Option<&Value>,
     field: &str,
     index: usize,
-) -> Result<Option<DateTime<Utc>>, ApiError> {
+) -> Result<Option<(DateTime<Utc>, String)>, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => parse_ts(s).filter(storable).map(Some).ok_or_else(|| {
-            ApiError::bad_request(
+        Some(Value::String(s)) => match parse_ts(s).filter(storable) {
+            Some(t) if canonical(s) => Ok(Some((t, s.clone()))),
+            Some(t) => Ok(Some((t, format_ts(t)))),
+            None => Err(ApiError::bad_request(
                 "invalid_timestamp",
                 format!("event {index}: {field} {s:?} is not an ISO-8601 timestamp"),
             )
-            .at(index)
-        }),
+            .at(index)),
+        },
         Some(_) => Err(ApiError::bad_request(
             "invalid_timestamp",
             format!("event {index}: {field} must be an ISO-8601 string"),
@@ -320,24 +352,29 @@ pub fn normalize_event(
         None => ts_field(defaults.sent_at, "sentAt", index)?,
     };
     let received = request.received_at;
-    let timestamp = match (original, sent_at) {
+    let timestamp = match (&original, &sent_at) {
         // A skew that puts the event outside years 1–9999 (or chrono's range) means the
         // client's clocks are nonsense: use receivedAt.
-        (Some(o), Some(s)) => received
-            .checked_sub_signed(s - o)
+        (Some((o, _)), Some((s, _))) => received
+            .checked_sub_signed(*s - *o)
             .filter(storable)
             .unwrap_or(received),
-        (Some(o), None) => o,
+        (Some((o, _)), None) => *o,
         _ => received,
     };
-    if let Some(o) = original {
-        event.insert("originalTimestamp", Value::String(format_ts(o)));
+    let timestamp_text = match &original {
+        _ if timestamp == received => request.received_text.clone(),
+        Some((o, text)) if *o == timestamp => text.clone(),
+        _ => format_ts(timestamp),
+    };
+    if let Some((_, text)) = original {
+        event.insert("originalTimestamp", Value::String(text));
     }
-    if let Some(s) = sent_at {
-        event.insert("sentAt", Value::String(format_ts(s)));
+    if let Some((_, text)) = sent_at {
+        event.insert("sentAt", Value::String(text));
     }
-    event.insert("receivedAt", Value::String(format_ts(received)));
-    event.insert("timestamp", Value::String(format_ts(timestamp)));
+    event.insert("receivedAt", Value::String(request.received_text.clone()));
+    event.insert("timestamp", Value::String(timestamp_text));
     // Checked last: batch-level context merged in counts too.
     if event.depth() > MAX_EVENT_DEPTH {
         return Err(ApiError::bad_request(
@@ -358,10 +395,10 @@ mod tests {
     use serde_json::json;
 
     fn req() -> RequestInfo {
-        RequestInfo {
-            received_at: parse_ts("2026-01-01T12:00:10.000Z").expect("valid"),
-            ip: Some("10.1.2.3".into()),
-        }
+        RequestInfo::new(
+            parse_ts("2026-01-01T12:00:10.000Z").expect("valid"),
+            Some("10.1.2.3".into()),
+        )
     }
 
     /// Normalises `v` (as a client would send it); the event as stored, and what was found.
@@ -560,5 +597,21 @@ mod tests {
             "{stored}"
         );
         assert!(!stored.contains("writeKey"), "{stored}");
+    }
+
+    #[test]
+    fn only_times_written_as_keel_writes_them_are_kept_as_sent() {
+        for (text, keep) in [
+            ("2026-01-01T12:00:00.123Z", true),
+            ("2026-01-01T12:00:00.12Z", false),
+            ("2026-01-01T12:00:00.123+00:00", false),
+            ("2026-01-01 12:00:00.123Z", false),
+            ("2026-01-01T12:00:00.1234", false),
+        ] {
+            assert_eq!(canonical(text), keep, "{text}");
+            if let Some(t) = parse_ts(text) {
+                assert_eq!(format_ts(t) == text, keep, "{text}");
+            }
+        }
     }
 }
