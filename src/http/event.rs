@@ -9,7 +9,6 @@
 //! freed after the commit) was a fifth of the gateway's CPU per event.
 
 use std::borrow::Cow;
-use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -25,6 +24,8 @@ pub type Fields<'a> = BTreeMap<Cow<'a, str>, Field<'a>>;
 #[derive(Debug)]
 pub enum Field<'a> {
     /// The client's JSON text, with the nesting depth it holds (a scalar is 0, `{}` is 1).
+    /// In an opened object every member carries the object's depth − 1: a bound for each,
+    /// and exactly the deepest member's depth, which is all [`fields_depth`] reads.
     Raw(&'a RawValue, usize),
     /// A value the gateway set or rewrote.
     Value(Value),
@@ -56,7 +57,7 @@ impl<'a> Event<'a> {
     /// depth measured). Anything but an object, or invalid JSON, is an error.
     pub fn parse(text: &'a str) -> Result<Self, serde_json::Error> {
         let mut de = serde_json::Deserializer::from_str(text);
-        let fields = de.deserialize_map(FieldsVisitor)?;
+        let fields = de.deserialize_map(FieldsVisitor { depth: None })?;
         de.end()?;
         Ok(Event { fields })
     }
@@ -97,15 +98,12 @@ impl<'a> Event<'a> {
 
     /// Deepest nesting of the event (the event object itself counts 1).
     pub fn depth(&self) -> usize {
-        1 + self.fields.values().map(Field::depth).max().unwrap_or(0)
+        fields_depth(&self.fields)
     }
 
     /// The event as a JSON object (for tests and the console, which want a tree).
     pub fn to_map(&self) -> Map<String, Value> {
-        self.fields
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_value()))
-            .collect()
+        fields_to_map(&self.fields)
     }
 }
 
@@ -113,6 +111,19 @@ impl Serialize for Event<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         serialize_fields(&self.fields, s)
     }
+}
+
+/// Nesting depth of an object made of `fields` (`{}` is 1).
+fn fields_depth(fields: &Fields<'_>) -> usize {
+    1 + fields.values().map(Field::depth).max().unwrap_or(0)
+}
+
+/// An object made of `fields`, as a tree.
+fn fields_to_map(fields: &Fields<'_>) -> Map<String, Value> {
+    fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_value()))
+        .collect()
 }
 
 fn serialize_fields<S: Serializer>(fields: &Fields<'_>, s: S) -> Result<S::Ok, S::Error> {
@@ -140,11 +151,7 @@ impl<'a> Field<'a> {
         match self {
             Field::Raw(raw, _) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
             Field::Value(v) => v.clone(),
-            Field::Object(f) => Value::Object(
-                f.iter()
-                    .map(|(k, v)| (k.to_string(), v.to_value()))
-                    .collect(),
-            ),
+            Field::Object(f) => Value::Object(fields_to_map(f)),
         }
     }
 
@@ -166,17 +173,21 @@ impl<'a> Field<'a> {
         match self {
             Field::Raw(_, d) => *d,
             Field::Value(v) => value_depth(v),
-            Field::Object(f) => 1 + f.values().map(Field::depth).max().unwrap_or(0),
+            Field::Object(f) => fields_depth(f),
         }
     }
 
     /// Turns an object (text or tree) into opened fields; anything else stays as it is.
     fn open(&mut self) {
         let opened = match self {
-            Field::Raw(raw, _) if raw.get().starts_with('{') => {
+            Field::Raw(raw, depth) if raw.get().starts_with('{') => {
                 let mut de = serde_json::Deserializer::from_str(raw.get());
-                // The text was read and checked as part of the event, so this cannot fail.
-                match de.deserialize_map(FieldsVisitor) {
+                // The text was read and checked as part of the event, so this cannot fail,
+                // and its members need no second check.
+                let members = FieldsVisitor {
+                    depth: Some(depth.saturating_sub(1)),
+                };
+                match de.deserialize_map(members) {
                     Ok(f) => f,
                     Err(_) => return,
                 }
@@ -192,9 +203,9 @@ impl<'a> Field<'a> {
 }
 
 /// Adds `key` to opened fields unless they have it.
-pub fn insert_missing<'a>(fields: &mut Fields<'a>, key: &str, value: impl FnOnce() -> Value) {
-    if let Entry::Vacant(e) = fields.entry(Cow::Owned(key.to_owned())) {
-        e.insert(Field::Value(value()));
+pub fn insert_missing(fields: &mut Fields<'_>, key: &str, value: impl FnOnce() -> Value) {
+    if !fields.contains_key(key) {
+        fields.insert(Cow::Owned(key.to_owned()), Field::Value(value()));
     }
 }
 
@@ -207,8 +218,12 @@ pub fn value_depth(v: &Value) -> usize {
     }
 }
 
-/// Reads an object's keys (borrowed unless escaped) and values (as checked text).
-struct FieldsVisitor;
+/// Reads an object's keys (borrowed unless escaped) and values (as text).
+struct FieldsVisitor {
+    /// `None`: check each value and measure its depth. `Some(d)`: the object was checked
+    /// already; each value gets the bound `d` (see [`Field::Raw`]).
+    depth: Option<usize>,
+}
 
 impl<'de> Visitor<'de> for FieldsVisitor {
     type Value = Fields<'de>;
@@ -221,7 +236,10 @@ impl<'de> Visitor<'de> for FieldsVisitor {
         let mut fields = Fields::new();
         while let Some(key) = map.next_key_seed(KeySeed)? {
             let raw: &'de RawValue = map.next_value()?;
-            let depth = checked_depth(raw).map_err(de::Error::custom)?;
+            let depth = match self.depth {
+                Some(bound) => bound,
+                None => checked_depth(raw).map_err(de::Error::custom)?,
+            };
             // A repeated key: the last one wins, as in serde_json's own maps.
             fields.insert(key, Field::Raw(raw, depth));
         }

@@ -520,8 +520,14 @@ mod tests {
         }
         // The event object and MAX_EVENT_DEPTH - 1 objects under it: exactly at the limit.
         track(json!({"userId": "u", "event": "E", "properties": deep.clone()})).expect("fits");
-        let err = track(json!({"userId": "u", "event": "E", "properties": [deep]}))
+        let err = track(json!({"userId": "u", "event": "E", "properties": [deep.clone()]}))
             .expect_err("one level too deep");
+        assert_eq!(err.code, "nesting_too_deep");
+        // `context` is opened to add the client's address; its depth stays exact.
+        track(json!({"userId": "u", "event": "E", "context": deep.clone()}))
+            .expect("context at the limit fits");
+        let err = track(json!({"userId": "u", "event": "E", "context": {"b": 1, "a": deep}}))
+            .expect_err("context one level too deep");
         assert_eq!(err.code, "nesting_too_deep");
     }
 

@@ -95,6 +95,12 @@ fn invalid_json(e: serde_json::Error) -> ApiError {
     ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
 }
 
+/// Whether [`Event::parse`] refused `text` for not being an object at all (rather than for
+/// something inside one).
+fn not_an_object(e: &serde_json::Error, text: &str) -> bool {
+    e.is_data() && !text.trim_start().starts_with('{')
+}
+
 fn object_field<'a>(
     v: &'a Option<Value>,
     name: &str,
@@ -135,7 +141,7 @@ pub fn parse_body<'a>(
             Event::parse(text)
                 .map(|e| Body::Single(ty, e))
                 .map_err(|e| {
-                    if e.is_data() && !text.trim_start().starts_with('{') {
+                    if not_an_object(&e, text) {
                         ApiError::bad_request("invalid_json", "body must be a JSON object")
                     } else {
                         invalid_json(e)
@@ -199,10 +205,10 @@ impl<'a> Body<'a> {
                         .at(i));
                     }
                     let mut event = Event::parse(raw).map_err(|e| {
-                        let message = if e.is_data() && raw.starts_with('{') {
-                            format!("event {i} cannot be read back: {e}")
-                        } else {
+                        let message = if not_an_object(&e, raw) {
                             format!("event {i} must be a JSON object")
+                        } else {
+                            format!("event {i} cannot be read back: {e}")
                         };
                         ApiError::bad_request("invalid_event", message).at(i)
                     })?;
