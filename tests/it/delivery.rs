@@ -289,6 +289,64 @@ async fn dead_letters_4xx_at_once_and_replays_in_order() {
     assert_eq!(keel.admin_get("/admin/dlq").await.1["count"], 0);
 }
 
+/// A destination's answer is kept in text columns (retry state, dead letters), which cannot
+/// hold a NUL character: an answer carrying one must still be retried and dead-lettered,
+/// not stall the router on a status write that Postgres refuses.
+#[tokio::test]
+async fn answers_with_nul_characters_are_retried_and_dead_lettered() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let db = TestDb::create().await;
+    let tries = Arc::new(AtomicUsize::new(0));
+    let t = tries.clone();
+    let sink = Sink::start(SinkMode::Answer(crate::common::sink::Responder::new(
+        move |_, body| match body["userId"].as_str() {
+            Some("flaky") if t.fetch_add(1, Ordering::SeqCst) < 2 => {
+                (500, String::new(), "bad\u{0}gateway".into())
+            }
+            Some("refused") => (400, String::new(), "{\"error\":\"no\u{0}pe\"}".into()),
+            _ => (200, String::new(), "{}".into()),
+        },
+    )))
+    .await;
+    let mut opts = fast_router(KeelOptions::new(&db));
+    opts.workspace = workspace_with_webhooks(&[("hook", &sink.url, json!({}))]);
+    let keel = Keel::start(opts).await;
+    let events = vec![
+        track("flaky", 0, "n0"),
+        track("refused", 1, "n1"),
+        track("fine", 2, "n2"),
+    ];
+    send_batches(&keel, &events, 3).await;
+    assert_eq!(sink.wait_delivered(2, Duration::from_secs(20)).await, 2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let (status, doc) = keel.admin_get("/admin/dlq?destination=hook").await;
+        assert_eq!(status, 200, "{doc}");
+        if doc["count"] == 1 || Instant::now() > deadline {
+            break doc;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(listed["count"], 1, "{listed}");
+    let job = &listed["jobs"][0];
+    assert_eq!(job["message_id"], "n1");
+    let response = job["last_response"].as_str().expect("body");
+    assert!(response.contains("no") && response.contains("pe"), "{job}");
+    assert!(tries.load(Ordering::SeqCst) >= 3, "the 500s were retried");
+    let delivered: HashSet<String> = sink
+        .delivered()
+        .iter()
+        .map(|b| b["messageId"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(delivered, HashSet::from(["n0".to_owned(), "n2".to_owned()]));
+    assert!(
+        !keel.log_text().contains("router status write failed"),
+        "status writes must not fail"
+    );
+}
+
 #[tokio::test]
 async fn throttles_to_the_configured_rate() {
     let db = TestDb::create().await;

@@ -149,22 +149,6 @@ pub struct RoutingRecord {
     pub filtered: Value,
 }
 
-/// `v` with every NUL character removed from its strings and keys: jsonb cannot hold
-/// `\u0000`, and a filter reason may quote event data (a transform error message), so one
-/// such reason must not fail the processor's whole commit again and again.
-fn without_nul(v: Value) -> Value {
-    match v {
-        Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "")),
-        Value::Array(a) => Value::Array(a.into_iter().map(without_nul).collect()),
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .map(|(k, v)| (k.replace('\0', ""), without_nul(v)))
-                .collect(),
-        ),
-        other => other,
-    }
-}
-
 /// One processed batch, ready to commit: each output as the columns its statement binds
 /// (one array per column, built here row by row), the consumed requests and the replayed
 /// dead letters. The processor pushes rows; [`Store::commit_processed`] writes it whole.
@@ -248,7 +232,7 @@ impl ProcessedBatch {
         c.mid.push(d.message_id);
         c.src.push(d.source_id);
         c.payload.push(d.payload);
-        c.reason.push(d.reason);
+        c.reason.push(super::text_without_nul(d.reason));
     }
 
     /// Adds a routing record. Records of a stored request (job id > 0) arrive together and
@@ -257,7 +241,7 @@ impl ProcessedBatch {
     pub fn push_routing(&mut self, r: RoutingRecord) {
         let c = &mut self.routing;
         let routed = Value::from(r.routed);
-        let filtered = without_nul(r.filtered);
+        let filtered = super::without_nul(r.filtered);
         if r.job_id <= 0 {
             c.r_src.push(r.source_id);
             c.r_mid.push(r.message_id);

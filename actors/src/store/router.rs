@@ -578,9 +578,9 @@ async fn copy_dead_letters(
         rows.push(d.job.row);
         idx.push(d.job.index);
         att.push(d.attempts);
-        reason.push(d.reason);
+        reason.push(super::text_without_nul(d.reason));
         status.push(d.last_status);
-        resp.push(d.last_response);
+        resp.push(d.last_response.map(super::text_without_nul));
     }
     diesel::sql_query(
         "INSERT INTO dlq_jobs (id, destination_id, ordering_key, message_id, source_id, payload, attempts, \
@@ -620,6 +620,11 @@ fn merge_marks(
     }
     merged
         .into_iter()
-        .map(|(row, m)| (row, serde_json::Value::Object(m).to_string()))
+        .map(|(row, m)| {
+            (
+                row,
+                super::without_nul(serde_json::Value::Object(m)).to_string(),
+            )
+        })
         .unzip()
 }
