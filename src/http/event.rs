@@ -9,7 +9,6 @@
 //! freed after the commit) was a fifth of the gateway's CPU per event.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -17,8 +16,81 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-/// The fields of an event, or of an object inside it that the gateway opened.
-pub type Fields<'a> = BTreeMap<Cow<'a, str>, Field<'a>>;
+/// The fields of an event, or of an object inside it that the gateway opened: one vector
+/// kept sorted by key (an event has a dozen or two; a `BTreeMap` cost three nodes to build
+/// and free per event).
+#[derive(Debug, Default)]
+pub struct Fields<'a> {
+    sorted: Vec<(Cow<'a, str>, Field<'a>)>,
+}
+
+impl<'a> Fields<'a> {
+    /// Fields read in text order: sorted, and of a repeated key only the last kept (as in
+    /// serde_json's own maps).
+    fn from_read(mut read: Vec<(Cow<'a, str>, Field<'a>)>) -> Self {
+        // Stable: repeated keys stay in text order, and the last of each run is kept.
+        read.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut sorted: Vec<(Cow<'a, str>, Field<'a>)> = Vec::with_capacity(read.len());
+        for entry in read {
+            match sorted.last_mut() {
+                Some(last) if last.0 == entry.0 => *last = entry,
+                _ => sorted.push(entry),
+            }
+        }
+        Self { sorted }
+    }
+
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.sorted.binary_search_by(|(k, _)| k.as_ref().cmp(key))
+    }
+
+    /// The field `key`.
+    pub fn get(&self, key: &str) -> Option<&Field<'a>> {
+        self.find(key).ok().map(|i| &self.sorted[i].1)
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut Field<'a>> {
+        self.find(key).ok().map(|i| &mut self.sorted[i].1)
+    }
+
+    /// Whether there is a field `key`.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.find(key).is_ok()
+    }
+
+    /// Sets `key` to `field`, replacing what was there.
+    pub fn insert(&mut self, key: Cow<'a, str>, field: Field<'a>) {
+        match self.find(&key) {
+            Ok(i) => self.sorted[i].1 = field,
+            Err(i) => self.sorted.insert(i, (key, field)),
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Ok(i) = self.find(key) {
+            self.sorted.remove(i);
+        }
+    }
+
+    /// The fields in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Cow<'a, str>, &Field<'a>)> {
+        self.sorted.iter().map(|(k, v)| (k, v))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Field<'a>> {
+        self.sorted.iter().map(|(_, v)| v)
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.sorted.is_empty()
+    }
+}
 
 /// One field's value.
 #[derive(Debug)]
@@ -128,7 +200,7 @@ fn fields_to_map(fields: &Fields<'_>) -> Map<String, Value> {
 
 fn serialize_fields<S: Serializer>(fields: &Fields<'_>, s: S) -> Result<S::Ok, S::Error> {
     let mut map = s.serialize_map(Some(fields.len()))?;
-    for (k, v) in fields {
+    for (k, v) in fields.iter() {
         map.serialize_entry(k.as_ref(), v)?;
     }
     map.end()
@@ -192,10 +264,13 @@ impl<'a> Field<'a> {
                     Err(_) => return,
                 }
             }
-            Field::Value(Value::Object(m)) => std::mem::take(m)
-                .into_iter()
-                .map(|(k, v)| (Cow::Owned(k), Field::Value(v)))
-                .collect(),
+            // A `Map` iterates in key order already.
+            Field::Value(Value::Object(m)) => Fields {
+                sorted: std::mem::take(m)
+                    .into_iter()
+                    .map(|(k, v)| (Cow::Owned(k), Field::Value(v)))
+                    .collect(),
+            },
             _ => return,
         };
         *self = Field::Object(opened);
@@ -233,17 +308,16 @@ impl<'de> Visitor<'de> for FieldsVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut fields = Fields::new();
+        let mut read = Vec::with_capacity(map.size_hint().unwrap_or(24));
         while let Some(key) = map.next_key_seed(KeySeed)? {
             let raw: &'de RawValue = map.next_value()?;
             let depth = match self.depth {
                 Some(bound) => bound,
                 None => checked_depth(raw).map_err(de::Error::custom)?,
             };
-            // A repeated key: the last one wins, as in serde_json's own maps.
-            fields.insert(key, Field::Raw(raw, depth));
+            read.push((key, Field::Raw(raw, depth)));
         }
-        Ok(fields)
+        Ok(Fields::from_read(read))
     }
 }
 
@@ -278,11 +352,62 @@ impl<'de> Visitor<'de> for KeySeed {
     }
 }
 
-/// Reads `raw` once more as a real parse (so every string and escape is checked, as it
-/// would be when the stored event is read back) building nothing, and returns its depth.
+/// The depth of `raw`, checked to read back: by [`scanned_depth`] when its text allows,
+/// else by a real parse that builds nothing ([`Depth`]: every string and escape checked,
+/// as when the stored event is read back).
 fn checked_depth(raw: &RawValue) -> Result<usize, serde_json::Error> {
+    if let Some(depth) = scanned_depth(raw.get()) {
+        return Ok(depth);
+    }
     let mut de = serde_json::Deserializer::from_str(raw.get());
     Depth.deserialize(&mut de)
+}
+
+/// Longest number [`scanned_depth`] vouches for: 300 characters hold at most 300 digits, and
+/// any number without an exponent below 10^308 is a finite f64.
+const SCANNED_NUMBER_MAX: usize = 300;
+
+/// The nesting depth of `text`, read from its bytes, when that is as strict as a real parse;
+/// `None` when the text must be parsed. `text` passed serde_json's syntax check already (it
+/// is a `RawValue`: brackets balanced, strings free of control characters, numbers well
+/// formed), so the only ways it could still fail to read back are in escapes (a lone
+/// surrogate in `\u`) and in numbers (out of f64 range). Text with a backslash, or with a
+/// number that has an exponent or more than [`SCANNED_NUMBER_MAX`] characters, is left to
+/// the parse; everything else is counted: brackets outside strings.
+fn scanned_depth(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0usize);
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                let rest = &b[i + 1..];
+                let end = memchr::memchr2(b'"', b'\\', rest)?;
+                if rest[end] == b'\\' {
+                    return None;
+                }
+                i += end + 2;
+                continue;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'0'..=b'9' | b'-' | b'+' | b'.') {
+                    i += 1;
+                }
+                if i - start > SCANNED_NUMBER_MAX || matches!(b.get(i), Some(b'e' | b'E')) {
+                    return None;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Some(deepest)
 }
 
 /// Measures nesting while serde_json parses every part of a value.
@@ -369,6 +494,36 @@ mod tests {
         ] {
             assert!(Event::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_byte_scan_agrees_with_the_parse_or_leaves_it_the_text() {
+        let parsed = |t: &str| {
+            let mut de = serde_json::Deserializer::from_str(t);
+            Depth.deserialize(&mut de).ok()
+        };
+        for (text, scanned) in [
+            (r#"{"a":[1,{"b":"}]{["}],"c":-0.5}"#, Some(3)),
+            (r#""escaped \u00e9""#, None),
+            (r#""plain é""#, Some(0)),
+            (r#""\ud800""#, None),
+            (r#"[1e400]"#, None),
+            (r#"[1E2]"#, None),
+            (r#"[[],{},[[]]]"#, Some(3)),
+            (r#"12345"#, Some(0)),
+            (r#"true"#, Some(0)),
+        ] {
+            assert_eq!(scanned_depth(text), scanned, "{text}");
+            let raw: &RawValue = serde_json::from_str(text).expect("syntax");
+            assert_eq!(checked_depth(raw).ok(), parsed(text), "{text}");
+        }
+        let long = format!("[{}]", "9".repeat(SCANNED_NUMBER_MAX + 1));
+        assert_eq!(scanned_depth(&long), None);
+        let fits = format!("[{}]", "9".repeat(SCANNED_NUMBER_MAX));
+        assert_eq!(scanned_depth(&fits), parsed(&fits));
+        let too_big = format!("[{}]", "9".repeat(400));
+        let raw: &RawValue = serde_json::from_str(&too_big).expect("syntax");
+        assert!(checked_depth(raw).is_err(), "out of f64 range");
     }
 
     #[test]
