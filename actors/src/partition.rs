@@ -6,11 +6,24 @@
 
 use serde_json::{Map, Value};
 
+/// Read access to an event's top-level members: a whole event (`Map`) or the few members
+/// the processor reads before it parses the rest (`processor::event::Head`).
+pub trait Members {
+    /// The member `key`, if present.
+    fn member(&self, key: &str) -> Option<&Value>;
+}
+
+impl Members for Map<String, Value> {
+    fn member(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+}
+
 /// The ordering key of an event: its `userId`, else its `anonymousId` (strings, or numbers
 /// as their JSON text); empty when it has neither.
-pub fn ordering_key(event: &Map<String, Value>) -> String {
+pub fn ordering_key(event: &impl Members) -> String {
     for k in ["userId", "anonymousId"] {
-        match event.get(k) {
+        match event.member(k) {
             Some(Value::String(s)) if !s.is_empty() => return s.clone(),
             Some(Value::Number(n)) => return n.to_string(),
             _ => {}

@@ -6,6 +6,8 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::partition::Members;
+
 /// A workspace: every source.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Workspace {
@@ -110,14 +112,14 @@ impl FilterReason {
 
 impl Destination {
     /// Whether `event` goes to this destination, and if not, why.
-    pub fn accepts(&self, event: &Map<String, Value>) -> Result<(), FilterReason> {
+    pub fn accepts(&self, event: &impl Members) -> Result<(), FilterReason> {
         if !self.enabled {
             return Err(FilterReason::Disabled);
         }
-        if !self.integrations_allow(event.get("integrations")) {
+        if !self.integrations_allow(event.member("integrations")) {
             return Err(FilterReason::Integrations);
         }
-        let ty = event.get("type").and_then(Value::as_str).unwrap_or("");
+        let ty = event.member("type").and_then(Value::as_str).unwrap_or("");
         if let Some(Value::Array(types)) = self
             .destination_definition
             .config
@@ -131,7 +133,8 @@ impl Destination {
             }
         }
         if ty == "track"
-            && !self.event_filter_allows(event.get("event").and_then(Value::as_str).unwrap_or(""))
+            && !self
+                .event_filter_allows(event.member("event").and_then(Value::as_str).unwrap_or(""))
         {
             return Err(FilterReason::EventFilter);
         }

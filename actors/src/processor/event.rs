@@ -11,21 +11,24 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-/// The members routing reads, as their JSON text.
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(rename = "messageId", default, borrow)]
-    message_id: Option<&'a RawValue>,
-    #[serde(rename = "userId", default, borrow)]
-    user_id: Option<&'a RawValue>,
-    #[serde(rename = "anonymousId", default, borrow)]
-    anonymous_id: Option<&'a RawValue>,
-    #[serde(rename = "type", default, borrow)]
-    ty: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    event: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    integrations: Option<&'a RawValue>,
+use crate::partition::Members;
+
+/// The members routing reads, parsed straight from the event's text (absent and `null`
+/// members are `None`); filters and the ordering key read them through [`Members`].
+#[derive(Deserialize, Default)]
+pub struct Head {
+    #[serde(rename = "messageId", default)]
+    message_id: Option<Value>,
+    #[serde(rename = "userId", default)]
+    user_id: Option<Value>,
+    #[serde(rename = "anonymousId", default)]
+    anonymous_id: Option<Value>,
+    #[serde(rename = "type", default)]
+    ty: Option<Value>,
+    #[serde(default)]
+    event: Option<Value>,
+    #[serde(default)]
+    integrations: Option<Value>,
 }
 
 /// The member names [`Head`] reads.
@@ -38,13 +41,49 @@ const HEAD_KEYS: [&str; 6] = [
     "integrations",
 ];
 
+impl Head {
+    fn slot(&mut self, key: &str) -> Option<&mut Option<Value>> {
+        Some(match key {
+            "messageId" => &mut self.message_id,
+            "userId" => &mut self.user_id,
+            "anonymousId" => &mut self.anonymous_id,
+            "type" => &mut self.ty,
+            "event" => &mut self.event,
+            "integrations" => &mut self.integrations,
+            _ => return None,
+        })
+    }
+
+    /// The members it holds, as a JSON object.
+    #[cfg(test)]
+    pub fn to_map(&self) -> Map<String, Value> {
+        HEAD_KEYS
+            .iter()
+            .filter_map(|k| Some(((*k).to_owned(), self.member(k)?.clone())))
+            .collect()
+    }
+}
+
+impl Members for Head {
+    fn member(&self, key: &str) -> Option<&Value> {
+        match key {
+            "messageId" => self.message_id.as_ref(),
+            "userId" => self.user_id.as_ref(),
+            "anonymousId" => self.anonymous_id.as_ref(),
+            "type" => self.ty.as_ref(),
+            "event" => self.event.as_ref(),
+            "integrations" => self.integrations.as_ref(),
+            _ => None,
+        }
+    }
+}
+
 /// One stored event (see the module comment).
 pub struct StoredEvent<'a> {
     /// The event's JSON text, borrowed from the row.
     pub raw: &'a RawValue,
-    /// The members routing reads (absent and `null` members are left out): a map with the
-    /// event's values, so filters and the ordering key read it as they read the event.
-    pub head: Map<String, Value>,
+    /// The members routing reads.
+    pub head: Head,
     full: OnceLock<Map<String, Value>>,
 }
 
@@ -57,40 +96,22 @@ impl<'a> StoredEvent<'a> {
                 "a stored event is not a JSON object",
             ));
         }
-        match serde_json::from_str::<Head<'_>>(raw.get()) {
-            Ok(h) => {
-                let mut head = Map::new();
-                let members = [
-                    h.message_id,
-                    h.user_id,
-                    h.anonymous_id,
-                    h.ty,
-                    h.event,
-                    h.integrations,
-                ];
-                for (k, v) in HEAD_KEYS.iter().zip(members) {
-                    if let Some(v) = v {
-                        head.insert((*k).to_owned(), serde_json::from_str(v.get())?);
-                    }
-                }
-                Ok(Self {
-                    raw,
-                    head,
-                    full: OnceLock::new(),
-                })
-            }
+        match serde_json::from_str::<Head>(raw.get()) {
+            Ok(head) => Ok(Self {
+                raw,
+                head,
+                full: OnceLock::new(),
+            }),
             Err(_) => {
                 // A member given twice (the struct refuses it; a map keeps the last one):
                 // read the whole object, as it is read everywhere else.
                 let full: Map<String, Value> = serde_json::from_str(raw.get())?;
-                let head = HEAD_KEYS
-                    .iter()
-                    .filter_map(|k| {
-                        full.get(*k)
-                            .filter(|v| !v.is_null())
-                            .map(|v| ((*k).to_owned(), v.clone()))
-                    })
-                    .collect();
+                let mut head = Head::default();
+                for k in HEAD_KEYS {
+                    if let (Some(slot), Some(v)) = (head.slot(k), full.get(k)) {
+                        *slot = Some(v.clone()).filter(|v| !v.is_null());
+                    }
+                }
                 let cell = OnceLock::new();
                 let _ = cell.set(full);
                 Ok(Self {
@@ -105,7 +126,8 @@ impl<'a> StoredEvent<'a> {
     /// The event's `messageId` if it is a string, else "".
     pub fn message_id(&self) -> &str {
         self.head
-            .get("messageId")
+            .message_id
+            .as_ref()
             .and_then(Value::as_str)
             .unwrap_or("")
     }
@@ -138,7 +160,7 @@ mod tests {
         let e = StoredEvent::parse(r).expect("parse");
         assert_eq!(e.message_id(), "m\"1");
         assert_eq!(
-            Value::Object(e.head.clone()),
+            Value::Object(e.head.to_map()),
             serde_json::json!({"anonymousId":"a","event":"Buy","integrations":{"All":false,"Webhook":true},"messageId":"m\"1","type":"track"})
         );
         assert_eq!(e.event()["properties"]["n"], serde_json::json!(1.5));
@@ -152,7 +174,7 @@ mod tests {
     fn a_repeated_member_keeps_the_last_value_as_a_map_does() {
         let e = StoredEvent::parse(raw(r#"{"userId":"u1","type":"track","userId":"u2"}"#))
             .expect("parse");
-        assert_eq!(e.head["userId"], "u2");
+        assert_eq!(e.head.member("userId"), Some(&Value::from("u2")));
         assert_eq!(e.event()["userId"], "u2");
     }
 

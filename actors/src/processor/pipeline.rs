@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::event::StoredEvent;
 use crate::destinations;
-use crate::partition::{ordering_key, partition_of};
+use crate::partition::{ordering_key, partition_of, Members};
 use crate::routing::{Route, RoutingTable};
 use crate::store::{
     dedup_key, Consumed, DlqInsert, ProcessedBatch, RoutingRecord, RtJobInsert, Store, StoreError,
@@ -458,7 +458,7 @@ pub(super) async fn process_batch(
             });
         if job.duplicates.is_none() {
             for e in &events {
-                if let Some(m) = e.head.get("messageId").and_then(Value::as_str) {
+                if let Some(m) = e.head.member("messageId").and_then(Value::as_str) {
                     keys.push(dedup_key(&job.source_id, m));
                 }
             }
