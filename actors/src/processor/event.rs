@@ -15,7 +15,7 @@ use crate::partition::Members;
 
 /// The members routing reads, parsed straight from the event's text (absent and `null`
 /// members are `None`); filters and the ordering key read them through [`Members`].
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 pub struct Head {
     #[serde(rename = "messageId", default)]
     message_id: Option<Value>,
@@ -29,39 +29,6 @@ pub struct Head {
     event: Option<Value>,
     #[serde(default)]
     integrations: Option<Value>,
-}
-
-/// The member names [`Head`] reads.
-const HEAD_KEYS: [&str; 6] = [
-    "messageId",
-    "userId",
-    "anonymousId",
-    "type",
-    "event",
-    "integrations",
-];
-
-impl Head {
-    fn slot(&mut self, key: &str) -> Option<&mut Option<Value>> {
-        Some(match key {
-            "messageId" => &mut self.message_id,
-            "userId" => &mut self.user_id,
-            "anonymousId" => &mut self.anonymous_id,
-            "type" => &mut self.ty,
-            "event" => &mut self.event,
-            "integrations" => &mut self.integrations,
-            _ => return None,
-        })
-    }
-
-    /// The members it holds, as a JSON object.
-    #[cfg(test)]
-    pub fn to_map(&self) -> Map<String, Value> {
-        HEAD_KEYS
-            .iter()
-            .filter_map(|k| Some(((*k).to_owned(), self.member(k)?.clone())))
-            .collect()
-    }
 }
 
 impl Members for Head {
@@ -106,12 +73,15 @@ impl<'a> StoredEvent<'a> {
                 // A member given twice (the struct refuses it; a map keeps the last one):
                 // read the whole object, as it is read everywhere else.
                 let full: Map<String, Value> = serde_json::from_str(raw.get())?;
-                let mut head = Head::default();
-                for k in HEAD_KEYS {
-                    if let (Some(slot), Some(v)) = (head.slot(k), full.get(k)) {
-                        *slot = Some(v.clone()).filter(|v| !v.is_null());
-                    }
-                }
+                let get = |k: &str| full.get(k).filter(|v| !v.is_null()).cloned();
+                let head = Head {
+                    message_id: get("messageId"),
+                    user_id: get("userId"),
+                    anonymous_id: get("anonymousId"),
+                    ty: get("type"),
+                    event: get("event"),
+                    integrations: get("integrations"),
+                };
                 let cell = OnceLock::new();
                 let _ = cell.set(full);
                 Ok(Self {
@@ -148,6 +118,21 @@ impl<'a> StoredEvent<'a> {
 mod tests {
     use super::*;
 
+    /// The members `h` holds, as a JSON object.
+    fn head_map(h: &Head) -> Map<String, Value> {
+        [
+            "messageId",
+            "userId",
+            "anonymousId",
+            "type",
+            "event",
+            "integrations",
+        ]
+        .iter()
+        .filter_map(|k| Some(((*k).to_owned(), h.member(k)?.clone())))
+        .collect()
+    }
+
     fn raw(s: &str) -> &RawValue {
         serde_json::from_str(s).expect("json")
     }
@@ -160,7 +145,7 @@ mod tests {
         let e = StoredEvent::parse(r).expect("parse");
         assert_eq!(e.message_id(), "m\"1");
         assert_eq!(
-            Value::Object(e.head.to_map()),
+            Value::Object(head_map(&e.head)),
             serde_json::json!({"anonymousId":"a","event":"Buy","integrations":{"All":false,"Webhook":true},"messageId":"m\"1","type":"track"})
         );
         assert_eq!(e.event()["properties"]["n"], serde_json::json!(1.5));
