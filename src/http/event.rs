@@ -264,13 +264,14 @@ impl<'a> Field<'a> {
                     Err(_) => return,
                 }
             }
-            // A `Map` iterates in key order already.
-            Field::Value(Value::Object(m)) => Fields {
-                sorted: std::mem::take(m)
+            // Sorted again: a `Map` keeps insertion order should serde_json's
+            // `preserve_order` ever be enabled in the build.
+            Field::Value(Value::Object(m)) => Fields::from_read(
+                std::mem::take(m)
                     .into_iter()
                     .map(|(k, v)| (Cow::Owned(k), Field::Value(v)))
                     .collect(),
-            },
+            ),
             _ => return,
         };
         *self = Field::Object(opened);
