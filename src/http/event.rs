@@ -53,11 +53,6 @@ impl<'a> Fields<'a> {
         self.find(key).ok().map(|i| &mut self.sorted[i].1)
     }
 
-    /// Whether there is a field `key`.
-    pub fn contains_key(&self, key: &str) -> bool {
-        self.find(key).is_ok()
-    }
-
     /// Sets `key` to `field`, replacing what was there.
     pub fn insert(&mut self, key: Cow<'a, str>, field: Field<'a>) {
         match self.find(&key) {
@@ -280,8 +275,9 @@ impl<'a> Field<'a> {
 
 /// Adds `key` to opened fields unless they have it.
 pub fn insert_missing(fields: &mut Fields<'_>, key: &str, value: impl FnOnce() -> Value) {
-    if !fields.contains_key(key) {
-        fields.insert(Cow::Owned(key.to_owned()), Field::Value(value()));
+    if let Err(i) = fields.find(key) {
+        let entry = (Cow::Owned(key.to_owned()), Field::Value(value()));
+        fields.sorted.insert(i, entry);
     }
 }
 

@@ -20,6 +20,9 @@ use diesel_async::pooled_connection::{
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+/// NUL-free texts for the columns that quote destinations and scripts (one home, shared with
+/// the warehouse's cells).
+pub(crate) use crate::warehouse::schema::{text_without_nul, without_nul};
 use cached::CacheExt;
 pub use cluster::{HeldLease, LeaseRow, NodeRow, Tenure};
 pub use gateway::{GwJobInsert, ReplayInsert};
@@ -42,33 +45,6 @@ pub fn dedup_key(source_id: &str, message_id: &str) -> uuid::Uuid {
     h.update(&[0]);
     h.update(message_id.as_bytes());
     uuid::Uuid::from_u128(h.digest128())
-}
-
-/// `s` without NUL characters, which Postgres text cannot hold. Texts that quote what a
-/// destination or a script said (errors, answers) pass through here before they are written,
-/// so one such text cannot fail a commit again and again.
-pub(crate) fn text_without_nul(s: String) -> String {
-    if s.contains('\0') {
-        s.replace('\0', "")
-    } else {
-        s
-    }
-}
-
-/// `v` with every NUL character removed from its strings and keys: jsonb cannot hold
-/// `\u0000` (see [`text_without_nul`]).
-pub(crate) fn without_nul(v: serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match v {
-        Value::String(s) => Value::String(text_without_nul(s)),
-        Value::Array(a) => Value::Array(a.into_iter().map(without_nul).collect()),
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .map(|(k, v)| (text_without_nul(k), without_nul(v)))
-                .collect(),
-        ),
-        other => other,
-    }
 }
 
 /// Errors from the store: the database could not be reached or a statement failed.

@@ -211,8 +211,8 @@ pub fn coerce(v: &Value, ty: &ColType) -> Result<Cell, String> {
     };
     match ty {
         ColType::Text | ColType::Other(_) => Ok(Cell::Text(match v {
-            Value::String(s) => strip_nul(s),
-            other => strip_nul(&other.to_string()),
+            Value::String(s) => text_without_nul(s.clone()),
+            other => text_without_nul(other.to_string()),
         })),
         ColType::BigInt => match v {
             Value::Number(n) => n
@@ -238,7 +238,7 @@ pub fn coerce(v: &Value, ty: &ColType) -> Result<Cell, String> {
             Value::String(s) => parse_timestamp(s).map(Cell::Time).ok_or_else(mismatch),
             _ => Err(mismatch()),
         },
-        ColType::Jsonb => Ok(Cell::Json(strip_nul_json(v))),
+        ColType::Jsonb => Ok(Cell::Json(without_nul(v.clone()))),
     }
 }
 
@@ -255,25 +255,30 @@ fn kind_name(v: &Value) -> &'static str {
     }
 }
 
-/// Postgres text cannot hold NUL; it is dropped.
-fn strip_nul(s: &str) -> String {
+/// `s` without NUL characters, which Postgres text cannot hold. Warehouse cells, and the
+/// store's texts that quote what a destination or a script said (errors, answers), pass
+/// through here before they are written, so one such text cannot fail a commit again and
+/// again.
+pub fn text_without_nul(s: String) -> String {
     if s.contains('\0') {
         s.replace('\0', "")
     } else {
-        s.to_owned()
+        s
     }
 }
 
-fn strip_nul_json(v: &Value) -> Value {
+/// `v` with every NUL character removed from its strings and keys: jsonb cannot hold
+/// `\u0000` (see [`text_without_nul`]).
+pub fn without_nul(v: Value) -> Value {
     match v {
-        Value::String(s) => Value::String(strip_nul(s)),
-        Value::Array(a) => Value::Array(a.iter().map(strip_nul_json).collect()),
-        Value::Object(o) => Value::Object(
-            o.iter()
-                .map(|(k, v)| (strip_nul(k), strip_nul_json(v)))
+        Value::String(s) => Value::String(text_without_nul(s)),
+        Value::Array(a) => Value::Array(a.into_iter().map(without_nul).collect()),
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (text_without_nul(k), without_nul(v)))
                 .collect(),
         ),
-        other => other.clone(),
+        other => other,
     }
 }
 
