@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use keel_actors::store::dedup_key;
 use serde_json::{json, Value};
 
 use crate::common::sink::{Sink, SinkMode};
@@ -34,7 +35,6 @@ fn assert_ordered(delivered: &[Value], sent: &HashMap<String, Vec<String>>) {
 #[tokio::test]
 async fn rows_stored_before_ingest_dedup_are_checked_against_the_dedup_table() {
     use keel_actors::partition::partition_of;
-    use keel_actors::store::dedup_key;
     let db = TestDb::create().await;
     let sink = Sink::start(SinkMode::Ok).await;
     let mut opts = fast_router(KeelOptions::new(&db));
@@ -155,6 +155,36 @@ async fn delivers_every_event_once_with_body_headers_and_filters() {
     let (status, doc) = keel.admin_get("/admin/events/excluded").await;
     assert_eq!(status, 200);
     assert_eq!(doc["destinations"]["hook"]["status"], "filtered", "{doc}");
+    assert_eq!(
+        doc["destinations"]["only_buy"]["status"], "filtered",
+        "{doc}"
+    );
+    let (status, doc) = keel.admin_get("/admin/events/buy-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["destinations"]["hook"]["status"], "delivered", "{doc}");
+    assert_eq!(
+        doc["destinations"]["only_buy"]["status"], "delivered",
+        "{doc}"
+    );
+    // The request of m5 was routed alike throughout: one decision, no messageIds. "buy-1"
+    // and "excluded" (one user, so one stored row) were not: a decision per event.
+    let ids: Vec<Option<Vec<String>>> = c
+        .query(
+            "SELECT r.message_ids FROM routing_jobs r JOIN dedup d ON d.job_id = r.job_id \
+             WHERE d.key = ANY($1::text[]::uuid[]) ORDER BY r.job_id",
+            &[&["m5", "excluded"]
+                .map(|m| dedup_key(SOURCE_ID, m).to_string())
+                .to_vec()],
+        )
+        .await
+        .expect("routing rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![None, Some(vec!["buy-1".to_owned(), "excluded".to_owned()])]
+    );
     assert_eq!(keel.admin_get("/admin/events/nope").await.0, 404);
     let res = http()
         .get(keel.url("/admin/dlq"))
@@ -238,15 +268,7 @@ async fn dead_letters_4xx_at_once_and_replays_in_order() {
         .collect();
     send_batches(&keel, &events, 20).await;
     assert_eq!(sink.wait_delivered(10, Duration::from_secs(20)).await, 10);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let listed = loop {
-        let (status, doc) = keel.admin_get("/admin/dlq?destination=hook").await;
-        assert_eq!(status, 200, "{doc}");
-        if doc["count"] == 10 || Instant::now() > deadline {
-            break doc;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let listed = keel.wait_dlq("hook", 10, Duration::from_secs(20)).await;
     assert_eq!(listed["count"], 10, "{listed}");
     let job = &listed["jobs"][0];
     assert_eq!(job["attempts"], 1, "4xx is not retried");
@@ -320,15 +342,7 @@ async fn answers_with_nul_characters_are_retried_and_dead_lettered() {
     ];
     send_batches(&keel, &events, 3).await;
     assert_eq!(sink.wait_delivered(2, Duration::from_secs(20)).await, 2);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let listed = loop {
-        let (status, doc) = keel.admin_get("/admin/dlq?destination=hook").await;
-        assert_eq!(status, 200, "{doc}");
-        if doc["count"] == 1 || Instant::now() > deadline {
-            break doc;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let listed = keel.wait_dlq("hook", 1, Duration::from_secs(20)).await;
     assert_eq!(listed["count"], 1, "{listed}");
     let job = &listed["jobs"][0];
     assert_eq!(job["message_id"], "n1");
@@ -666,20 +680,21 @@ async fn explain_finds_pending_retrying_replayed_and_old_jobs() {
             assert_eq!(status["attempts"], 0, "{doc}");
         }
     }
-    // Both events of user "good" are one stored request: one routing row, in event order,
-    // whose id range holds their jobs.
+    // Both events of user "good" are one stored request, routed alike: one routing row with
+    // one decision (no messageIds), whose id range holds their jobs.
     let c = db.client().await;
+    let good2 = dedup_key(SOURCE_ID, "e-good2").to_string();
     let row = c
         .query_one(
-            "SELECT r.message_ids, r.routed -> 1, \
+            "SELECT r.message_ids, r.routed, \
                     (SELECT count(*) FROM rt_jobs j, unnest(j.message_ids) AS m(id) \
                      WHERE j.id BETWEEN r.rt_first AND r.rt_last AND m.id IN ('e-good', 'e-good2')) \
-             FROM routing_jobs r WHERE 'e-good2' = ANY(r.message_ids)",
-            &[],
+             FROM routing_jobs r JOIN dedup d ON d.job_id = r.job_id WHERE d.key = $1::text::uuid",
+            &[&good2],
         )
         .await
         .expect("routing row");
-    assert_eq!(row.get::<_, Vec<String>>(0), vec!["e-good", "e-good2"]);
+    assert_eq!(row.get::<_, Option<Vec<String>>>(0), None);
     let routed: Value = row.get(1);
     assert!(routed.as_array().is_some_and(|a| a.len() == 3), "{routed}");
     assert!(
@@ -727,18 +742,19 @@ async fn explain_finds_pending_retrying_replayed_and_old_jobs() {
     while explain("e-late").await["stage"] != "processed" && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    c.batch_execute(
-        "DELETE FROM routing_jobs WHERE NOT ('e-late' = ANY(message_ids)); \
-         DELETE FROM routing_log",
-    )
-    .await
-    .expect("prune");
+    let late = dedup_key(SOURCE_ID, "e-late").to_string();
     c.execute(
-        "DELETE FROM dedup WHERE key <> $1::text::uuid",
-        &[&keel_actors::store::dedup_key(SOURCE_ID, "e-late").to_string()],
+        "DELETE FROM routing_jobs WHERE job_id <> (SELECT job_id FROM dedup WHERE key = $1::text::uuid)",
+        &[&late],
     )
     .await
-    .expect("prune dedup");
+    .expect("prune routing");
+    c.batch_execute("DELETE FROM routing_log")
+        .await
+        .expect("prune routing_log");
+    c.execute("DELETE FROM dedup WHERE key <> $1::text::uuid", &[&late])
+        .await
+        .expect("prune dedup");
     let doc = explain("e-good2").await;
     assert_eq!(doc["destinations"]["failing"]["status"], "pending", "{doc}");
     let doc = explain("e-bad").await;

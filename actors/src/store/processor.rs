@@ -240,29 +240,29 @@ impl ProcessedBatch {
     /// row each.
     pub fn push_routing(&mut self, r: RoutingRecord) {
         let c = &mut self.routing;
-        let routed = Value::from(r.routed);
-        let filtered = super::without_nul(r.filtered);
         if r.job_id <= 0 {
             c.r_src.push(r.source_id);
             c.r_mid.push(r.message_id);
             c.r_job.push(r.job_id);
-            c.r_routed.push(routed);
-            c.r_filtered.push(filtered);
+            c.r_routed.push(Value::from(r.routed));
+            c.r_filtered.push(super::without_nul(r.filtered));
             return;
         }
-        if c.g_job.last() != Some(&r.job_id) {
-            c.g_job.push(r.job_id);
-            c.g_src.push(r.source_id);
-            c.g_routed.push(Value::Array(Vec::new()));
-            c.g_filtered.push(Value::Array(Vec::new()));
+        if c.g_job.last() == Some(&r.job_id) {
+            if let Some(open) = &mut c.open {
+                open.add(r.message_id, r.routed, r.filtered);
+                return;
+            }
         }
-        c.g_mids.push(r.message_id);
-        let i = c.g_job.len() - 1;
-        c.g_row.push(i as i32 + 1);
-        if let (Value::Array(to), Value::Array(out)) = (&mut c.g_routed[i], &mut c.g_filtered[i]) {
-            to.push(routed);
-            out.push(filtered);
-        }
+        c.close_request();
+        c.g_job.push(r.job_id);
+        c.g_src.push(r.source_id);
+        c.open = Some(OpenRequest {
+            mids: vec![r.message_id],
+            routed: r.routed,
+            filtered: r.filtered,
+            per_event: None,
+        });
     }
 }
 
@@ -370,8 +370,10 @@ struct DlqColumns {
 }
 
 /// `routing_log` columns (`r_*`, one row per replayed event) and `routing_jobs` columns
-/// (`g_*`, one row per request: the messageIds of all requests are one flat array, `g_mids`,
-/// and `g_row` names each one's request, 1-based as Postgres' ordinality).
+/// (`g_*`, one row per request). A request whose events were all routed alike (the usual
+/// case) gets its one decision and no messageIds; otherwise its messageIds go into one
+/// flat array for all such requests, `g_mids`, where `g_row` names each one's request
+/// (1-based, as Postgres' ordinality), and its decisions are per-event arrays.
 #[derive(Default)]
 struct RoutingColumns {
     r_src: Vec<String>,
@@ -385,6 +387,62 @@ struct RoutingColumns {
     g_row: Vec<i32>,
     g_routed: Vec<Value>,
     g_filtered: Vec<Value>,
+    /// The request whose records are arriving: the last of `g_job`, whose decisions are
+    /// not in `g_routed`/`g_filtered` yet.
+    open: Option<OpenRequest>,
+}
+
+/// The records of one request so far.
+struct OpenRequest {
+    /// Its events' messageIds, in order.
+    mids: Vec<String>,
+    /// The first event's decision (destinations, `{destination: reason}`), as recorded.
+    routed: Vec<String>,
+    filtered: Value,
+    /// Once an event was decided otherwise than the first: every event's decision
+    /// (`routed`, `filtered`), NUL-free.
+    per_event: Option<(Vec<Value>, Vec<Value>)>,
+}
+
+impl OpenRequest {
+    /// Adds the next event's record.
+    fn add(&mut self, mid: String, routed: Vec<String>, filtered: Value) {
+        self.mids.push(mid);
+        if self.per_event.is_none() && routed == self.routed && filtered == self.filtered {
+            return;
+        }
+        let (to, out) = self.per_event.get_or_insert_with(|| {
+            let n = self.mids.len() - 1;
+            let first_to = Value::from(self.routed.clone());
+            let first_out = super::without_nul(self.filtered.clone());
+            (vec![first_to; n], vec![first_out; n])
+        });
+        to.push(Value::from(routed));
+        out.push(super::without_nul(filtered));
+    }
+}
+
+impl RoutingColumns {
+    /// Ends the open request: its decision (one for all its events, or per event with its
+    /// messageIds) joins the columns.
+    fn close_request(&mut self) {
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        match open.per_event {
+            None => {
+                self.g_routed.push(Value::from(open.routed));
+                self.g_filtered.push(super::without_nul(open.filtered));
+            }
+            Some((to, out)) => {
+                let row = self.g_job.len() as i32;
+                self.g_row.extend(std::iter::repeat_n(row, open.mids.len()));
+                self.g_mids.extend(open.mids);
+                self.g_routed.push(Value::Array(to));
+                self.g_filtered.push(Value::Array(out));
+            }
+        }
+    }
 }
 
 /// The connection a commit's statements run on (inside its transaction).
@@ -546,15 +604,17 @@ impl DlqColumns {
 impl RoutingColumns {
     /// Inserts the `routing_jobs` rows (one per request) and `routing_log` rows (replays),
     /// each naming the id range the commit's delivery jobs took.
-    async fn insert(self, conn: &mut Conn, range: &IdRange) -> Result<(), StoreError> {
+    async fn insert(mut self, conn: &mut Conn, range: &IdRange) -> Result<(), StoreError> {
+        self.close_request();
         if !self.g_job.is_empty() {
             diesel::sql_query(
                 // Each request's messageIds gathered from the flat array in one pass (a
-                // slice per request would walk the array from its start every time).
+                // slice per request would walk the array from its start every time); a
+                // request routed alike throughout has none (NULL).
                 "INSERT INTO routing_jobs (job_id, source_id, message_ids, routed, filtered, rt_first, rt_last) \
                  SELECT u.j, u.s, m.ids, u.r, u.f, $6, $7 \
                  FROM unnest($1::int8[], $2::text[], $4::jsonb[], $5::jsonb[]) WITH ORDINALITY AS u(j, s, r, f, n) \
-                 JOIN (SELECT x.g, array_agg(x.mid ORDER BY x.o) AS ids \
+                 LEFT JOIN (SELECT x.g, array_agg(x.mid ORDER BY x.o) AS ids \
                        FROM unnest($3::text[], $8::int4[]) WITH ORDINALITY AS x(mid, g, o) GROUP BY x.g) m \
                  ON m.g = u.n",
             )
@@ -708,5 +768,56 @@ diesel::sql_query(
             Ok(total)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(job_id: i64, mid: &str, routed: &[&str], filtered: Value) -> RoutingRecord {
+        RoutingRecord {
+            source_id: "src".into(),
+            message_id: mid.into(),
+            job_id,
+            routed: routed.iter().map(|d| (*d).to_owned()).collect(),
+            filtered,
+        }
+    }
+
+    #[test]
+    fn a_request_routed_alike_keeps_one_decision_and_no_message_ids() {
+        let mut batch = ProcessedBatch::default();
+        for mid in ["a", "b", "c"] {
+            batch.push_routing(record(7, mid, &["hook"], json!({"only_buy": "dropped"})));
+        }
+        // A second request whose third event was decided otherwise.
+        batch.push_routing(record(8, "d", &["hook"], json!({})));
+        batch.push_routing(record(8, "e", &["hook"], json!({})));
+        batch.push_routing(record(8, "f", &[], json!({"hook": "no\u{0}pe"})));
+        // A third one, alike again.
+        batch.push_routing(record(9, "g", &[], json!({})));
+        let mut c = batch.routing;
+        c.close_request();
+        assert_eq!(c.g_job, vec![7, 8, 9]);
+        assert_eq!(c.g_mids, vec!["d", "e", "f"]);
+        assert_eq!(
+            c.g_row,
+            vec![2, 2, 2],
+            "1-based rows of the per-event request"
+        );
+        assert_eq!(
+            c.g_routed,
+            vec![json!(["hook"]), json!([["hook"], ["hook"], []]), json!([])]
+        );
+        assert_eq!(
+            c.g_filtered,
+            vec![
+                json!({"only_buy": "dropped"}),
+                json!([{}, {}, {"hook": "nope"}]),
+                json!({}),
+            ]
+        );
     }
 }

@@ -437,7 +437,8 @@ struct Doc {
 }
 
 /// The explain document. An event's routing decision is in the `routing_jobs` row of the
-/// request its dedup row names (or, for dead-letter replays, in `routing_log`); its pending
+/// request its dedup row names — the row's one decision, or the event's entry by its position
+/// among the row's messageIds — (or, for dead-letter replays, in `routing_log`); its pending
 /// jobs are found per destination it was routed to, in the `rt_jobs` rows of the id range
 /// that routing row's commit wrote (a pending job's `job_id` is its row's id, shared with
 /// the other jobs of the row). Jobs no retained routing row covers — older than the retention
@@ -449,12 +450,19 @@ WITH stored AS (
   SELECT k.source_id, d.job_id, d.seen_at
   FROM unnest($2::uuid[], $3::text[]) AS k(key, source_id) JOIN dedup d ON d.key = k.key
 ), routing AS (
-  SELECT r.source_id, r.job_id, r.routed -> (e.i - 1)::int AS routed,
-         r.filtered -> (e.i - 1)::int AS filtered, r.processed_at, r.rt_first, r.rt_last
+  SELECT r.source_id, r.job_id,
+         CASE WHEN r.message_ids IS NULL THEN r.routed ELSE r.routed -> (e.i - 1)::int END
+           AS routed,
+         CASE WHEN r.message_ids IS NULL THEN r.filtered ELSE r.filtered -> (e.i - 1)::int END
+           AS filtered,
+         r.processed_at, r.rt_first, r.rt_last
   FROM stored s
   CROSS JOIN LATERAL (SELECT * FROM routing_jobs rj WHERE rj.job_id = s.job_id) r
-  CROSS JOIN LATERAL unnest(r.message_ids) WITH ORDINALITY AS e(mid, i)
-  WHERE e.mid = $1
+  -- A request routed alike throughout (no messageIds) holds one decision for all events.
+  CROSS JOIN LATERAL (
+      SELECT e.i FROM unnest(r.message_ids) WITH ORDINALITY AS e(mid, i) WHERE e.mid = $1
+      UNION ALL
+      SELECT NULL WHERE r.message_ids IS NULL) e
   UNION ALL
   SELECT source_id, job_id, coalesce(routed_to, to_jsonb(routed)), filtered, processed_at,
          rt_first, rt_last

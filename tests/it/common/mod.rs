@@ -325,6 +325,21 @@ impl Keel {
         self.admin(reqwest::Method::GET, path, None).await
     }
 
+    /// The `/admin/dlq` listing of `destination` once it holds `count` dead letters, or as it
+    /// is after `timeout`.
+    pub async fn wait_dlq(&self, destination: &str, count: u64, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        let path = format!("/admin/dlq?destination={destination}");
+        loop {
+            let (status, doc) = self.admin_get(&path).await;
+            assert_eq!(status, 200, "{doc}");
+            if doc["count"] == count || Instant::now() > deadline {
+                return doc;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// `POST path` with the test admin token and a JSON body: status and JSON body.
     pub async fn admin_post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.admin(reqwest::Method::POST, path, Some(body)).await
