@@ -357,10 +357,12 @@ pub(super) fn assemble(
         let warehouse = route.kind.warehouse().is_some();
         // Warehouse kinds: one wh_jobs row per request (job) and destination.
         let mut for_warehouse: Vec<(i64, Vec<String>)> = Vec::new();
-        let mut routed_idx = HashSet::new();
+        // Which events got a payload (a split event gets several).
+        let mut routed_idx = vec![false; ctxs.len()];
+        let mut any_job = false;
         for (i, payload) in output.payloads {
             let ctx = &ctxs[i];
-            routed_idx.insert(i);
+            routed_idx[i] = true;
             if warehouse {
                 match for_warehouse.last_mut() {
                     Some((job, list)) if *job == ctx.job_id => list.push(payload),
@@ -375,8 +377,11 @@ pub(super) fn assemble(
                     payload,
                     partition: ctx.partition,
                 });
-                touched.insert(d.id.clone());
+                any_job = true;
             }
+        }
+        if any_job {
+            touched.insert(d.id.clone());
         }
         for (_, events) in for_warehouse {
             wh.push(WhJobInsert {
@@ -386,8 +391,12 @@ pub(super) fn assemble(
                 payload: format!("[{}]", events.join(",")),
             });
         }
-        for i in routed_idx {
-            ctxs[i].routed.push(d.id.clone());
+        for (ctx, _) in ctxs
+            .iter_mut()
+            .zip(routed_idx)
+            .filter(|(_, routed)| *routed)
+        {
+            ctx.routed.push(d.id.clone());
         }
         for (i, reason) in output.dropped {
             if !ctxs[i].routed.contains(&d.id) {
