@@ -118,47 +118,15 @@ pub async fn send_text(client: &HttpClient, payload: &str) -> DeliveryOutcome {
 /// what a batching webhook sends. The bodies are copied as their stored text; only the
 /// first payload is decoded whole, the others only as far as their body.
 pub async fn send_merged(client: &HttpClient, payloads: &[&str]) -> DeliveryOutcome {
-    #[derive(Deserialize)]
-    struct BodyOnly<'a> {
-        #[serde(default, borrow)]
-        body: StoredBody<'a>,
-    }
-    let abort = |error: String| {
-        DeliveryOutcome::Abort(Failure {
-            error,
-            ..Failure::default()
-        })
-    };
-    let Some((first, rest)) = payloads.split_first() else {
-        return abort("no payloads".into());
-    };
-    let first: StoredRequest<'_> = match serde_json::from_str(first) {
-        Ok(r) => r,
-        Err(e) => return abort(format!("stored payload is not a delivery request: {e}")),
-    };
-    // The body's text, borrowed from the stored payload (copied once, into the array).
-    fn json_of<'t>(b: &StoredBody<'t>) -> Option<&'t str> {
-        b.json.or(b.json_array).map(RawValue::get)
-    }
-    let no_body = || abort("a batched payload has no JSON body".into());
-    let mut array = String::with_capacity(payloads.iter().map(|p| p.len()).sum::<usize>() + 2);
-    array.push('[');
-    match json_of(&first.body) {
-        Some(j) => array.push_str(j),
-        None => return no_body(),
-    }
-    for p in rest {
-        let parsed: BodyOnly<'_> = match serde_json::from_str(p) {
-            Ok(b) => b,
-            Err(e) => return abort(format!("stored payload is not a delivery request: {e}")),
-        };
-        array.push(',');
-        match json_of(&parsed.body) {
-            Some(j) => array.push_str(j),
-            None => return no_body(),
+    let (first, array) = match merge_bodies(payloads) {
+        Ok(merged) => merged,
+        Err(error) => {
+            return DeliveryOutcome::Abort(Failure {
+                error,
+                ..Failure::default()
+            })
         }
-    }
-    array.push(']');
+    };
     let builder = match prepare_request(client, &first, Some(array)) {
         Ok(b) => b,
         Err(outcome) => return outcome,
@@ -167,6 +135,64 @@ pub async fn send_merged(client: &HttpClient, payloads: &[&str]) -> DeliveryOutc
         Err(e) => send_error(e),
         Ok(res) => classify(res).await,
     }
+}
+
+/// The first payload's request and the JSON array of every payload's body, or why not.
+///
+/// A destination writes every payload with the same request around the body (one
+/// config), so a later payload whose text before and after its body is byte for byte the
+/// first one's has its body in between and is not decoded; any other is decoded as far
+/// as its body.
+fn merge_bodies<'a>(payloads: &[&'a str]) -> Result<(StoredRequest<'a>, String), String> {
+    #[derive(Deserialize)]
+    struct BodyOnly<'a> {
+        #[serde(default, borrow)]
+        body: StoredBody<'a>,
+    }
+    /// The body's text, borrowed from the stored payload.
+    fn json_of<'t>(b: &StoredBody<'t>) -> Result<&'t str, String> {
+        b.json
+            .or(b.json_array)
+            .map(RawValue::get)
+            .ok_or_else(|| "a batched payload has no JSON body".to_owned())
+    }
+    let not_a_request =
+        |e: serde_json::Error| format!("stored payload is not a delivery request: {e}");
+    let Some((first_text, rest)) = payloads.split_first() else {
+        return Err("no payloads".into());
+    };
+    let first: StoredRequest<'a> = serde_json::from_str(first_text).map_err(not_a_request)?;
+    let body = json_of(&first.body)?;
+    // The first payload's text before and after its body (a slice of it).
+    let frame = (body.as_ptr() as usize)
+        .checked_sub(first_text.as_ptr() as usize)
+        .and_then(|start| {
+            let before = first_text.get(..start)?;
+            let after = first_text.get(start + body.len()..)?;
+            Some((before, after))
+        });
+    let mut array = String::with_capacity(payloads.iter().map(|p| p.len()).sum::<usize>() + 2);
+    array.push('[');
+    array.push_str(body);
+    for p in rest {
+        let framed = frame.and_then(|(before, after)| {
+            p.strip_prefix(before)?
+                .strip_suffix(after)
+                .filter(|b| !b.is_empty())
+        });
+        let body = match framed {
+            Some(b) => b,
+            None => json_of(
+                &serde_json::from_str::<BodyOnly<'_>>(p)
+                    .map_err(not_a_request)?
+                    .body,
+            )?,
+        };
+        array.push(',');
+        array.push_str(body);
+    }
+    array.push(']');
+    Ok((first, array))
 }
 
 /// A destination's whole answer (body bounded), for kinds that read what it said about
@@ -434,6 +460,38 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_bodies_are_cut_from_a_shared_frame_or_decoded() {
+        let req = |body: &str, header: &str| {
+            format!(
+                r#"{{"body":{{"JSON":{body}}},"endpoint":"http://127.0.0.1:9/hook","headers":{{"x":"{header}"}},"method":"POST","params":{{}}}}"#
+            )
+        };
+        let a = req(r#"{"messageId":"a","s":"},\"endpoint\":1"}"#, "h");
+        let b = req(r#"{"messageId":"b","n":[1,{"c":2}]}"#, "h");
+        // Another frame (its header differs): decoded, not cut.
+        let c = req(r#"{"messageId":"c"}"#, "other");
+        let d =
+            r#"{"endpoint":"http://127.0.0.1:9/hook","body":{"JSON_ARRAY":[{"messageId":"d"}]}}"#;
+        let (first, array) = merge_bodies(&[&a, &b, &c, d]).expect("merged");
+        assert_eq!(first.endpoint, "http://127.0.0.1:9/hook");
+        assert_eq!(
+            array,
+            r#"[{"messageId":"a","s":"},\"endpoint\":1"},{"messageId":"b","n":[1,{"c":2}]},{"messageId":"c"},[{"messageId":"d"}]]"#
+        );
+        let v: Value = serde_json::from_str(&array).expect("a JSON array");
+        assert_eq!(v[1]["n"][1]["c"], 2);
+        let no_body = r#"{"endpoint":"http://127.0.0.1:9/hook","body":{"XML":"<a/>"}}"#;
+        assert_eq!(
+            merge_bodies(&[&a, no_body]).err().as_deref(),
+            Some("a batched payload has no JSON body")
+        );
+        assert!(merge_bodies(&[&a, "nope"])
+            .err()
+            .is_some_and(|e| e.starts_with("stored payload is not a delivery request")));
+        assert_eq!(merge_bodies(&[]).err().as_deref(), Some("no payloads"));
+    }
 
     #[test]
     fn parses_retry_after_seconds_and_dates() {
