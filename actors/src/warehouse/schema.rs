@@ -268,17 +268,31 @@ pub fn text_without_nul(s: String) -> String {
 }
 
 /// `v` with every NUL character removed from its strings and keys: jsonb cannot hold
-/// `\u0000` (see [`text_without_nul`]).
-pub fn without_nul(v: Value) -> Value {
+/// `\u0000` (see [`text_without_nul`]). Strings are mended in place; an object is rebuilt
+/// only when one of its keys holds a NUL.
+pub fn without_nul(mut v: Value) -> Value {
+    remove_nul(&mut v);
+    v
+}
+
+fn remove_nul(v: &mut Value) {
     match v {
-        Value::String(s) => Value::String(text_without_nul(s)),
-        Value::Array(a) => Value::Array(a.into_iter().map(without_nul).collect()),
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .map(|(k, v)| (text_without_nul(k), without_nul(v)))
-                .collect(),
-        ),
-        other => other,
+        Value::String(s) => {
+            if s.contains('\0') {
+                s.retain(|c| c != '\0');
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(remove_nul),
+        Value::Object(m) => {
+            if m.keys().any(|k| k.contains('\0')) {
+                *m = std::mem::take(m)
+                    .into_iter()
+                    .map(|(k, v)| (text_without_nul(k), v))
+                    .collect();
+            }
+            m.values_mut().for_each(remove_nul);
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
 }
 
@@ -370,6 +384,26 @@ pub fn quote(name: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn nul_goes_from_strings_keys_and_cells() {
+        let v = json!({"a\u{0}b": ["x\u{0}", {"k": "\u{0}y"}], "n": 1, "t": true});
+        assert_eq!(
+            without_nul(v.clone()),
+            json!({"ab": ["x", {"k": "y"}], "n": 1, "t": true})
+        );
+        assert_eq!(text_without_nul("p\u{0}q".into()), "pq");
+        assert_eq!(
+            coerce(&v, &ColType::Jsonb),
+            Ok(Cell::Json(
+                json!({"ab": ["x", {"k": "y"}], "n": 1, "t": true})
+            ))
+        );
+        assert_eq!(
+            coerce(&json!("a\u{0}"), &ColType::Text),
+            Ok(Cell::Text("a".into()))
+        );
+    }
 
     #[test]
     fn names_follow_rudderstack_style() {
