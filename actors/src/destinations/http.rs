@@ -115,8 +115,8 @@ pub async fn send_text(client: &HttpClient, payload: &str) -> DeliveryOutcome {
 
 /// Sends one request carrying the JSON bodies of `payloads` (stored requests to one
 /// endpoint) as a JSON array, with the first one's method, endpoint, headers and params:
-/// what a batching webhook sends. The bodies are copied as their stored text; only the
-/// first payload is decoded whole, the others only as far as their body.
+/// what a batching webhook sends. The bodies are copied as their stored text (see
+/// [`merge_bodies`]).
 pub async fn send_merged(client: &HttpClient, payloads: &[&str]) -> DeliveryOutcome {
     let (first, array) = match merge_bodies(payloads) {
         Ok(merged) => merged,

@@ -357,12 +357,9 @@ pub(super) fn assemble(
         let warehouse = route.kind.warehouse().is_some();
         // Warehouse kinds: one wh_jobs row per request (job) and destination.
         let mut for_warehouse: Vec<(i64, Vec<String>)> = Vec::new();
-        // Which events got a payload (a split event gets several).
-        let mut routed_idx = vec![false; ctxs.len()];
         let mut any_job = false;
         for (i, payload) in output.payloads {
             let ctx = &ctxs[i];
-            routed_idx[i] = true;
             if warehouse {
                 match for_warehouse.last_mut() {
                     Some((job, list)) if *job == ctx.job_id => list.push(payload),
@@ -379,6 +376,12 @@ pub(super) fn assemble(
                 });
                 any_job = true;
             }
+            // Once per event, though a split event has several payloads: only this loop
+            // adds this destination to this group's events.
+            let routed = &mut ctxs[i].routed;
+            if routed.last() != Some(&d.id) {
+                routed.push(d.id.clone());
+            }
         }
         if any_job {
             touched.insert(d.id.clone());
@@ -390,13 +393,6 @@ pub(super) fn assemble(
                 event_count: i32::try_from(events.len()).unwrap_or(i32::MAX),
                 payload: format!("[{}]", events.join(",")),
             });
-        }
-        for (ctx, _) in ctxs
-            .iter_mut()
-            .zip(routed_idx)
-            .filter(|(_, routed)| *routed)
-        {
-            ctx.routed.push(d.id.clone());
         }
         for (i, reason) in output.dropped {
             if !ctxs[i].routed.contains(&d.id) {

@@ -248,21 +248,20 @@ impl ProcessedBatch {
             c.r_filtered.push(super::without_nul(r.filtered));
             return;
         }
-        if c.g_job.last() == Some(&r.job_id) {
-            if let Some(open) = &mut c.open {
-                open.add(r.message_id, r.routed, r.filtered);
-                return;
+        match &mut c.open {
+            Some(open) if open.job_id == r.job_id => open.add(r.message_id, r.routed, r.filtered),
+            _ => {
+                c.close_request();
+                c.open = Some(OpenRequest {
+                    job_id: r.job_id,
+                    source_id: r.source_id,
+                    mids: vec![r.message_id],
+                    routed: r.routed,
+                    filtered: r.filtered,
+                    per_event: None,
+                });
             }
         }
-        c.close_request();
-        c.g_job.push(r.job_id);
-        c.g_src.push(r.source_id);
-        c.open = Some(OpenRequest {
-            mids: vec![r.message_id],
-            routed: r.routed,
-            filtered: r.filtered,
-            per_event: None,
-        });
     }
 }
 
@@ -387,13 +386,14 @@ struct RoutingColumns {
     g_row: Vec<i32>,
     g_routed: Vec<Value>,
     g_filtered: Vec<Value>,
-    /// The request whose records are arriving: the last of `g_job`, whose decisions are
-    /// not in `g_routed`/`g_filtered` yet.
+    /// The request whose records are arriving (not in the `g_*` columns yet).
     open: Option<OpenRequest>,
 }
 
 /// The records of one request so far.
 struct OpenRequest {
+    job_id: i64,
+    source_id: String,
     /// Its events' messageIds, in order.
     mids: Vec<String>,
     /// The first event's decision (destinations, `{destination: reason}`), as recorded.
@@ -429,6 +429,8 @@ impl RoutingColumns {
         let Some(open) = self.open.take() else {
             return;
         };
+        self.g_job.push(open.job_id);
+        self.g_src.push(open.source_id);
         match open.per_event {
             None => {
                 self.g_routed.push(Value::from(open.routed));
